@@ -1,0 +1,192 @@
+"""Turning the ``model``, ``datasets`` and ``trainer.train_step`` sections into objects.
+
+Kinds are bundled names or import paths ``package.module:attr``. :func:`check_buildable` finds the
+mistakes a user makes here (unknown kind, an argument the factory does not take, no ``train`` dataset)
+before anything is built, so ``noether config validate`` reports them with their paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from noether_core.config.schema import DatasetConfig, ModelConfig, RunConfig
+from noether_core.datasets import BUNDLED_DATASETS
+from noether_core.errors import ConfigError, ConfigIssue
+from noether_core.models import BUNDLED_MODELS, CompositeModel
+from noether_core.train_step import TrainStep, default_train_step
+
+COMPOSITE = "composite"
+
+
+class _Problem(Exception):
+    """A user-facing reason, and which field of the section it concerns."""
+
+    def __init__(self, message: str, field: str = "kind") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def resolve(kind: str, bundled: Mapping[str, Callable[..., Any]], what: str) -> Callable[..., Any]:
+    """The factory a kind names; raises ``_Problem`` with a user-facing reason."""
+    if kind in bundled:
+        return bundled[kind]
+    if ":" not in kind:
+        close = difflib.get_close_matches(kind, list(bundled), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise _Problem(
+            f"unknown {what} kind {kind!r}; {hint}bundled kinds are {', '.join(sorted(bundled))}, "
+            "anything else is an import path 'package.module:factory'"
+        )
+    module_name, _, attr = kind.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as exc:
+        raise _Problem(f"cannot import {kind!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(target):
+        raise _Problem(f"{kind!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        accepted = [p for p in sig.parameters if p != "self"]
+        unknown = [k for k in kwargs if k not in sig.parameters]
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            close = difflib.get_close_matches(unknown[0], accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(accepted) or 'nothing'}"
+            raise _Problem(f"unknown argument {unknown[0]!r}{hint}", "kwargs") from None
+        raise _Problem(str(exc), "kwargs") from None
+
+
+def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> None:
+    if cfg.parts is not None:
+        if cfg.kind != COMPOSITE:
+            issues.append(ConfigIssue(f"{path}.kind", f"a model with parts has kind {COMPOSITE!r}, got {cfg.kind!r}"))
+        if not cfg.parts:
+            issues.append(ConfigIssue(f"{path}.parts", "a composite model needs at least one part"))
+        for name, part in cfg.parts.items():
+            _model_issues(part, f"{path}.parts.{name}", issues)
+        return
+    try:
+        _check_kwargs(resolve(cfg.kind, BUNDLED_MODELS, "model"), cfg.kwargs)
+    except _Problem as exc:
+        issues.append(ConfigIssue(f"{path}.{exc.field}", str(exc)))
+
+
+def check_buildable(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` listing every model/dataset/train-step problem with its path."""
+    issues: list[ConfigIssue] = []
+    _model_issues(config.model, "model", issues)
+    if "train" not in config.datasets:
+        have = ", ".join(config.datasets) or "none"
+        issues.append(ConfigIssue("datasets", f"a 'train' dataset is required (have: {have})"))
+    for name, ds in config.datasets.items():
+        try:
+            _check_kwargs(resolve(ds.kind, BUNDLED_DATASETS, "dataset"), ds.kwargs)
+        except _Problem as exc:
+            issues.append(ConfigIssue(f"datasets.{name}.{exc.field}", str(exc)))
+    if config.trainer.train_step is not None:
+        try:
+            resolve(config.trainer.train_step, {}, "train step")
+        except _Problem as exc:
+            issues.append(ConfigIssue("trainer.train_step", str(exc)))
+    if issues:
+        raise ConfigError(issues)
+
+
+def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
+    """Build the configured model; a factory that raises is reported as a config problem at ``path``."""
+    if cfg.parts is not None:
+        model: nn.Module = CompositeModel({n: build_model(p, f"{path}.parts.{n}") for n, p in cfg.parts.items()})
+    else:
+        try:
+            factory = resolve(cfg.kind, BUNDLED_MODELS, "model")
+            model = factory(**cfg.kwargs)
+        except _Problem as exc:
+            raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
+        except Exception as exc:
+            raise ConfigError(
+                [ConfigIssue(path, f"building model {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]
+            ) from exc
+        if not isinstance(model, nn.Module):
+            raise ConfigError([ConfigIssue(f"{path}.kind", f"{cfg.kind!r} returned {type(model).__name__}, not an nn.Module")])
+    if cfg.frozen:
+        model.requires_grad_(False)
+    return model
+
+
+def build_dataset(name: str, cfg: DatasetConfig) -> Dataset[Any]:
+    path = f"datasets.{name}"
+    try:
+        dataset = resolve(cfg.kind, BUNDLED_DATASETS, "dataset")(**cfg.kwargs)
+    except _Problem as exc:
+        raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
+    except Exception as exc:
+        raise ConfigError([ConfigIssue(path, f"building dataset {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]) from exc
+    try:
+        length = len(dataset)
+    except TypeError:
+        raise ConfigError([ConfigIssue(path, f"{cfg.kind!r} is not a map-style dataset (it has no len())")]) from None
+    if length == 0:
+        raise ConfigError([ConfigIssue(path, f"dataset {name!r} is empty")])
+    return dataset  # type: ignore[no-any-return]
+
+
+def build_train_step(config: RunConfig) -> TrainStep:
+    if config.trainer.train_step is None:
+        return default_train_step
+    try:
+        return resolve(config.trainer.train_step, {}, "train step")
+    except _Problem as exc:
+        raise ConfigError([ConfigIssue("trainer.train_step", str(exc))]) from None
+
+
+def updates_per_epoch(train_len: int, config: RunConfig) -> int:
+    """Full updates one pass over ``train`` gives; a dataset smaller than one batch is a config error."""
+    ebs = config.trainer.batch_size
+    if train_len < ebs:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "trainer.batch_size",
+                    f"the train dataset has {train_len} samples, fewer than one batch ({ebs}); "
+                    "lower batch_size or use more data",
+                )
+            ]
+        )
+    return train_len // ebs
+
+
+def geometry(config: RunConfig) -> tuple[int, int, int]:
+    """(updates per epoch, effective batch size, total updates) of a run; builds the train dataset."""
+    check_buildable(config)
+    train = build_dataset("train", config.datasets["train"])
+    upe = updates_per_epoch(len(train), config)  # type: ignore[arg-type]
+    ebs = config.trainer.batch_size
+    return upe, ebs, config.trainer.end.total_updates(upe, ebs)
+
+
+__all__ = [
+    "build_dataset",
+    "build_model",
+    "build_train_step",
+    "check_buildable",
+    "geometry",
+    "resolve",
+    "updates_per_epoch",
+]

@@ -1,0 +1,279 @@
+"""The ``noether`` command.
+
+Exit statuses: 0 success (an early stop is a success), 1 run failed, 2 invalid config or usage,
+3 plugin failed to load, 130 interrupted after a resumable checkpoint was saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from noether_core import hookspecs
+from noether_core.config.loader import load_config, unstructure_config
+from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError
+from noether_core.registry import PluginRegistry
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="noether",
+        description="Train PyTorch models with callbacks that are plugins.",
+        epilog="Exit statuses: 0 ok, 1 run failed, 2 invalid config or usage, 3 plugin failed to load, "
+        "130 interrupted (a resumable checkpoint was saved).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config value, e.g. --set trainer.max_epochs=3 (repeatable)",
+        )
+
+    train = sub.add_parser("train", help="train a model (the bundled example when no CONFIG is given)")
+    train.add_argument("config", nargs="?", type=Path, help="YAML run config")
+    add_set(train)
+    train.add_argument("--output-dir", type=Path, default=Path("runs"), help="where run directories go (runs/)")
+    train.add_argument("--run-id", help="name of the run directory (default: date and a random suffix)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("--checkpoint", default=None, metavar="TAG", help="with --resume: tag to resume (latest)")
+
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint with its evaluators")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("--checkpoint", default="last", metavar="TAG", help="checkpoint tag (last)")
+
+    plugins = sub.add_parser("plugins", help="list and inspect installed plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")
+    plist = psub.add_parser("list", help="installed plugins (reads metadata only)")
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    plist.add_argument("--check", action="store_true", help="also import each plugin and report its status")
+    pshow = psub.add_parser("show", help="one plugin: origin, hooks, config fields")
+    pshow.add_argument("kind")
+
+    config = sub.add_parser("config", help="validate configs, print the bundled example")
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    validate = csub.add_parser("validate", help="check a config without training")
+    validate.add_argument("config", type=Path)
+    add_set(validate)
+    csub.add_parser("example", help="print the bundled example config")
+
+    schedule = sub.add_parser("schedule", help="which entry fires at which update, for the whole run")
+    schedule.add_argument("config", nargs="?", type=Path, help="YAML run config (default: bundled example)")
+    add_set(schedule)
+
+    sub.add_parser("hooks", help="the events plugins can implement")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(_dispatch(args) or EXIT_OK)
+    except NoetherError as exc:
+        print(f"noether: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("noether: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "plugins":
+        registry = PluginRegistry.from_environment()
+        if args.plugins_command == "list":
+            return _plugins_list(registry, as_json=args.json, check=args.check)
+        return _plugins_show(registry, args.kind)
+    if args.command == "config":
+        if args.config_command == "example":
+            from noether_core.example import example_yaml
+
+            print(example_yaml(), end="")
+            return EXIT_OK
+        registry = PluginRegistry.from_environment()
+        config = load_config(args.config, registry, args.overrides)
+        _validate_runtime(config)
+        n = len(config.callbacks)
+        print(f"{args.config}: valid ({n} callback entr{'y' if n == 1 else 'ies'}, {config.trainer.end})")
+        return EXIT_OK
+    if args.command == "hooks":
+        return _hooks()
+    if args.command == "schedule":
+        return _schedule(args)
+    if args.command == "train":
+        from noether_core.training import train_from_cli
+
+        return train_from_cli(
+            config_path=args.config,
+            overrides=args.overrides,
+            output_dir=args.output_dir,
+            run_id=args.run_id,
+            resume=args.resume,
+            checkpoint=args.checkpoint,
+        )
+    if args.command == "eval":
+        from noether_core.training import eval_from_cli
+
+        return eval_from_cli(run_dir=args.run_dir, checkpoint=args.checkpoint)
+    raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+def _validate_runtime(config: RunConfig) -> None:
+    """Checks that need the model and data factories (their kinds exist, their arguments fit)."""
+    from noether_core.building import check_buildable
+
+    check_buildable(config)
+
+
+# -------------------------------------------------------------------------------------------- plugins
+
+
+def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> int:
+    rows: list[dict[str, Any]] = []
+    for kind, sources in registry:
+        for source in sources:
+            row: dict[str, Any] = {
+                "kind": kind,
+                "value": source.value,
+                "distribution": source.distribution,
+                "version": source.version,
+                "status": "conflict" if len(sources) > 1 else "available",
+                "error": None,
+            }
+            if len(sources) > 1:
+                others = ", ".join(s.describe() for s in sources if s is not source)
+                row["error"] = f"also claimed by {others}"
+            elif check:
+                try:
+                    plugin = registry.load(kind)
+                except PluginLoadError as exc:
+                    row.update(status="error", error=exc.reason)
+                else:
+                    row.update(status="ok", hooks=list(plugin.hooks), config_class=_qualname(plugin.config_class))
+            rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no plugins installed (entry-point group 'noether.callbacks')")
+        return EXIT_OK
+    width = max(len(r["kind"]) for r in rows)
+    for r in rows:
+        origin = f"{r['distribution']} {r['version']}" if r["distribution"] else r["value"]
+        status = "" if r["status"] == "available" else f"  [{r['status']}{': ' + r['error'] if r['error'] else ''}]"
+        print(f"{r['kind']:<{width}}  {origin}{status}")
+    return EXIT_OK
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plugins_show(registry: PluginRegistry, kind: str) -> int:
+    plugin = registry.load(kind)
+    source = plugin.source
+    print(f"kind:          {plugin.kind}")
+    print(f"distribution:  {source.distribution or '-'} {source.version or ''}".rstrip())
+    print(f"object:        {source.value}")
+    print(f"style:         {'class' if plugin.is_class else 'functions'}{', stateful' if plugin.stateful else ''}")
+    print(f"hooks:         {', '.join(plugin.hooks)}")
+    print(f"scheduled:     {'yes (set one every_n_* in its entry)' if plugin.scheduled else 'no'}")
+    doc = inspect.getdoc(plugin.target)
+    if doc:
+        print("\n" + textwrap.indent(doc.split("\n\n")[0], "  "))
+    print("\nconfig fields:")
+    for field in attrs.fields(plugin.config_class):
+        default = "required" if field.default is attrs.NOTHING else f"default {_default_repr(field.default)}"
+        type_name = getattr(field.type, "__name__", None) or str(field.type).replace("typing.", "")
+        print(f"  {field.name}: {type_name} ({default})")
+    return EXIT_OK
+
+
+def _default_repr(default: Any) -> str:
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return repr(default.factory()) if not default.takes_self else "<computed>"
+    return repr(default)
+
+
+# -------------------------------------------------------------------------------------------- hooks
+
+
+def _hooks() -> int:
+    for name in hookspecs.HOOK_NAMES:
+        spec = getattr(hookspecs, name)
+        params = [p for p in inspect.signature(spec).parameters if p not in hookspecs.CORE_ARGUMENTS]
+        doc = (inspect.getdoc(spec) or "").split("\n\n")[0].replace("\n", " ")
+        extra = f"  + {', '.join(params)}" if params else ""
+        print(f"{name}{extra}")
+        print(textwrap.fill(doc, width=96, initial_indent="    ", subsequent_indent="    "))
+    print(f"\nEvery event also passes: {', '.join(hookspecs.CORE_ARGUMENTS)}. Details: noether_core/hookspecs.py")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------- schedule
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from noether_core.building import geometry
+    from noether_core.example import example_yaml
+    from noether_core.scheduling import IntervalScheduler
+
+    registry = PluginRegistry.from_environment()
+    if args.config is None:
+        config = load_config(None, registry, args.overrides, text=example_yaml())
+    else:
+        config = load_config(args.config, registry, args.overrides)
+    upe, ebs, total = geometry(config)
+    scheduler = IntervalScheduler(upe, ebs, total)
+    from noether_core.training import default_entries
+
+    entries: list[tuple[str, CallbackConfig]] = [
+        *((f"{e.key} (default)", e) for e in default_entries(config, registry)),
+        *((e.key, e) for e in config.callbacks),
+    ]
+
+    @attrs.frozen
+    class Row:
+        label: str
+        entry: CallbackConfig
+
+        @property
+        def interval(self) -> Any:
+            return self.entry.interval
+
+    rows = [Row(label, e) for label, e in entries]
+    timeline = scheduler.timeline(rows)
+    print(f"{config.trainer.end}: {total} updates, {upe} per epoch, effective batch size {ebs}")
+    for row in rows:
+        if row.interval is not None:
+            n = sum(1 for _ in scheduler.due_updates(row.interval))
+            print(f"  {row.label}: {row.interval.verbose}, fires {n} time{'s' if n != 1 else ''}")
+    print()
+    width = len(str(total))
+    for update, due in timeline.items():
+        epoch_end = " (end of epoch %d)" % (update // upe) if update % upe == 0 else ""
+        print(f"U{update:<{width}}{epoch_end}: {', '.join(r.label for r in due)}")
+    return EXIT_OK
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def config_to_yaml(config: RunConfig, registry: PluginRegistry) -> str:
+    return dump_yaml(unstructure_config(config, registry))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""YAML -> :class:`RunConfig`, with every problem reported at once, one line each, with its path.
+
+One cattrs converter (:func:`make_converter`) does the structuring. Scalars are strict (``3.7`` is not
+an int, ``"false"`` is not a bool), unknown fields are rejected with a "did you mean", and each
+``callbacks`` entry is structured into the ``Config`` class of the plugin its ``kind`` names. Field
+validators (attrs) run in a second pass so that all of them report, not only the first of each class.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+
+from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UsageError
+from noether_core.registry import PluginRegistry, UnknownKindError
+from noether_core.scheduling import INTERVAL_FIELDS
+
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected int, got {_show(value)}")
+    return value
+
+
+def _strict_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected number, got {_show(value)}")
+    return float(value)
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected string, got {_show(value)}")
+    return value
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected bool (true/false), got {_show(value)}")
+    return value
+
+
+def _structure_literal(value: Any, type_: Any) -> Any:
+    allowed = get_args(type_)
+    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+        raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {_show(value)}")
+    return value
+
+
+class _EntryConverter(cattrs.Converter):
+    registry: PluginRegistry
+
+
+def make_converter(registry: PluginRegistry) -> cattrs.Converter:
+    """The converter for run configs; ``kind`` fields of ``callbacks`` entries look plugins up in ``registry``."""
+    conv = _EntryConverter(detailed_validation=True, forbid_extra_keys=True)
+    conv.registry = registry
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+
+    entry_structurers: dict[type[CallbackConfig], Any] = {}
+
+    def structurer(cls: type[CallbackConfig]) -> Any:
+        # generated per class: a hook registered for CallbackConfig would also catch its subclasses
+        if cls not in entry_structurers:
+            entry_structurers[cls] = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+        return entry_structurers[cls]
+
+    def structure_entry(raw: Any, _: type) -> CallbackConfig:
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"expected a mapping with a 'kind', got {_show(raw)}")
+        if "kind" not in raw:
+            raise _Missing("kind")
+        kind = _strict_str(raw["kind"], str)
+        plugin = registry.load(kind)
+        data = dict(raw)
+        data["kind"] = plugin.kind
+        if any(f in raw for f in INTERVAL_FIELDS):
+            # an interval the user sets replaces the one a plugin's Config defaults to
+            for f in INTERVAL_FIELDS:
+                data.setdefault(f, None)
+        entry: CallbackConfig = structurer(plugin.config_class)(data, plugin.config_class)
+        return entry
+
+    conv.register_structure_hook(CallbackConfig, structure_entry)
+    conv.register_unstructure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, CallbackConfig),
+        lambda obj: {
+            a.name: conv.unstructure(getattr(obj, a.name), a.type if a.type is not None else Any)
+            for a in attrs.fields(type(obj))
+        },
+    )
+    return conv
+
+
+class _Missing(KeyError):
+    """A required key of a mapping cattrs does not structure itself."""
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else str(part)
+
+
+def _child_path(exc: BaseException, path: str) -> str:
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, AttributeValidationNote):
+            return _join(path, note.name)
+        if isinstance(note, IterableValidationNote):
+            return _join(path, note.index)
+    return path
+
+
+def _field_names(cls: Any) -> list[str]:
+    return [a.name for a in attrs.fields(cls)] if attrs.has(cls) else []
+
+
+def _walk(exc: BaseException, path: str, issues: list[ConfigIssue], plugin_errors: list[PluginLoadError]) -> None:
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        for sub in exc.exceptions:
+            _walk(sub, _child_path(sub, path), issues, plugin_errors)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        known = _field_names(exc.cl)
+        for extra in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(extra, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
+            issues.append(ConfigIssue(_join(path, extra), f"unknown field{hint}"))
+    elif isinstance(exc, UnknownKindError):
+        issues.append(ConfigIssue(_join(path, "kind"), f"unknown kind {exc.kind!r}: {exc.reason}"))
+    elif isinstance(exc, PluginLoadError):
+        plugin_errors.append(exc)
+    elif isinstance(exc, _Missing):
+        issues.append(ConfigIssue(_join(path, exc.args[0]), "required field missing"))
+    elif isinstance(exc, KeyError):
+        issues.append(ConfigIssue(path, "required field missing"))
+    else:
+        issues.append(ConfigIssue(path, _tidy(str(exc))))
+
+
+_ATTRS_MSG = re.compile(r"^'(?P<name>\w+)' must be (?P<rule>.*): (?P<got>.*)$", re.S)
+
+
+def _tidy(message: str) -> str:
+    """attrs says ``'x' must be >= 1: 0``; the path already names the field."""
+    m = _ATTRS_MSG.match(message)
+    if m:
+        return f"must be {m['rule']}, got {m['got']}"
+    if message.startswith("Length of '"):
+        return "must not be empty"
+    return message
+
+
+def _run_validators(obj: Any, path: str, issues: list[ConfigIssue]) -> None:
+    """Run every attrs field validator of ``obj`` and its children, collecting instead of stopping."""
+    if attrs.has(type(obj)):
+        for field in attrs.fields(type(obj)):
+            value = getattr(obj, field.name)
+            if field.validator is not None:
+                try:
+                    field.validator(obj, field, value)
+                except (ValueError, TypeError) as exc:
+                    issues.append(ConfigIssue(_join(path, field.name), _tidy(str(exc))))
+                    continue
+            _run_validators(value, _join(path, field.name), issues)
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            _run_validators(item, _join(path, i), issues)
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            _run_validators(item, _join(path, str(key)), issues)
+
+
+def iter_entries(config: RunConfig) -> Iterator[tuple[str, CallbackConfig]]:
+    """Every callback entry with its path, nested ones (e.g. ``eval_callbacks``) included."""
+
+    def visit(obj: Any, path: str) -> Iterator[tuple[str, CallbackConfig]]:
+        if isinstance(obj, CallbackConfig):
+            yield path, obj
+        if attrs.has(type(obj)):
+            for field in attrs.fields(type(obj)):
+                yield from visit(getattr(obj, field.name), _join(path, field.name))
+        elif isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                yield from visit(item, _join(path, i))
+
+    for i, entry in enumerate(config.callbacks):
+        yield from visit(entry, _join("callbacks", i))
+
+
+def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[ConfigIssue]) -> None:
+    seen: dict[str, str] = {}
+    for path, entry in iter_entries(config):
+        plugin = registry.load(entry.kind)
+        set_fields = [f for f in INTERVAL_FIELDS if getattr(entry, f) is not None]
+        if len(set_fields) > 1:
+            issues.append(ConfigIssue(path, f"set exactly one of {', '.join(INTERVAL_FIELDS)}; got {', '.join(set_fields)}"))
+        elif plugin.scheduled and not set_fields:
+            issues.append(
+                ConfigIssue(
+                    path,
+                    f"{entry.kind} runs periodically (it implements at_eval): "
+                    f"set exactly one of {', '.join(INTERVAL_FIELDS)}",
+                )
+            )
+        elif not plugin.scheduled and set_fields:
+            issues.append(
+                ConfigIssue(
+                    _join(path, set_fields[0]),
+                    f"{entry.kind} is not periodic (it does not implement at_eval), so an interval has no effect; remove it",
+                )
+            )
+        if entry.name is not None and entry.id is not None and entry.name != entry.id:
+            issues.append(ConfigIssue(path, f"name {entry.name!r} and id {entry.id!r} disagree; set only name"))
+        explicit = entry.name or entry.id
+        key = entry.key
+        if key in seen and (explicit is not None or plugin.stateful):
+            issues.append(
+                ConfigIssue(
+                    path,
+                    f"the name {key!r} is already used by {seen[key]}; give each entry a unique 'name'"
+                    + (" (its state is saved under that name)" if plugin.stateful else ""),
+                )
+            )
+        seen.setdefault(key, path)
+
+
+def structure_config(
+    raw: Any, registry: PluginRegistry, *, source: str | None = None, converter: cattrs.Converter | None = None
+) -> RunConfig:
+    """Structure a YAML document into a :class:`RunConfig`, or raise with every problem listed.
+
+    Raises :class:`ConfigError` (exit status 2) for config mistakes and :class:`PluginLoadError`
+    (exit status 3) when a plugin the config names cannot be imported.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError([ConfigIssue("", f"a config is a mapping of sections, got {_show(raw)}")], source)
+    conv = converter or make_converter(registry)
+    issues: list[ConfigIssue] = []
+    plugin_errors: list[PluginLoadError] = []
+    config: RunConfig | None = None
+    with attrs.validators.disabled():
+        try:
+            config = conv.structure(raw, RunConfig)
+        except Exception as exc:  # every structuring problem is turned into issues below
+            _walk(exc, "", issues, plugin_errors)
+    if plugin_errors:
+        raise plugin_errors[0]
+    if config is not None:
+        _run_validators(config, "", issues)
+        _check_entries(config, registry, issues)
+    if issues:
+        raise ConfigError(issues, source)
+    assert config is not None
+    return config
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error names the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"YAML error: {exc}")], source) from None
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parse_key(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    pos = 0
+    for m in _PATH_PART.finditer(key):
+        if m.start() != pos and key[pos:m.start()] != ".":
+            raise UsageError(f"--set {key!r}: cannot parse the key (use a.b.c or callbacks[0].name)")
+        pos = m.end()
+        name, index = m.groups()
+        if index is not None:
+            parts.append(int(index))
+        elif name.isdigit():
+            parts.append(int(name))
+        else:
+            parts.append(name)
+    if not parts or pos != len(key):
+        raise UsageError(f"--set {key!r}: cannot parse the key (use a.b.c or callbacks[0].name)")
+    return parts
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``KEY=VALUE`` overrides; values are parsed as YAML (``3`` is an int, ``true`` a bool)."""
+    if raw is None:
+        raw = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set trainer.max_epochs=3")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        parts = _parse_key(key.strip())
+        node = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(str(p) for p in parts[: i + 1])
+            if isinstance(part, int):
+                if not isinstance(node, list) or not -len(node) <= part < len(node):
+                    raise UsageError(f"--set {item!r}: {where} does not exist (no list item {part})")
+                if last:
+                    node[part] = value
+                else:
+                    node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise UsageError(f"--set {item!r}: {where} is inside a value that is not a mapping")
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+    return raw
+
+
+def load_config(
+    path: Path | str | None,
+    registry: PluginRegistry,
+    overrides: Sequence[str] = (),
+    *,
+    text: str | None = None,
+) -> RunConfig:
+    """Read, override and structure a config file (or ``text``, e.g. the bundled example)."""
+    source = str(path) if path is not None else "<bundled example>"
+    raw = parse_yaml(text, source) if text is not None else read_yaml(Path(str(path)))
+    raw = apply_overrides(raw, overrides)
+    return structure_config(raw, registry, source=source)
+
+
+def unstructure_config(config: RunConfig, registry: PluginRegistry) -> dict[str, Any]:
+    """Plain data for ``config.yaml`` of a run (plugin fields included)."""
+    return _plain(make_converter(registry).unstructure(config))  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, so ``yaml.safe_dump`` writes plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+__all__ = [
+    "apply_overrides",
+    "iter_entries",
+    "load_config",
+    "make_converter",
+    "parse_yaml",
+    "read_yaml",
+    "structure_config",
+    "unstructure_config",
+]

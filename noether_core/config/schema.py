@@ -1,0 +1,180 @@
+"""The attrs classes a run config is structured into. One class per section; plugin configs extend
+:class:`CallbackConfig` beside their plugin."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from attrs import validators as v
+
+from noether_core.counter import RunEnd
+from noether_core.scheduling import Interval
+
+_pos_int = v.optional(v.ge(1))
+
+
+def _exactly_one_end(inst: TrainerConfig) -> RunEnd:
+    given = [(u, n) for u, n in (("epoch", inst.max_epochs), ("update", inst.max_updates),
+                                 ("sample", inst.max_samples)) if n is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "set exactly one of max_epochs, max_updates, max_samples"
+            + (f"; got {', '.join(f'max_{u}s' for u, _ in given)}" if given else "")
+        )
+    unit, n = given[0]
+    return RunEnd(unit, n)  # type: ignore[arg-type]
+
+
+@attrs.frozen(kw_only=True)
+class CallbackConfig:
+    """Fields every ``callbacks`` entry has. A class plugin's ``Config`` extends it.
+
+    ``kind`` names the plugin (an entry-point name, a seed spelling such as
+    ``noether.core.callbacks.CheckpointCallback``, or an import path ``pkg.module:Name``). ``name`` is the
+    instance name: it keys the entry's state in checkpoints and must be unique; ``id`` is accepted as
+    its older spelling. Exactly one ``every_n_*`` is set when the plugin implements ``at_eval`` (unless
+    its ``Config`` gives a default), none otherwise.
+    """
+
+    kind: str = attrs.field(validator=v.min_len(1))
+    name: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    id: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
+    every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
+    every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
+
+    @property
+    def interval(self) -> Interval | None:
+        """The entry's interval, ``None`` for entries that are not scheduled."""
+        return Interval.from_fields(self.every_n_epochs, self.every_n_updates, self.every_n_samples)
+
+    @property
+    def key(self) -> str:
+        """The entry's name for state, logs and timing: ``name``, else ``id``, else ``kind``."""
+        return self.name or self.id or self.kind
+
+
+@attrs.frozen(kw_only=True)
+class TrainerConfig:
+    """How long and how to train. ``batch_size`` is the effective batch size of one update, over all
+    ranks and micro-batches; each micro-batch holds ``batch_size / (world_size * accumulation_steps)``."""
+
+    max_epochs: int | None = attrs.field(default=None, validator=_pos_int)
+    max_updates: int | None = attrs.field(default=None, validator=_pos_int)
+    max_samples: int | None = attrs.field(default=None, validator=_pos_int)
+    batch_size: int = attrs.field(default=32, validator=v.ge(1))
+    accumulation_steps: int = attrs.field(default=1, validator=v.ge(1))
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)))
+    clip_grad_value: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)))
+    skip_nan_loss: bool = False
+    skip_nan_loss_max_count: int = attrs.field(default=100, validator=v.ge(1))
+    train_step: str | None = None
+    log_every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
+    log_every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
+    log_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
+    track_every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
+    track_every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
+    track_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
+    add_default_callbacks: bool = True
+    slow_plugin_share: float = attrs.field(default=0.25, validator=[v.gt(0.0), v.le(1.0)])
+    deterministic: bool = True
+    num_threads: int | None = attrs.field(default=None, validator=_pos_int)
+
+    def __attrs_post_init__(self) -> None:
+        _exactly_one_end(self)
+        Interval.from_fields(self.log_every_n_epochs, self.log_every_n_updates, self.log_every_n_samples)
+        Interval.from_fields(self.track_every_n_epochs, self.track_every_n_updates, self.track_every_n_samples)
+
+    @property
+    def end(self) -> RunEnd:
+        return _exactly_one_end(self)
+
+    @property
+    def log_interval(self) -> Interval | None:
+        return Interval.from_fields(self.log_every_n_epochs, self.log_every_n_updates, self.log_every_n_samples)
+
+    @property
+    def track_interval(self) -> Interval | None:
+        return Interval.from_fields(
+            self.track_every_n_epochs, self.track_every_n_updates, self.track_every_n_samples
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """The model: a bundled kind (``mlp``) or an import path to any ``nn.Module`` factory
+    (``pkg.module:make_model``), called with ``kwargs``. With ``parts``, a composite model whose named
+    parts are built from their own configs and saved separately."""
+
+    kind: str = "composite"
+    name: str = attrs.field(default="model", validator=v.min_len(1))
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+    parts: dict[str, ModelConfig] | None = None
+    frozen: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleConfig:
+    """A value schedule over the run's updates: linear warmup from 0, then ``kind`` decay to
+    ``end_factor`` times the base value."""
+
+    kind: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_updates: int = attrs.field(default=0, validator=v.ge(0))
+    warmup_fraction: float | None = attrs.field(default=None, validator=v.optional([v.ge(0.0), v.lt(1.0)]))
+    end_factor: float = attrs.field(default=0.0, validator=v.ge(0.0))
+
+
+@attrs.frozen(kw_only=True)
+class OptimizerConfig:
+    kind: Literal["adamw", "sgd"] = "adamw"
+    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    lr_schedule: ScheduleConfig | None = None
+    wd_schedule: ScheduleConfig | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DatasetConfig:
+    """A named dataset: a bundled kind or an import path to a factory returning a ``Dataset``."""
+
+    kind: str = attrs.field(validator=v.min_len(1))
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+    num_workers: int = attrs.field(default=0, validator=v.ge(0))
+
+
+@attrs.frozen(kw_only=True)
+class TrackerConfig:
+    """An extra tracker from the ``noether.trackers`` entry-point group (the on-disk one always runs)."""
+
+    kind: str = attrs.field(validator=v.min_len(1))
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """A whole run, as one YAML file describes it."""
+
+    trainer: TrainerConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig = attrs.Factory(OptimizerConfig)
+    datasets: dict[str, DatasetConfig] = attrs.Factory(dict)
+    callbacks: list[CallbackConfig] = attrs.Factory(list)
+    tracker: list[TrackerConfig] = attrs.Factory(list)
+
+
+__all__ = [
+    "CallbackConfig",
+    "DatasetConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrackerConfig",
+    "TrainerConfig",
+]

@@ -1,0 +1,65 @@
+"""Process-group helpers. A run is distributed when started by ``torchrun`` (``WORLD_SIZE`` > 1);
+CPU runs use the gloo backend, CUDA runs NCCL."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+import torch
+import torch.distributed as dist
+
+
+@attrs.frozen
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device_type: str) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (no-op for one process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any (signals must stop all ranks at the same update)."""
+    if not info.is_distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if not info.is_distributed:
+        return value
+    out = value.detach().clone().float()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / info.world_size
+
+
+def barrier(info: DistInfo) -> None:
+    if info.is_distributed:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = ["DistInfo", "any_rank", "barrier", "init_from_env", "mean_over_ranks", "shutdown"]

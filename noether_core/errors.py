@@ -1,0 +1,172 @@
+"""Error types. Each carries what it concerns (a config path, a plugin kind) so the CLI can print one
+clear paragraph and pick the exit status, instead of a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PLUGIN = 3
+EXIT_INTERRUPTED = 130
+
+
+class NoetherError(Exception):
+    """Base of every error noether reports to a user. ``exit_status`` is what the CLI exits with."""
+
+    exit_status = EXIT_FAILED
+
+
+@attrs.frozen
+class ConfigIssue:
+    """One problem in a config: where (``callbacks[2].every_n_epochs``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(NoetherError):
+    """An invalid config. Lists every problem found, one per line, each with its path."""
+
+    exit_status = EXIT_USAGE
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        n = len(self.issues)
+        head = f"invalid config{where} ({n} problem{'s' if n != 1 else ''}):"
+        return "\n".join([head, *(f"  {issue}" for issue in self.issues)])
+
+
+class UsageError(NoetherError):
+    """A command line that cannot be carried out (missing file, bad ``--set``)."""
+
+    exit_status = EXIT_USAGE
+
+
+class PluginLoadError(NoetherError):
+    """A plugin that could not be imported or is not a valid plugin.
+
+    Raised only for runs (or commands) that name the plugin; every other plugin stays usable.
+    """
+
+    exit_status = EXIT_PLUGIN
+
+    def __init__(
+        self,
+        kind: str,
+        reason: str,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.distribution = distribution
+        self.version = version
+        origin = f" from {distribution} {version}" if distribution else ""
+        super().__init__(f"plugin {kind!r}{origin} cannot be used: {reason}")
+
+
+class PluginValidationError(PluginLoadError):
+    """A plugin that imports but breaks the hook contract (a misspelled hook, an unknown argument)."""
+
+
+class TrainingError(NoetherError):
+    """A run that failed after it started (exit status 1)."""
+
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PLUGIN",
+    "EXIT_USAGE",
+    "ConfigError",
+    "ConfigIssue",
+    "NoetherError",
+    "PluginLoadError",
+    "PluginValidationError",
+    "TrainingError",
+    "UsageError",
+]
+
+
+class CheckpointWriteError(NoetherError):
+    """A checkpoint file that could not be written (disk full, permission denied, an object that cannot
+    be pickled or would not load with ``weights_only=True``). The file previously at ``path``, if any,
+    is untouched and the partial temporary file has been removed."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"could not write checkpoint {self.path!r}: {reason}. The previous file at that path, if "
+            "any, is unchanged."
+        )
+
+
+class CheckpointLoadError(NoetherError):
+    """A checkpoint file that is missing, truncated, corrupt, or holds objects that
+    ``torch.load(weights_only=True)`` refuses."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot load checkpoint {self.path!r}: {reason}")
+
+
+class DuplicateMetricError(NoetherError):
+    """A metric key logged twice in one step by plugins that are not both trainer defaults.
+
+    Two values for one key in one record would silently shadow each other; give one of the entries a
+    different interval or metric name instead.
+    """
+
+    def __init__(self, key: str, update: int, first_owner: str, second_owner: str) -> None:
+        self.key = key
+        self.update = update
+        self.first_owner = first_owner
+        self.second_owner = second_owner
+        by = (
+            f"twice by {first_owner!r}"
+            if first_owner == second_owner
+            else f"by {first_owner!r} and again by {second_owner!r}"
+        )
+        super().__init__(
+            f"metric {key!r} was logged {by} at update {update}. Each key may be logged once per step; "
+            "rename one of the metrics or give the entries different intervals."
+        )
+
+
+class UnknownMetricDirectionError(NoetherError):
+    """A metric whose better direction is needed (best checkpoint, early stopping, best metric) but is
+    unknown or neutral. Register a pattern for it: ``trainer.metrics.register("val/my_score",
+    "higher")``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(
+            f"cannot tell whether higher or lower is better for metric {key!r}: {reason}. Register a "
+            "pattern for it before it is used, e.g. metrics.register("
+            f"{key!r}, 'higher') or metrics.register({key!r}, 'lower') on the run's MetricProperties "
+            "(trainer.metrics); patterns are fnmatch globs matched against the lower-cased key."
+        )
+
+
+__all__ += [
+    "CheckpointLoadError",
+    "CheckpointWriteError",
+    "DuplicateMetricError",
+    "UnknownMetricDirectionError",
+]

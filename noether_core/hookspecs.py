@@ -1,0 +1,186 @@
+"""The events a noether run emits, as pluggy hook specifications.
+
+A plugin implements any of these by name, marked with :data:`noether_core.hookimpl`, and takes any
+subset of the arguments by name. Where each event fires in the training loop::
+
+    setup: build model, optimizer, data loaders, plugins; resume if asked
+    before_training()                                   # once; every entry, in list order
+    while not finished and not stopped:
+        for accumulation_step in range(accumulation_steps):
+            batch = next(train_loader)
+            losses, outputs = train_step(model, batch)  # forward under autocast; backward
+            after_accumulation(batch, losses, outputs,
+                               accumulation_step, accumulation_steps)
+        optimizer step (unscale, clip, skip on NaN), LR schedule step
+        counter.advance()
+        after_update(losses, times, grad_norm)          # every update, never gated
+        if counter ended an epoch:
+            after_epoch()                               # every epoch, never gated
+        for entry whose interval is due at this update:
+            at_eval(interval="epoch" | "update" | "sample")
+        flush this step's metrics to the trackers
+        if a stop was requested (early stopper, SIGTERM/SIGINT): save a resumable checkpoint; break
+    after_training(status)                              # always, last
+
+    noether eval RUN_DIR: load checkpoint; at_eval(interval="eval") on every evaluator; flush
+
+Rules that hold for every event:
+
+* Every event passes the **core arguments** ``trainer``, ``model``, ``counter`` and ``config``, plus its
+  own. ``config`` is the validated config of the entry being called (its ``Config`` class for class
+  plugins, :class:`~noether_core.CallbackConfig` for function plugins): this is how one module of
+  ``@hookimpl`` functions serves two entries with different intervals.
+* Entries are called one at a time, in the order of the config's ``callbacks`` list, with the trainer's
+  default producers of metrics (online loss, LR) before them. Return values are ignored.
+* Everything except the training forward/backward runs under :func:`torch.no_grad`. Values that need a
+  device-to-host sync (``.item()``) should be accumulated on the device and synced when logged.
+* Metrics go through ``trainer.writer.add_scalar(key, value)``; ``trainer.writer`` also holds the
+  values logged earlier in the same step, which is how consumers (best checkpoint, early stopping) read
+  producers.
+* A plugin asks the run to stop with ``trainer.request_stop(reason)``; the run ends after this step with
+  ``status="stopped"`` and exit status 0.
+* Hook names are checked when a plugin is registered: a misspelled ``@hookimpl`` or an unknown argument
+  name is an error naming the plugin, not silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from noether_core.markers import hookspec
+
+if TYPE_CHECKING:
+    import torch
+
+    from noether_core.config import CallbackConfig
+    from noether_core.counter import Counter
+    from noether_core.trainer import Trainer
+
+EvalInterval = Literal["epoch", "update", "sample", "eval"]
+RunStatus = Literal["completed", "stopped", "interrupted", "failed"]
+
+CORE_ARGUMENTS = ("trainer", "model", "counter", "config")
+
+
+@hookspec
+def before_training(trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+    """Called once, after setup and resume, before the first batch is read.
+
+    ``counter`` is at update 0 for a fresh run and at the resumed position otherwise, so a plugin can tell
+    the two apart with ``counter.update > 0``. Use it for one-off work that needs the built model and
+    data: counting parameters, writing summaries, estimating sizes, allocating buffers. A plugin that
+    keeps files of its own reads them back here (``trainer.paths.resumed_from`` names the run it resumes).
+
+    Not called by ``noether eval``.
+
+    :param trainer: the run; services hang off it (``writer``, ``checkpoints``, ``tracker``, ``paths``,
+        ``data``, ``metrics``).
+    :param model: the unwrapped model (never the DDP or compiled wrapper).
+    :param counter: read-only position of the run.
+    :param config: this entry's validated config.
+    """
+
+
+@hookspec
+def after_accumulation(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    counter: Counter,
+    config: CallbackConfig,
+    batch: Any,
+    losses: Mapping[str, torch.Tensor],
+    outputs: Mapping[str, Any] | None,
+    accumulation_step: int,
+    accumulation_steps: int,
+) -> None:
+    """Called after every micro-batch's backward pass, before the optimizer step of its update.
+
+    Fires ``accumulation_steps`` times per update, with the model in train mode. ``counter`` has not
+    advanced yet: during the first update of a run it reads update 0.
+
+    :param batch: the micro-batch as the model saw it (on the device).
+    :param losses: detached losses of this micro-batch: ``"total"`` plus every named loss the train step
+        returned. Tensors on the device; do not call ``.item()`` here on a hot path.
+    :param outputs: extra outputs the train step returned, or ``None``.
+    :param accumulation_step: index of this micro-batch within the update, ``0 .. accumulation_steps-1``.
+    :param accumulation_steps: micro-batches per update.
+    """
+
+
+@hookspec
+def after_update(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    counter: Counter,
+    config: CallbackConfig,
+    losses: Mapping[str, torch.Tensor],
+    times: Mapping[str, float],
+    grad_norm: torch.Tensor | None,
+) -> None:
+    """Called after every optimizer update, with ``counter`` already advanced. Never gated by an interval.
+
+    Fires also for updates whose optimizer step was skipped because of a NaN loss (see
+    ``trainer.skip_nan_loss``). Keep it cheap: it runs on every update.
+
+    :param losses: detached losses of the update, averaged over its micro-batches (device tensors).
+    :param times: seconds spent in this update, by phase: ``data_wait``, ``forward``, ``backward``,
+        ``update`` (optimizer step).
+    :param grad_norm: total gradient norm before clipping (device tensor), or ``None`` when the run does
+        not clip gradients.
+    """
+
+
+@hookspec
+def after_epoch(trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+    """Called after the last update of every epoch, after ``after_update``. Never gated.
+
+    ``counter.epoch`` already counts the finished epoch. A run whose end falls part-way through an epoch
+    does not call it for that last partial epoch.
+    """
+
+
+@hookspec
+def at_eval(
+    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig, interval: EvalInterval
+) -> None:
+    """The scheduled event: called when this entry's interval is due, and in evaluation-only runs.
+
+    The trainer's :class:`~noether_core.IntervalScheduler` decides; a plugin never re-checks "is it my
+    turn". Due entries are called after ``after_update`` (and ``after_epoch``) of the same update, in list
+    order, so producers listed earlier have logged their values for this step already. The model is in
+    eval mode; it goes back to train mode afterwards.
+
+    :param interval: which trigger fired: ``"epoch"``, ``"update"`` or ``"sample"`` (the unit of this
+        entry's interval) during training, ``"eval"`` under ``noether eval``. Plugins that only make sense
+        during training (checkpointing, early stopping) return at once for ``"eval"``.
+    """
+
+
+@hookspec
+def after_training(
+    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig, status: RunStatus
+) -> None:
+    """Called once, last, whatever the ending. Values logged here are flushed before the run closes.
+
+    :param status: ``"completed"`` (the configured end was reached), ``"stopped"`` (a plugin requested a
+        stop, e.g. early stopping), ``"interrupted"`` (SIGTERM/SIGINT; a resumable checkpoint was saved
+        before this call) or ``"failed"`` (an exception is about to be re-raised; save nothing you would
+        trust).
+    """
+
+
+HOOK_NAMES = ("before_training", "after_accumulation", "after_update", "after_epoch", "at_eval", "after_training")
+
+__all__ = [
+    "CORE_ARGUMENTS",
+    "HOOK_NAMES",
+    "EvalInterval",
+    "RunStatus",
+    "after_accumulation",
+    "after_epoch",
+    "after_training",
+    "after_update",
+    "at_eval",
+    "before_training",
+]

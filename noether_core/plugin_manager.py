@@ -1,0 +1,232 @@
+"""The run's plugins: one object per config entry, registered with pluggy, called in list order and timed.
+
+pluggy checks the implementations against :mod:`noether_core.hookspecs` when each object is
+registered. Dispatch does not go through ``pm.hook.<name>(...)``: noether calls each entry's
+implementation itself, because the order is the config's list order, ``at_eval`` reaches only the entries
+that are due, each entry gets its own ``config`` argument, and the time each entry spends in each
+event is accounted (cheaply: two ``perf_counter`` calls) for the end-of-run summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import pluggy
+
+from noether_core import hookspecs
+from noether_core.config.schema import CallbackConfig
+from noether_core.errors import PluginValidationError, TrainingError
+from noether_core.markers import PROJECT_NAME
+from noether_core.registry import Plugin
+from noether_core.scheduling import Interval
+
+if TYPE_CHECKING:
+    from noether_core.hookspecs import EvalInterval, RunStatus
+
+HOOKS = hookspecs.HOOK_NAMES
+_HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
+
+
+class OwnerAware(Protocol):
+    """What the dispatcher tells about who is running (the log writer uses it to name metric owners)."""
+
+    owner: str
+    owner_is_default: bool
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One config entry, live: its config, its plugin object, where its time went."""
+
+    index: int
+    config: CallbackConfig
+    plugin: Plugin
+    obj: object
+    is_default: bool = False
+    interval: Interval | None = None
+    seconds: list[float] = attrs.Factory(lambda: [0.0] * len(HOOKS))
+    calls: list[int] = attrs.Factory(lambda: [0] * len(HOOKS))
+
+    @property
+    def key(self) -> str:
+        """Name for state, logs and timing (``name``, else ``id``, else ``kind``)."""
+        return self.config.key
+
+    @property
+    def stateful(self) -> bool:
+        return self.plugin.stateful
+
+    def __str__(self) -> str:
+        where = f" every {self.interval.verbose}" if self.interval else ""
+        return f"{self.key} ({self.plugin.kind}{where})"
+
+
+class PluginFailure(TrainingError):
+    """A plugin raised during an event; names the entry and the event."""
+
+    def __init__(self, slot: Slot, hook: str, exc: BaseException) -> None:
+        self.slot = slot
+        self.hook = hook
+        super().__init__(f"plugin {slot.key!r} ({slot.plugin.kind}) failed in {hook}: {type(exc).__name__}: {exc}")
+
+
+_Call = tuple[Slot, Callable[..., Any], tuple[str, ...]]
+
+
+class PluginManager:
+    """Registers entries and dispatches the six events to them.
+
+    ``register`` every entry, then ``freeze``; after that the typed methods (``before_training`` ...
+    ``after_training``) are the only way the trainer calls plugins.
+    """
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self.slots: list[Slot] = []
+        self._tables: dict[str, list[_Call]] = {}
+        self._at_eval: dict[int, _Call] = {}
+        self.owner_sink: OwnerAware | None = None
+
+    def register(self, plugin: Plugin, config: CallbackConfig, *, is_default: bool = False) -> Slot:
+        """Make and register the plugin object for one entry. Hook mistakes raise here, not later."""
+        if self._tables:
+            raise RuntimeError("plugins cannot be registered once dispatch has started")
+        obj = plugin.instantiate(config)
+        slot = Slot(len(self.slots), config, plugin, obj, is_default=is_default, interval=config.interval)
+        try:
+            self._pm.register(obj, name=f"{slot.index}:{slot.key}")
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self._pm.unregister(obj)
+            raise PluginValidationError(
+                plugin.kind, str(exc), plugin.source.distribution, plugin.source.version
+            ) from exc
+        self.slots.append(slot)
+        return slot
+
+    def freeze(self) -> None:
+        """Build the dispatch tables (list order) once; dispatch needs no lookups after this."""
+        by_obj = {id(s.obj): s for s in self.slots}
+        for name in HOOKS:
+            calls: list[_Call] = []
+            for impl in getattr(self._pm.hook, name).get_hookimpls():
+                slot = by_obj[id(impl.plugin)]
+                calls.append((slot, impl.function, tuple(impl.argnames)))
+            calls.sort(key=lambda c: c[0].index)
+            self._tables[name] = calls
+        self._at_eval = {c[0].index: c for c in self._tables["at_eval"]}
+
+    def implements(self, slot: Slot, hook: str) -> bool:
+        return hook in slot.plugin.hooks
+
+    @property
+    def scheduled(self) -> list[Slot]:
+        """Entries that take ``at_eval``, in list order: what the trainer's scheduler looks at."""
+        return [s for s in self.slots if s.index in self._at_eval]
+
+    def stateful(self) -> Iterator[Slot]:
+        return (s for s in self.slots if s.stateful)
+
+    # ------------------------------------------------------------------------------------- dispatch
+
+    def _run(self, hook: str, calls: Iterable[_Call], kwargs: dict[str, Any]) -> None:
+        hook_index = _HOOK_INDEX[hook]
+        sink = self.owner_sink
+        clock = time.perf_counter
+        for slot, function, argnames in calls:
+            kwargs["config"] = slot.config
+            if sink is not None:
+                sink.owner = slot.key
+                sink.owner_is_default = slot.is_default
+            start = clock()
+            try:
+                function(*[kwargs[a] for a in argnames])
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except TrainingError:
+                raise
+            except Exception as exc:
+                raise PluginFailure(slot, hook, exc) from exc
+            finally:
+                slot.seconds[hook_index] += clock() - start
+                slot.calls[hook_index] += 1
+        if sink is not None:
+            sink.owner = "trainer"
+            sink.owner_is_default = False
+
+    def call(self, hook: str, core: Mapping[str, Any], **extra: Any) -> None:
+        """Call ``hook`` on every entry implementing it (used by the typed methods)."""
+        calls = self._tables[hook]
+        if calls:
+            self._run(hook, calls, {**core, **extra})
+
+    def before_training(self, core: Mapping[str, Any]) -> None:
+        self.call("before_training", core)
+
+    def after_accumulation(
+        self,
+        core: Mapping[str, Any],
+        batch: Any,
+        losses: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None,
+        accumulation_step: int,
+        accumulation_steps: int,
+    ) -> None:
+        self.call(
+            "after_accumulation",
+            core,
+            batch=batch,
+            losses=losses,
+            outputs=outputs,
+            accumulation_step=accumulation_step,
+            accumulation_steps=accumulation_steps,
+        )
+
+    def after_update(
+        self, core: Mapping[str, Any], losses: Mapping[str, Any], times: Mapping[str, float], grad_norm: Any
+    ) -> None:
+        self.call("after_update", core, losses=losses, times=times, grad_norm=grad_norm)
+
+    def after_epoch(self, core: Mapping[str, Any]) -> None:
+        self.call("after_epoch", core)
+
+    def at_eval(self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None = None) -> None:
+        """Call ``at_eval`` on ``slots`` (the due ones), each with its own interval's unit unless given."""
+        for slot in slots:
+            call = self._at_eval.get(slot.index)
+            if call is None:
+                continue
+            unit = interval or (slot.interval.unit if slot.interval else "eval")
+            self._run("at_eval", (call,), {**core, "interval": unit})
+
+    def after_training(self, core: Mapping[str, Any], status: RunStatus) -> list[PluginFailure]:
+        """Call every entry even when some fail; return the failures for the trainer to report."""
+        failures: list[PluginFailure] = []
+        for call in self._tables["after_training"]:
+            try:
+                self._run("after_training", (call,), {**core, "status": status})
+            except PluginFailure as exc:
+                failures.append(exc)
+        return failures
+
+    # --------------------------------------------------------------------------------------- timing
+
+    def durations(self) -> list[tuple[Slot, str, float, int]]:
+        """(entry, event, seconds, calls) for every event an entry spent time in, slowest first."""
+        rows = [
+            (slot, hook, slot.seconds[i], slot.calls[i])
+            for slot in self.slots
+            for i, hook in enumerate(HOOKS)
+            if slot.calls[i]
+        ]
+        return sorted(rows, key=lambda r: r[2], reverse=True)
+
+    def total_seconds(self, slot: Slot) -> float:
+        return sum(slot.seconds)
+
+
+__all__ = ["HOOKS", "OwnerAware", "PluginFailure", "PluginManager", "Slot"]

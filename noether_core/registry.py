@@ -1,0 +1,275 @@
+"""Finding and loading plugins: the ``noether.callbacks`` entry-point group, seed spellings, import paths.
+
+Discovery reads distribution metadata only; a plugin's module is imported when a config (or
+``noether plugins show``) names its kind, and a plugin that fails to import breaks only what uses it.
+
+A plugin author registers a kind in their package's ``pyproject.toml``::
+
+    [project.entry-points."noether.callbacks"]
+    MyCallback = "my_package.callbacks:MyCallback"        # a class plugin
+    my_heartbeat = "my_package.heartbeat"                 # a module of @hookimpl functions
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import types
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from typing import Any
+
+import attrs
+
+from noether_core import hookspecs
+from noether_core.config.schema import CallbackConfig
+from noether_core.errors import PluginLoadError, PluginValidationError
+from noether_core.markers import PROJECT_NAME
+
+ENTRY_POINT_GROUP = "noether.callbacks"
+#: Qualified spellings of the reference documents; ``noether.core.callbacks.EmaCallback`` means ``EmaCallback``.
+SEED_PREFIXES = ("noether.core.callbacks.", "noether.training.callbacks.")
+
+_IMPL_ATTR = f"{PROJECT_NAME}_impl"
+
+
+@attrs.frozen
+class PluginSource:
+    """Where a kind comes from, known without importing it."""
+
+    kind: str
+    value: str
+    distribution: str | None = None
+    version: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.distribution} {self.version}" if self.distribution else self.value
+
+
+@attrs.frozen
+class Plugin:
+    """A loaded plugin: what it is, which hooks it implements, and how to make one per config entry."""
+
+    source: PluginSource
+    target: Any
+    config_class: type[CallbackConfig]
+    hooks: tuple[str, ...]
+    is_class: bool
+    stateful: bool
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether entries of this kind take an interval (the plugin implements ``at_eval``)."""
+        return "at_eval" in self.hooks
+
+    def instantiate(self, config: CallbackConfig) -> object:
+        """A fresh plugin object for one config entry, so two entries of one kind never share state."""
+        if self.is_class:
+            return self.target(config)
+        # pluggy registers objects, and refuses one object twice: give each entry its own namespace
+        return types.SimpleNamespace(**{name: getattr(self.target, name) for name in self.hooks})
+
+
+class UnknownKindError(PluginLoadError):
+    """A kind that no installed distribution provides. A config mistake (exit status 2), not a broken plugin."""
+
+    exit_status = 2
+
+
+class PluginRegistry:
+    """The kinds available in this environment and, on demand, the plugins behind them."""
+
+    def __init__(self, sources: Iterable[PluginSource]) -> None:
+        self._sources: dict[str, list[PluginSource]] = {}
+        for source in sources:
+            claims = self._sources.setdefault(source.kind, [])
+            if all(c.distribution != source.distribution or c.value != source.value for c in claims):
+                claims.append(source)
+        self._loaded: dict[str, Plugin] = {}
+
+    @classmethod
+    def from_environment(cls) -> PluginRegistry:
+        """Every ``noether.callbacks`` entry point of the installed distributions (no imports)."""
+        return cls(_entry_point_sources(ENTRY_POINT_GROUP))
+
+    def kinds(self) -> list[str]:
+        return sorted(self._sources)
+
+    def sources(self, kind: str) -> list[PluginSource]:
+        """All distributions claiming ``kind`` (more than one is a conflict)."""
+        return list(self._sources.get(kind, ()))
+
+    def __iter__(self) -> Iterator[tuple[str, list[PluginSource]]]:
+        return iter(sorted(self._sources.items()))
+
+    def canonical(self, kind: str) -> str:
+        """The registered kind a spelling means: itself, or the last part of a seed spelling."""
+        if kind in self._sources or ":" in kind:
+            return kind
+        for prefix in SEED_PREFIXES:
+            if kind.startswith(prefix):
+                short = kind.rsplit(".", 1)[-1]
+                if short in self._sources:
+                    return short
+        return kind
+
+    def suggest(self, kind: str) -> list[str]:
+        return difflib.get_close_matches(kind.rsplit(".", 1)[-1], self.kinds(), n=3, cutoff=0.6)
+
+    def source(self, kind: str) -> PluginSource:
+        """The one source of ``kind``; raises :class:`PluginLoadError` for unknown or conflicting kinds."""
+        kind = self.canonical(kind)
+        if ":" in kind:
+            return PluginSource(kind=kind, value=kind)
+        claims = self._sources.get(kind)
+        if not claims:
+            hint = self.suggest(kind)
+            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            raise UnknownKindError(
+                kind,
+                f"no installed plugin provides it (entry-point group {ENTRY_POINT_GROUP!r}).{did_you_mean}"
+                " A kind is an installed plugin's name, or an import path 'package.module:Name'.",
+            )
+        if len(claims) > 1:
+            owners = ", ".join(c.describe() for c in claims)
+            raise PluginLoadError(
+                kind,
+                f"the kind is claimed by {len(claims)} distributions ({owners}); uninstall all but one",
+            )
+        return claims[0]
+
+    def load(self, kind: str) -> Plugin:
+        """Import the plugin behind ``kind`` (cached) and check it against the hook specs."""
+        source = self.source(kind)
+        plugin = self._loaded.get(source.kind)
+        if plugin is None:
+            plugin = self._loaded[source.kind] = inspect_plugin(source, _import_target(source))
+        return plugin
+
+
+def _entry_point_sources(group: str) -> list[PluginSource]:
+    out = []
+    for ep in metadata.entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        out.append(
+            PluginSource(
+                kind=ep.name,
+                value=ep.value,
+                distribution=dist.metadata["Name"] if dist is not None else None,
+                version=dist.version if dist is not None else None,
+            )
+        )
+    return out
+
+
+def _import_target(source: PluginSource) -> Any:
+    module_name, _, attr = source.value.partition(":")
+    where = f" ({source.describe()})" if source.distribution else ""
+    try:
+        target: Any = importlib.import_module(module_name.strip())
+        for part in filter(None, attr.strip().split(".")):
+            target = getattr(target, part)
+    except Exception as exc:
+        raise PluginLoadError(
+            source.kind,
+            f"importing {source.value!r}{where} failed: {type(exc).__name__}: {exc}",
+            source.distribution,
+            source.version,
+        ) from exc
+    return target
+
+
+_SPEC_ARGS: dict[str, frozenset[str]] = {
+    name: frozenset(inspect.signature(getattr(hookspecs, name)).parameters) for name in hookspecs.HOOK_NAMES
+}
+
+
+def _impl_opts(obj: Any) -> dict[str, Any] | None:
+    opts = getattr(obj, _IMPL_ATTR, None)
+    return opts if isinstance(opts, dict) else None
+
+
+def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
+    """Check ``target`` against the hook specs and describe it as a :class:`Plugin`.
+
+    Catches what pluggy would only notice later or never: misspelled hook names, argument names that no
+    event passes, hook-named methods without ``@hookimpl``, wrappers (noether calls each plugin itself,
+    in list order, so wrappers have nothing to wrap), and a ``Config`` that is not a ``CallbackConfig``.
+    """
+
+    def fail(reason: str) -> PluginValidationError:
+        return PluginValidationError(source.kind, reason, source.distribution, source.version)
+
+    is_class = inspect.isclass(target)
+    if not is_class and not isinstance(target, types.ModuleType) and callable(target):
+        raise fail(f"{source.value!r} is a function; a plugin is a class, or a module/object of @hookimpl functions")
+
+    hooks: list[str] = []
+    for name in dir(target):
+        if name.startswith("__"):
+            continue
+        member = inspect.getattr_static(target, name, None) if is_class else getattr(target, name, None)
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        opts = _impl_opts(member)
+        if opts is None:
+            if name in _SPEC_ARGS and callable(member):
+                raise fail(f"{name!r} has the name of a hook but is not marked with @hookimpl")
+            continue
+        if name not in _SPEC_ARGS:
+            close = difflib.get_close_matches(name, _SPEC_ARGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise fail(f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}")
+        if opts.get("hookwrapper") or opts.get("wrapper"):
+            raise fail(f"@hookimpl {name!r} is a wrapper; noether hooks take plain implementations only")
+        params = [p for p in inspect.signature(member).parameters.values()]
+        if is_class and params and params[0].name == "self":
+            params = params[1:]
+        unknown = [
+            p.name
+            for p in params
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in _SPEC_ARGS[name]
+        ]
+        if unknown:
+            raise fail(
+                f"{name}() takes {', '.join(repr(u) for u in unknown)}, which the event does not pass; "
+                f"it passes {', '.join(sorted(_SPEC_ARGS[name]))}"
+            )
+        hooks.append(name)
+    if not hooks:
+        raise fail(f"{source.value!r} implements none of the hooks {', '.join(hookspecs.HOOK_NAMES)}")
+
+    config_class: type[CallbackConfig] = CallbackConfig
+    if is_class:
+        declared = getattr(target, "Config", CallbackConfig)
+        if not (inspect.isclass(declared) and attrs.has(declared) and issubclass(declared, CallbackConfig)):
+            raise fail(f"{target.__name__}.Config must be an attrs class extending noether_core.CallbackConfig")
+        config_class = declared
+    stateful = is_class and callable(getattr(target, "state_dict", None)) and callable(
+        getattr(target, "load_state_dict", None)
+    )
+    order = {name: i for i, name in enumerate(hookspecs.HOOK_NAMES)}
+    return Plugin(
+        source=source,
+        target=target,
+        config_class=config_class,
+        hooks=tuple(sorted(hooks, key=order.__getitem__)),
+        is_class=is_class,
+        stateful=stateful,
+    )
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SEED_PREFIXES",
+    "Plugin",
+    "PluginRegistry",
+    "PluginSource",
+    "UnknownKindError",
+    "inspect_plugin",
+]

@@ -1,0 +1,62 @@
+"""The order in which training samples are visited, reproducible from ``(seed, epoch)`` alone.
+
+Because the order is a pure function of the seed and the epoch, a run resumed part-way through an
+epoch needs only the counter: it skips the batches the interrupted run had already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of one rank for one epoch: a seeded permutation (or the identity), truncated to the
+    ``samples_per_rank`` that full updates use, dealt round-robin to ranks, starting ``skip`` samples in.
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        *,
+        samples_per_rank: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if samples_per_rank * world_size > dataset_len:
+            raise ValueError(f"{samples_per_rank} samples x {world_size} ranks exceed the dataset ({dataset_len})")
+        self.dataset_len = dataset_len
+        self.samples_per_rank = samples_per_rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Visit ``epoch``'s order next, leaving out the first ``skip`` samples of this rank."""
+        self.epoch = epoch
+        self.skip = skip
+
+    def indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.dataset_len, generator=gen)
+        else:
+            order = torch.arange(self.dataset_len)
+        used = order[: self.samples_per_rank * self.world_size]
+        return used[self.rank :: self.world_size].tolist()  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices(self.epoch)[self.skip :])
+
+    def __len__(self) -> int:
+        return self.samples_per_rank - self.skip
+
+
+__all__ = ["EpochSampler"]

@@ -1,0 +1,419 @@
+"""Trackers: where flushed metric records go.
+
+The on-disk :class:`DiskTracker` always runs; more come from the ``tracker`` section of a config, each
+entry naming a ``kind`` from the ``noether.trackers`` entry-point group (or an import path
+``pkg.module:Name``) and ``kwargs`` for its constructor. A tracker package registers itself with::
+
+    [project.entry-points."noether.trackers"]
+    mytracker = "my_package.tracking:MyTracker"
+
+A tracker is any object with the four methods of :class:`Tracker`; it needs no base class. Trackers run
+on rank 0 only, and receive each record once, after the values have been reduced across ranks.
+
+Files the disk tracker writes (see :mod:`noether_core.paths`):
+
+* ``metrics.jsonl``: one JSON object per flush, ``{"epoch", "update", "sample", <metric>: value...}``.
+  Non-finite values are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` so every line
+  is strict JSON; ``float()`` parses them back, and :func:`read_metrics` does so for you.
+* ``summary.yaml``: ``status``, then ``metrics: {key: {min, max, last, best}}`` and ``summary:`` (what
+  was given to ``set_summary``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+
+import numpy as np
+import torch
+import yaml
+
+from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError
+from noether_core.metric_properties import MetricProperties
+from noether_core.paths import RunPaths
+
+if TYPE_CHECKING:
+    from noether_core.config.schema import TrackerConfig
+
+ENTRY_POINT_GROUP = "noether.trackers"
+POSITION_KEYS = ("epoch", "update", "sample")
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """What the run calls on a tracker, in this order: ``start`` once, ``log`` per flush and
+    ``set_summary`` any number of times, ``close`` once (also after a failed run)."""
+
+    def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
+        """The run begins. ``config`` is the resolved run config as plain data (for hyperparameters)."""
+
+    def log(self, record: Mapping[str, float | int]) -> None:
+        """One flushed record: ``epoch``, ``update``, ``sample`` and this step's metric values.
+        ``update`` is the step to plot against; a record may repeat the previous record's update."""
+
+    def set_summary(self, key: str, value: Any) -> None:
+        """A single value describing the run (``param_count/model``); a later call replaces it."""
+
+    def close(self, status: str) -> None:
+        """The run ended with ``status``: ``completed``, ``stopped``, ``interrupted`` or ``failed``."""
+
+
+def _encode_value(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _decode_value(value: object) -> object:
+    return _NON_FINITE[value] if isinstance(value, str) and value in _NON_FINITE else value
+
+
+def read_metrics(path: Path | str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, with ``"NaN"``/``"Infinity"``/``"-Infinity"`` turned back into
+    floats. A last line without its newline that does not parse (a crash mid-write) is skipped; any other
+    bad line raises ``ValueError``."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # only the unterminated tail can be a fragment
+                break
+            raise ValueError(f"{path}:{number}: not a JSON object ({error})") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object")
+        records.append({key: _decode_value(value) for key, value in raw.items()})
+    return records
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as YAML-safe plain data, tensors and NumPy scalars turned into Python numbers."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"summary {where!r} must be a single number, got a tensor of shape {value.shape}")
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"summary {where!r} must be a number, string, list or mapping; got {type(value).__name__}"
+    )
+
+
+class _Stats:
+    __slots__ = ("last", "max", "min")
+
+    def __init__(self) -> None:
+        self.min: float | None = None
+        self.max: float | None = None
+        self.last: float | None = None
+
+    def add(self, value: float) -> None:
+        self.last = value
+        if math.isnan(value):
+            return
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+
+
+class DiskTracker:
+    """The tracker that always runs: ``metrics.jsonl`` and ``summary.yaml`` in the run directory.
+
+    Each record is appended to ``metrics.jsonl`` and flushed at once, so a crash loses nothing already
+    logged. For every metric (not ``epoch``/``update``/``sample``) it keeps ``min``, ``max`` and ``last``,
+    only ``last`` for neutral ones (per ``metric_properties``); ``close`` writes them to ``summary.yaml``
+    atomically, adding ``best`` (the ``max`` or the ``min``) where the direction is known. ``min``/``max``
+    ignore NaN; ``last`` is the last value as logged.
+
+    A run directory that already has a ``metrics.jsonl`` (an evaluation of a finished run, a restart) is
+    appended to: its records count towards the summary, and the earlier ``summary:`` entries are kept.
+    """
+
+    def __init__(self, metric_properties: MetricProperties | None = None) -> None:
+        self.metric_properties = MetricProperties() if metric_properties is None else metric_properties
+        self._paths: RunPaths | None = None
+        self._file: IO[str] | None = None
+        self._stats: dict[str, _Stats] = {}
+        self._summary: dict[str, Any] = {}
+        self._closed = False
+
+    def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
+        """Open ``metrics.jsonl`` for appending; ``config`` is not used (the trainer writes
+        ``config.yaml``)."""
+        if self._paths is not None:
+            raise RuntimeError("DiskTracker.start was called twice")
+        self._paths = paths
+        self._resume_from_disk(paths)
+        # buffering=1: line-buffered, so each record reaches the OS when its newline is written.
+        self._file = paths.metrics_jsonl.open("a", encoding="utf-8", buffering=1)
+
+    def _resume_from_disk(self, paths: RunPaths) -> None:
+        if paths.metrics_jsonl.exists():
+            for record in read_metrics(paths.metrics_jsonl):
+                self._update_stats(record)
+            _drop_unterminated_tail(paths.metrics_jsonl)
+        if paths.summary_yaml.exists():
+            with paths.summary_yaml.open(encoding="utf-8") as file:
+                previous = yaml.safe_load(file)
+            if isinstance(previous, dict) and isinstance(previous.get("summary"), dict):
+                self._summary.update(previous["summary"])
+
+    def _update_stats(self, record: Mapping[str, Any]) -> None:
+        for key, value in record.items():
+            if key in POSITION_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            self._stats.setdefault(key, _Stats()).add(float(value))
+
+    def log(self, record: Mapping[str, float | int]) -> None:
+        """Append ``record`` as one line of ``metrics.jsonl`` and update the running statistics."""
+        if self._file is None:
+            raise RuntimeError("DiskTracker.log called before start or after close")
+        line = json.dumps({key: _encode_value(value) for key, value in record.items()}, allow_nan=False)
+        self._file.write(line + "\n")
+        self._file.flush()
+        self._update_stats(record)
+
+    def set_summary(self, key: str, value: Any) -> None:
+        """Record ``key: value`` under ``summary:`` in ``summary.yaml``; tensors and NumPy scalars become
+        numbers. Raises ``TypeError`` for values YAML cannot hold."""
+        self._summary[key] = _plain(value, key)
+
+    def metric_summary(self) -> dict[str, dict[str, float | None]]:
+        """The per-metric statistics as written to ``summary.yaml`` (sorted by key)."""
+        out: dict[str, dict[str, float | None]] = {}
+        for key in sorted(self._stats):
+            stats = self._stats[key]
+            ordinality = self.metric_properties.ordinality(key)
+            if ordinality == "neutral":
+                out[key] = {"last": stats.last}
+                continue
+            entry: dict[str, float | None] = {"min": stats.min, "max": stats.max, "last": stats.last}
+            if ordinality == "higher":
+                entry["best"] = stats.max
+            elif ordinality == "lower":
+                entry["best"] = stats.min
+            out[key] = entry
+        return out
+
+    def close(self, status: str) -> None:
+        """Close ``metrics.jsonl`` and write ``summary.yaml`` atomically. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._paths is None:
+            return
+        document = {"status": status, "metrics": self.metric_summary(), "summary": dict(self._summary)}
+        _atomic_write_text(self._paths.summary_yaml, yaml.safe_dump(document, sort_keys=False))
+
+
+def _drop_unterminated_tail(path: Path) -> None:
+    # A crash mid-line leaves a fragment; cut it off so the next record starts a line of its own and the
+    # file stays valid JSON Lines.
+    with path.open("rb+") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) == b"\n":
+            return
+        file.seek(0)
+        keep = file.read().rfind(b"\n") + 1
+        file.truncate(keep)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _tracker_entry_points() -> dict[str, list[importlib.metadata.EntryPoint]]:
+    by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        claims = by_name.setdefault(entry_point.name, [])
+        # One distribution can be visible twice on sys.path (an editable install); count it once.
+        if not any(_origin(c) == _origin(entry_point) and c.value == entry_point.value for c in claims):
+            claims.append(entry_point)
+    return by_name
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = entry_point.dist
+    return (dist.name, dist.version) if dist is not None else (None, None)
+
+
+def available_tracker_kinds() -> list[str]:
+    """The names registered in the ``noether.trackers`` entry-point group, sorted."""
+    return sorted(_tracker_entry_points())
+
+
+def _import_path(kind: str) -> object:
+    module_name, _, attribute = kind.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise LookupError(f"module {module_name!r} not found") from error
+        raise
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as error:
+            raise LookupError(f"module {module_name!r} has no attribute {attribute!r}") from error
+    return target
+
+
+def _unknown_kind_issue(index: int, kind: str, available: Sequence[str]) -> ConfigIssue:
+    if available:
+        listing = f"available: {', '.join(available)}"
+        close = difflib.get_close_matches(kind, available, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    else:
+        listing = f"no trackers are installed (entry-point group {ENTRY_POINT_GROUP!r})"
+        hint = ""
+    return ConfigIssue(
+        f"tracker[{index}].kind",
+        f"unknown tracker {kind!r}; {listing}{hint} (an import path 'pkg.module:Name' also works)",
+    )
+
+
+def _kwargs_issue(index: int, factory: object, kwargs: Mapping[str, Any]) -> ConfigIssue | None:
+    try:
+        signature = inspect.signature(factory)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        accepted = [
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        unknown = [name for name in kwargs if name not in signature.parameters]
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        detail = f"unknown argument {', '.join(hints)}" if hints else str(error)
+        return ConfigIssue(f"tracker[{index}].kwargs", f"{detail}; accepted: {', '.join(accepted) or 'none'}")
+    return None
+
+
+def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
+    """Build the extra trackers a config names, in order.
+
+    Each ``kind`` is an entry-point name of the ``noether.trackers`` group or an import path
+    ``pkg.module:Name``; the object found is called with ``**kwargs``. Raises
+    :class:`~noether_core.errors.ConfigError` (every problem, each with its ``tracker[i]`` path) for unknown
+    kinds and arguments the constructor does not take, and
+    :class:`~noether_core.errors.PluginLoadError` for a tracker whose import or constructor fails, a name
+    two distributions both claim, or an object that is not a :class:`Tracker`.
+    """
+    registered = _tracker_entry_points()
+    issues: list[ConfigIssue] = []
+    factories: list[tuple[TrackerConfig, object, str | None, str | None]] = []
+    for index, config in enumerate(configs):
+        kind = config.kind
+        name: str | None = None
+        version: str | None = None
+        if ":" in kind:
+            try:
+                factory = _import_path(kind)
+            except LookupError as error:
+                issues.append(ConfigIssue(f"tracker[{index}].kind", f"cannot import {kind!r}: {error}"))
+                continue
+            except Exception as error:
+                raise PluginLoadError(
+                    kind, f"importing it failed: {type(error).__name__}: {error}"
+                ) from error
+        elif kind in registered:
+            claims = registered[kind]
+            if len(claims) > 1:
+                owners = " and ".join(f"{name} {version}" for name, version in map(_origin, claims))
+                raise PluginLoadError(kind, f"the tracker name is claimed by {owners}; uninstall one")
+            name, version = _origin(claims[0])
+            try:
+                factory = claims[0].load()
+            except Exception as error:
+                raise PluginLoadError(
+                    kind,
+                    f"importing {claims[0].value!r} failed: {type(error).__name__}: {error}",
+                    name,
+                    version,
+                ) from error
+        else:
+            issues.append(_unknown_kind_issue(index, kind, sorted(registered)))
+            continue
+        if not callable(factory):
+            issues.append(ConfigIssue(f"tracker[{index}].kind", f"{kind!r} is not a class or factory"))
+            continue
+        issue = _kwargs_issue(index, factory, config.kwargs)
+        if issue is not None:
+            issues.append(issue)
+            continue
+        factories.append((config, factory, name, version))
+    if issues:
+        raise ConfigError(issues)
+
+    trackers: list[Tracker] = []
+    for config, factory, name, version in factories:
+        assert callable(factory)
+        try:
+            tracker = factory(**config.kwargs)
+        except Exception as error:
+            raise PluginLoadError(
+                config.kind, f"creating the tracker failed: {type(error).__name__}: {error}", name, version
+            ) from error
+        missing = [
+            m for m in ("start", "log", "set_summary", "close") if not callable(getattr(tracker, m, None))
+        ]
+        if missing:
+            raise PluginLoadError(
+                config.kind,
+                f"{type(tracker).__name__} is not a tracker; it lacks {', '.join(missing)}",
+                name,
+                version,
+            )
+        trackers.append(cast(Tracker, tracker))
+    return trackers
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DiskTracker",
+    "Tracker",
+    "available_tracker_kinds",
+    "load_trackers",
+    "read_metrics",
+]

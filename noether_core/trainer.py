@@ -1,0 +1,658 @@
+"""The trainer: the run object plugins see as ``trainer``, and the loop that emits the events.
+
+The loop reads like the lifecycle in :mod:`noether_core.hookspecs`::
+
+    fit():  before_training -> [ _update() -> _tick() ]* -> after_training
+
+Services plugins use hang off the trainer: ``writer`` (metrics of this step), ``checkpoints``
+(atomic checkpoint files), ``trackers``, ``metrics`` (higher/lower is better), ``paths`` (run
+directory), ``data`` (datasets and evaluation loaders), ``scheduler`` (who is due when).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from noether_core.building import build_dataset, build_model, build_train_step, updates_per_epoch
+from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
+from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.counter import Counter
+from noether_core.distributed import DistInfo, any_rank, init_from_env
+from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, TrainingError
+from noether_core.hookspecs import EvalInterval, RunStatus
+from noether_core.log_writer import LogWriter
+from noether_core.metric_properties import MetricProperties
+from noether_core.models import named_models
+from noether_core.optim import apply_schedules, build_optimizer
+from noether_core.paths import RunPaths
+from noether_core.plugin_manager import PluginManager, Slot
+from noether_core.registry import Plugin
+from noether_core.sampling import EpochSampler
+from noether_core.scheduling import IntervalScheduler
+from noether_core.trackers import Tracker
+from noether_core.train_step import StepOutput, TrainStep, as_step_output
+
+log = logging.getLogger("noether")
+
+TRAINER_STATE_VERSION = 1
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class DataContainer:
+    """The run's named datasets, and evaluation loaders that live as long as the run.
+
+    An evaluation loader is built once per (dataset, batch size) and reused, so worker processes start
+    once, and it never shares an iterator with training.
+    """
+
+    def __init__(self, datasets: Mapping[str, Dataset[Any]], config: RunConfig, dist_info: DistInfo) -> None:
+        self.datasets = dict(datasets)
+        self._config = config
+        self._dist = dist_info
+        self._loaders: dict[tuple[str, int], DataLoader[Any]] = {}
+
+    def __getitem__(self, name: str) -> Dataset[Any]:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise KeyError(f"no dataset {name!r}; the config has {', '.join(self.datasets)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.datasets
+
+    def lengths(self) -> dict[str, int]:
+        return {name: len(ds) for name, ds in self.datasets.items()}  # type: ignore[arg-type]
+
+    def eval_loader(self, name: str, batch_size: int) -> DataLoader[Any]:
+        """A sequential loader over ``name`` (this rank's share when distributed), kept for reuse."""
+        key = (name, batch_size)
+        loader = self._loaders.get(key)
+        if loader is None:
+            dataset = self[name]
+            workers = self._config.datasets[name].num_workers
+            sampler: Any = None
+            if self._dist.is_distributed:
+                sampler = torch.utils.data.distributed.DistributedSampler(
+                    dataset, num_replicas=self._dist.world_size, rank=self._dist.rank, shuffle=False
+                )
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                shuffle=False,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
+            self._loaders[key] = loader
+        return loader
+
+
+def _capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([ConfigIssue("trainer.device", f"{name!r} requested but CUDA is not available")])
+    return device
+
+
+class _Signals:
+    """SIGTERM/SIGINT: the first asks for a graceful stop after the current update, a second SIGINT
+    stops at once (``KeyboardInterrupt``)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = name
+        log.warning("received %s: finishing this update, then saving a resumable checkpoint (SIGINT again stops at once)", name)
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """One training run. Build it with a validated config, the loaded plugin entries and a run directory,
+    then call :meth:`fit`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        entries: Sequence[tuple[Plugin, CallbackConfig, bool]],
+        paths: RunPaths,
+        *,
+        trackers: Sequence[Tracker] = (),
+        metrics: MetricProperties | None = None,
+        resume_tag: str | None = None,
+        resume_paths: RunPaths | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        tcfg = config.trainer
+        self.device = pick_device(tcfg.device)
+        self.dist = init_from_env(self.device.type)
+        seed_everything(tcfg.seed + self.dist.rank)
+        if tcfg.num_threads is not None:
+            torch.set_num_threads(tcfg.num_threads)
+        if tcfg.deterministic and self.device.type == "cuda":
+            # CPU kernels are deterministic already; on CUDA some need opting in (and cuBLAS a workspace)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        # data and geometry
+        datasets = {name: build_dataset(name, ds) for name, ds in config.datasets.items()}
+        if "train" not in datasets:
+            raise ConfigError([ConfigIssue("datasets", "a 'train' dataset is required")])
+        self.data = DataContainer(datasets, config, self.dist)
+        train_len = len(datasets["train"])  # type: ignore[arg-type]
+        self.updates_per_epoch = updates_per_epoch(train_len, config)
+        self.accumulation_steps = tcfg.accumulation_steps
+        per_update = tcfg.batch_size
+        if per_update % (self.dist.world_size * self.accumulation_steps):
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "trainer.batch_size",
+                        f"{per_update} is not divisible by world size {self.dist.world_size} x "
+                        f"accumulation_steps {self.accumulation_steps}",
+                    )
+                ]
+            )
+        self.micro_batch_size = per_update // (self.dist.world_size * self.accumulation_steps)
+        self.counter = Counter(
+            end=tcfg.end, updates_per_epoch=self.updates_per_epoch, effective_batch_size=per_update
+        )
+        self.scheduler = IntervalScheduler(self.updates_per_epoch, per_update, self.counter.total_updates)
+
+        # model, optimizer, precision
+        self.model_name = config.model.name
+        self.model: nn.Module = build_model(config.model).to(self.device)
+        self.train_model: nn.Module = self.model
+        if self.dist.is_distributed and any(p.requires_grad for p in self.model.parameters()):
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.model, self.model_name, config.optimizer)
+        self.train_step: TrainStep = build_train_step(config)
+        self.precision = tcfg.precision
+        self._autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.precision]
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
+        self.skip_nan_loss = tcfg.skip_nan_loss
+
+        # services
+        self.metrics = metrics or MetricProperties()
+        self.trackers = list(trackers) if self.dist.is_main else []
+        self.writer = LogWriter(self.counter, self.trackers)
+        self.checkpoints = CheckpointWriter(paths, paths.run_id)
+        self.plugins = PluginManager()
+        for plugin, entry, is_default in entries:
+            self.plugins.register(plugin, entry, is_default=is_default)
+        self.plugins.freeze()
+        self.plugins.owner_sink = self.writer
+        self.resumed_from: RunPaths | None = None
+
+        self._stop_reason: str | None = None
+        self._signals = _Signals()
+        self._nan_streak = 0
+        self._core: dict[str, Any] = {"trainer": self, "model": self.model, "counter": self.counter}
+        self._train_seconds = 0.0
+        self._loader: DataLoader[Any] | None = None
+        self._sampler: EpochSampler | None = None
+        self._loader_gen = torch.Generator()
+
+        if resume_tag is not None:
+            self._resume(resume_paths or paths, resume_tag)
+        self._cursor = self.scheduler.cursor(self.plugins.scheduled, self.counter.update)
+
+    # ------------------------------------------------------------------------------------ services
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run to stop after this step (early stopping). The run ends with status ``stopped``."""
+        if self._stop_reason is None:
+            log.info("stop requested: %s", reason)
+            self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def named_models(self) -> list[tuple[str, nn.Module]]:
+        """Leaf models with their checkpoint names (``classifier.encoder``)."""
+        return list(named_models(self.model, self.model_name))
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything besides weights and optimizer that an exact resume needs."""
+        return {
+            "version": TRAINER_STATE_VERSION,
+            "counter": {"update": self.counter.update},
+            "geometry": {
+                "updates_per_epoch": self.updates_per_epoch,
+                "effective_batch_size": self.counter.effective_batch_size,
+                "accumulation_steps": self.accumulation_steps,
+                "world_size": self.dist.world_size,
+            },
+            "data": {"epoch": self.counter.epoch, "samples_consumed_in_epoch": self.counter.update_in_epoch
+                     * self.counter.effective_batch_size},
+            "lr_schedule": {"update": self.counter.update},
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "rng": _capture_rng(),
+            "nan_streak": self._nan_streak,
+            "plugins": {slot.key: slot.obj.state_dict() for slot in self.plugins.stateful()},  # type: ignore[attr-defined]
+        }
+
+    def save_checkpoint(
+        self,
+        tag: str,
+        *,
+        weights: bool = True,
+        optim: bool = True,
+        trainer_state: bool = True,
+        model_names: Sequence[str] | None = None,
+        include_frozen: bool = True,
+    ) -> list[Path]:
+        """Write ``{model}_cp={tag}_{model|optim|trainer}.th`` atomically (rank 0 only); returns the files.
+
+        ``model_names`` restricts which parts' weights are written (``None``: all); frozen parts are
+        skipped unless ``include_frozen``.
+        """
+        state = self.trainer_state() if trainer_state else None  # every rank: collectives may be needed
+        if not self.is_main:
+            return []
+        position = {"epoch": self.counter.epoch, "update": self.counter.update, "sample": self.counter.sample}
+        written: list[Path] = []
+        if weights:
+            for name, part in self.named_models():
+                if model_names is not None and name not in model_names and name.split(".")[-1] not in model_names:
+                    continue
+                if not include_frozen and not any(p.requires_grad for p in part.parameters()):
+                    continue
+                written.append(self.checkpoints.save_model(name, tag, part.state_dict(), position=position))
+        if optim and self.optimizer is not None:
+            written.append(
+                self.checkpoints.save_optim(self.model_name, tag, self.optimizer.state_dict(), position=position)
+            )
+        if state is not None:
+            written.append(self.checkpoints.save_trainer(self.model_name, tag, state, position=position))
+        return written
+
+    # -------------------------------------------------------------------------------------- resume
+
+    def load_weights(self, paths: RunPaths, tag: str) -> None:
+        """Load every part's weights of checkpoint ``tag`` from ``paths`` (and take its position)."""
+        position: dict[str, int] | None = None
+        for name, part in self.named_models():
+            file = paths.checkpoint_file(name, tag, "model")
+            if not file.exists():
+                tags = paths.checkpoint_tags(name)
+                raise CheckpointLoadError(file, f"no weights of {name!r} for tag {tag!r}; tags present: {', '.join(tags) or 'none'}")
+            payload = load_checkpoint(file)
+            try:
+                part.load_state_dict(payload["state_dict"])
+            except (KeyError, RuntimeError) as exc:
+                raise CheckpointLoadError(file, f"the weights do not fit model part {name!r}: {exc}") from exc
+            position = payload.get("training_iteration", position)
+        if position is not None and "update" in position:
+            self.counter.seek(min(int(position["update"]), self.counter.total_updates))
+
+    def _resume(self, paths: RunPaths, tag: str) -> None:
+        def load(path: Path) -> dict[str, Any]:
+            return load_checkpoint(path)
+
+        trainer_file = paths.checkpoint_file(self.model_name, tag, "trainer")
+        if not trainer_file.exists():
+            tags = paths.checkpoint_tags(self.model_name)
+            raise CheckpointLoadError(
+                trainer_file,
+                f"run {str(paths.root)!r} has no checkpoint {tag!r} with trainer state; "
+                f"tags present: {', '.join(tags) or 'none'}",
+            )
+        payload = load(trainer_file)
+        state = payload.get("state", payload)
+        geometry = state.get("geometry", {})
+        mine = self.trainer_state()["geometry"]
+        changed = {k: (v, mine[k]) for k, v in geometry.items() if mine.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ConfigError(
+                [ConfigIssue("trainer", f"resuming needs the run's batch geometry unchanged ({detail})")]
+            )
+        self.load_weights(paths, tag)
+        if self.optimizer is not None:
+            optim = load(paths.checkpoint_file(self.model_name, tag, "optim"))
+            self.optimizer.load_state_dict(optim["state_dict"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.counter.seek(int(state["counter"]["update"]))
+        self._nan_streak = int(state.get("nan_streak", 0))
+        saved = dict(state.get("plugins", {}))
+        for slot in self.plugins.stateful():
+            if slot.key in saved:
+                slot.obj.load_state_dict(saved.pop(slot.key))  # type: ignore[attr-defined]
+            else:
+                log.warning("resume: plugin %r has state but the checkpoint holds none for it; it starts fresh", slot.key)
+        for key in saved:
+            log.warning("resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key)
+        _restore_rng(state["rng"])
+        self.resumed_from = paths
+        log.info("resumed from %s (tag %s) at %s", paths.root, tag, self.counter.tag)
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> RunStatus:
+        """Train until the configured end, a stop request or a signal; always runs ``after_training``."""
+        status: RunStatus = "failed"
+        with self._signals:
+            try:
+                self.model.eval()
+                with torch.no_grad():
+                    self.plugins.before_training(self._core)
+                self.writer.flush()
+                self.train_model.train()
+                started = time.perf_counter()
+                for batches in self._updates():
+                    self._update(batches)
+                    self._tick()
+                    if self._signals.received is not None or self._stop_reason is not None:
+                        break
+                self._train_seconds = time.perf_counter() - started
+                if any_rank(self._signals.received is not None, self.dist):
+                    self.save_checkpoint("latest")
+                    status = "interrupted"
+                elif self._stop_reason is not None:
+                    status = "stopped"
+                else:
+                    status = "completed"
+            finally:
+                self._finish(status)
+        return status
+
+    def _finish(self, status: RunStatus) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            failures = self.plugins.after_training(self._core, status)
+        try:
+            self.writer.flush()
+        finally:
+            self._report_durations()
+            for tracker in self.trackers:
+                tracker.close(status)
+        if failures and status != "failed":
+            raise failures[0]
+
+    def _epoch_loader(self, epoch: int, skip_micro_batches: int) -> Iterator[Any]:
+        if self._loader is None:
+            train = self.data["train"]
+            samples_per_rank = self.updates_per_epoch * self.accumulation_steps * self.micro_batch_size
+            self._sampler = EpochSampler(
+                len(train),  # type: ignore[arg-type]
+                samples_per_rank=samples_per_rank,
+                seed=self.config.trainer.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+            workers = self.config.datasets["train"].num_workers
+            self._loader = DataLoader(
+                train,
+                batch_size=self.micro_batch_size,
+                sampler=self._sampler,
+                drop_last=True,
+                num_workers=workers,
+                generator=self._loader_gen,
+                pin_memory=self.device.type == "cuda",
+            )
+        assert self._sampler is not None
+        self._sampler.set_epoch(epoch, skip=skip_micro_batches * self.micro_batch_size)
+        # workers draw their seeds from this generator, not the global RNG, so resuming mid-epoch
+        # leaves the global RNG stream exactly where an uninterrupted run has it
+        self._loader_gen.manual_seed(self.config.trainer.seed * 7919 + epoch)
+        return iter(self._loader)
+
+    def _updates(self) -> Iterator[list[tuple[Any, float]]]:
+        """The micro-batches of each remaining update, with the time spent waiting for each."""
+        steps = self.accumulation_steps
+        clock = time.perf_counter
+        while not self.counter.is_finished:
+            epoch = self.counter.epoch
+            it = self._epoch_loader(epoch, self.counter.update_in_epoch * steps)
+            while self.counter.epoch == epoch and not self.counter.is_finished:
+                batches = []
+                for _ in range(steps):
+                    start = clock()
+                    batch = next(it)
+                    batches.append((batch, clock() - start))
+                yield batches
+
+    def _to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, Mapping):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def _update(self, batches: list[tuple[Any, float]]) -> None:
+        """One optimizer update over ``accumulation_steps`` micro-batches, then the ``after_update`` event."""
+        clock = time.perf_counter
+        steps = self.accumulation_steps
+        times = {"data_wait": 0.0, "forward": 0.0, "backward": 0.0, "update": 0.0}
+        if self.optimizer is not None:
+            apply_schedules(self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates)
+        loss_sums: dict[str, torch.Tensor] = {}
+        skip = False
+        has_accumulation_hooks = bool(self.plugins._tables["after_accumulation"])
+        for step, (raw, waited) in enumerate(batches):
+            times["data_wait"] += waited
+            batch = self._to_device(raw)
+            start = clock()
+            sync_context = (
+                self.train_model.no_sync()  # type: ignore[operator]
+                if step < steps - 1 and isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+                else contextlib.nullcontext()
+            )
+            with sync_context:
+                with self._autocast():
+                    out: StepOutput = as_step_output(self.train_step(self.train_model, batch))
+                forward_done = clock()
+                times["forward"] += forward_done - start
+                if self.skip_nan_loss and not skip and not bool(torch.isfinite(out.total).all()):
+                    skip = self._register_nan()
+                if not skip and self.optimizer is not None:
+                    self.grad_scaler.scale(out.total / steps).backward()
+                times["backward"] += clock() - forward_done
+            losses = {"total": out.total.detach(), **{k: v.detach() for k, v in out.losses.items()}}
+            for key, value in losses.items():
+                loss_sums[key] = loss_sums[key] + value if key in loss_sums else value
+            if has_accumulation_hooks:
+                with torch.no_grad():
+                    self.plugins.after_accumulation(self._core, batch, losses, out.outputs, step, steps)
+        start = clock()
+        grad_norm = self._optimizer_step(skip)
+        times["update"] = clock() - start
+        if not skip and self.skip_nan_loss and self._nan_streak:
+            log.info("loss is finite again after %d skipped update(s)", self._nan_streak)
+            self._nan_streak = 0
+        self.counter.advance()
+        mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
+        if self.plugins._tables["after_update"]:
+            with torch.no_grad():
+                self.plugins.after_update(self._core, mean_losses, times, grad_norm)
+
+    def _register_nan(self) -> bool:
+        self._nan_streak += 1
+        limit = self.config.trainer.skip_nan_loss_max_count
+        log.warning("non-finite loss at update %d: skipping it (%d in a row)", self.counter.update + 1, self._nan_streak)
+        if self._nan_streak > limit:
+            raise NonFiniteLossError(
+                f"the loss was NaN or infinite in {self._nan_streak} updates in a row "
+                f"(trainer.skip_nan_loss_max_count is {limit})"
+            )
+        return True
+
+    def _optimizer_step(self, skip: bool) -> torch.Tensor | None:
+        optimizer = self.optimizer
+        if optimizer is None:
+            return None
+        grad_norm: torch.Tensor | None = None
+        if not skip:
+            tcfg = self.config.trainer
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if tcfg.clip_grad_norm is not None or tcfg.clip_grad_value is not None:
+                self.grad_scaler.unscale_(optimizer)
+            if tcfg.clip_grad_value is not None:
+                torch.nn.utils.clip_grad_value_(params, tcfg.clip_grad_value)
+            if tcfg.clip_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad_norm)
+            self.grad_scaler.step(optimizer)
+            self.grad_scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _tick(self) -> None:
+        """After an update: ``after_epoch`` at an epoch's end, ``at_eval`` for the due entries, flush."""
+        epoch_end = self.counter.is_epoch_end
+        due = self._cursor.due(self.counter.update)
+        if epoch_end or due:
+            self.model.eval()
+            with torch.no_grad():
+                if epoch_end:
+                    self.plugins.after_epoch(self._core)
+                if due:
+                    self.plugins.at_eval(self._core, due)
+            self.train_model.train()
+        self.writer.flush()
+
+    # ------------------------------------------------------------------------------------ eval mode
+
+    def evaluate(self, slots: Sequence[Slot] | None = None) -> None:
+        """Evaluation-only run (``noether eval``): ``at_eval(interval="eval")`` on every scheduled entry."""
+        interval: EvalInterval = "eval"
+        self.model.eval()
+        with torch.no_grad():
+            self.plugins.at_eval(self._core, slots if slots is not None else self.plugins.scheduled, interval)
+        self.writer.flush()
+        for tracker in self.trackers:
+            tracker.close("completed")
+
+    # ------------------------------------------------------------------------------------ durations
+
+    def _report_durations(self) -> None:
+        """Where the time went: slowest plugins per event and their share of the training time."""
+        rows = self.plugins.durations()
+        total = self._train_seconds
+        summary = []
+        threshold = self.config.trainer.slow_plugin_share
+        for slot, hook, seconds, calls in rows:
+            share = seconds / total if total > 0 else 0.0
+            summary.append(
+                {"plugin": slot.key, "event": hook, "seconds": round(seconds, 6), "calls": calls,
+                 "share_of_training": round(share, 4)}
+            )
+        if self.is_main:
+            for tracker in self.trackers:
+                tracker.set_summary("durations", {"training_seconds": round(total, 3), "plugins": summary})
+        if not rows:
+            return
+        lines = [f"plugin time ({total:.2f}s of training, slowest first):"]
+        for row in summary[:10]:
+            lines.append(
+                f"  {row['seconds']:9.4f}s {row['share_of_training']:6.1%}  {row['plugin']} {row['event']} "
+                f"({row['calls']} calls)"
+            )
+        log.info("\n".join(lines))
+        per_plugin: dict[str, float] = {}
+        for row in summary:
+            per_plugin[row["plugin"]] = per_plugin.get(row["plugin"], 0.0) + row["seconds"]
+        for name, seconds in per_plugin.items():
+            if total > 0 and seconds / total > threshold:
+                log.warning(
+                    "plugin %r took %.1f%% of the training time (%.2fs), more than trainer.slow_plugin_share=%s",
+                    name, 100 * seconds / total, seconds, threshold,
+                )
+
+
+__all__ = ["DataContainer", "NonFiniteLossError", "Trainer", "pick_device", "seed_everything"]

@@ -1,0 +1,221 @@
+"""From command line to finished run: config, run directory, logging, trackers, default plugins.
+
+The trainer adds default plugins by kind name (never importing ``noether_plugins``): a kind that is
+not installed is skipped. Producers of metrics come first so that consumers in the user's list see
+this step's values.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from noether_core.building import check_buildable, geometry
+from noether_core.config.loader import load_config, make_converter, unstructure_config
+from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.distributed import init_from_env
+from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError, TrainingError, UsageError
+from noether_core.example import example_yaml
+from noether_core.metric_properties import MetricProperties
+from noether_core.paths import RunPaths
+from noether_core.registry import Plugin, PluginRegistry
+from noether_core.scheduling import Interval
+from noether_core.trackers import DiskTracker, Tracker, load_trackers
+from noether_core.trainer import Trainer, pick_device
+
+log = logging.getLogger("noether")
+
+#: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true.
+ALWAYS_DEFAULTS = ("DatasetStatsCallback", "ParamCountCallback")
+TRACK_DEFAULTS = ("OnlineLossCallback", "LrCallback")
+LOG_DEFAULTS = ("OnlineLossCallback", "TrainTimeCallback", "PeakMemoryCallback", "ProgressCallback", "EtaCallback")
+
+
+def default_intervals(config: RunConfig, total_updates: int) -> tuple[Interval, Interval]:
+    """(log, track) intervals: the configured ones, else about 100 logs and 500 tracks per run."""
+    log_interval = config.trainer.log_interval or Interval("update", max(total_updates // 100, 1))
+    track_interval = config.trainer.track_interval or Interval("update", max(total_updates // 500, 1))
+    return log_interval, track_interval
+
+
+def default_entries(config: RunConfig, registry: PluginRegistry, total_updates: int | None = None) -> list[CallbackConfig]:
+    """The default entries for this run, producers first, skipping kinds that are not installed."""
+    if not config.trainer.add_default_callbacks:
+        return []
+    if total_updates is None:
+        total_updates = geometry(config)[2]
+    log_interval, track_interval = default_intervals(config, total_updates)
+    wanted: list[tuple[str, Interval | None, dict[str, Any]]] = [(k, None, {}) for k in ALWAYS_DEFAULTS]
+    wanted.append(("OnlineLossCallback", track_interval, {"verbose": False}))
+    if log_interval != track_interval:
+        # two online-loss entries on one interval would log the same keys twice (the reference's B5)
+        wanted.append(("OnlineLossCallback", log_interval, {"verbose": True}))
+    wanted.append(("LrCallback", track_interval, {}))
+    for kind in LOG_DEFAULTS[1:]:
+        if kind == "EtaCallback" and not sys.stdout.isatty():
+            continue
+        wanted.append((kind, log_interval, {}))
+    converter = make_converter(registry)
+    entries: list[CallbackConfig] = []
+    for kind, interval, fields in wanted:
+        if not registry.sources(kind):
+            continue
+        try:
+            plugin = registry.load(kind)
+        except PluginLoadError as exc:
+            log.warning("default plugin %s is not usable and is left out: %s", kind, exc)
+            continue
+        raw: dict[str, Any] = {"kind": kind, **fields}
+        if plugin.scheduled and interval is not None:
+            raw[f"every_n_{interval.unit}s"] = interval.every
+            if kind == "OnlineLossCallback":
+                raw["name"] = f"{kind}/{interval.short}"
+        # a default's options (e.g. verbose) apply only where its Config has them
+        names = {a.name for a in attrs.fields(plugin.config_class)}
+        raw = {k: v for k, v in raw.items() if k in names}
+        entries.append(converter.structure(raw, CallbackConfig))
+    return entries
+
+
+def build_entries(
+    config: RunConfig, registry: PluginRegistry, total_updates: int, *, defaults: bool = True
+) -> list[tuple[Plugin, CallbackConfig, bool]]:
+    out = []
+    if defaults:
+        out += [(registry.load(e.kind), e, True) for e in default_entries(config, registry, total_updates)]
+    out += [(registry.load(e.kind), e, False) for e in config.callbacks]
+    return out
+
+
+def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
+    logger = logging.getLogger("noether")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stdout if is_main else sys.stderr)
+    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if paths is not None and is_main:
+        file_handler = logging.FileHandler(paths.log_txt, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(file_handler)
+
+
+def _load_run_config(
+    config_path: Path | None, overrides: Sequence[str], registry: PluginRegistry, resume: RunPaths | None
+) -> RunConfig:
+    if config_path is not None:
+        return load_config(config_path, registry, overrides)
+    if resume is not None:
+        if not resume.config_yaml.exists():
+            raise UsageError(f"{str(resume.root)!r} is not a noether run directory (it has no config.yaml)")
+        return load_config(resume.config_yaml, registry, overrides)
+    return load_config(None, registry, overrides, text=example_yaml())
+
+
+def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
+    """Every rank of a torchrun job must write into one directory: rank 0 picks the id."""
+    info = init_from_env(device)
+    if not info.is_distributed or run_id is not None:
+        return run_id
+    import torch.distributed as dist
+
+    from noether_core.paths import generate_run_id
+
+    box: list[Any] = [generate_run_id() if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
+def _trackers(config: RunConfig, paths: RunPaths, registry: PluginRegistry, metrics: MetricProperties) -> list[Tracker]:
+    trackers: list[Tracker] = [DiskTracker(metrics), *load_trackers(config.tracker)]
+    plain = unstructure_config(config, registry)
+    for tracker in trackers:
+        tracker.start(paths, plain)
+    return trackers
+
+
+def train_from_cli(
+    *,
+    config_path: Path | None,
+    overrides: Sequence[str],
+    output_dir: Path,
+    run_id: str | None,
+    resume: Path | None,
+    checkpoint: str | None,
+) -> int:
+    """``noether train``: returns the exit status (0, or 130 when interrupted)."""
+    registry = PluginRegistry.from_environment()
+    resume_paths = RunPaths.existing(resume) if resume is not None else None
+    if checkpoint is not None and resume_paths is None:
+        raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
+    config = _load_run_config(config_path, overrides, registry, resume_paths)
+    check_buildable(config)
+    _, _, total = geometry(config)
+    entries = build_entries(config, registry, total)
+
+    device = pick_device(config.trainer.device).type
+    if resume_paths is not None:
+        paths = resume_paths
+    else:
+        paths = RunPaths.create(output_dir, _agree_on_run_id(run_id, device))
+    info = init_from_env(device)
+    setup_logging(paths, info.is_main)
+    if info.is_main:
+        paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
+    metrics = MetricProperties()
+    trackers = _trackers(config, paths, registry, metrics) if info.is_main else []
+    log.info("run directory: %s", paths.root)
+    trainer = Trainer(
+        config,
+        entries,
+        paths,
+        trackers=trackers,
+        metrics=metrics,
+        resume_tag=(checkpoint or "latest") if resume_paths is not None else None,
+    )
+    try:
+        status = trainer.fit()
+    except NoetherError:
+        raise
+    except Exception as exc:
+        log.exception("training failed")
+        raise TrainingError(
+            f"training failed at update {trainer.counter.update}: {type(exc).__name__}: {exc} "
+            f"(full traceback in {paths.log_txt})"
+        ) from exc
+    log.info("run %s %s at %s; files in %s", paths.run_id, status, trainer.counter.tag, paths.root)
+    if status == "interrupted":
+        log.info("resume with: noether train --resume %s", paths.root)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
+    """``noether eval``: ``at_eval(interval="eval")`` on the run's own entries with a checkpoint's weights."""
+    registry = PluginRegistry.from_environment()
+    paths = RunPaths.existing(run_dir)
+    config = _load_run_config(None, (), registry, paths)
+    check_buildable(config)
+    _, _, total = geometry(config)
+    entries = build_entries(config, registry, total, defaults=False)
+    setup_logging(paths)
+    metrics = MetricProperties()
+    trackers = _trackers(config, paths, registry, metrics)
+    trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics)
+    trainer.load_weights(paths, checkpoint)
+    trainer.evaluate()
+    log.info("evaluated %s (checkpoint %s)", paths.root, checkpoint)
+    return EXIT_OK
+
+
+__all__ = ["build_entries", "default_entries", "default_intervals", "eval_from_cli", "train_from_cli"]

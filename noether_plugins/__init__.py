@@ -1,0 +1,1 @@
+"""Built-in noether callbacks, registered through entry points like any third-party plugin."""
