@@ -88,8 +88,9 @@ def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> Non
         issues.append(ConfigIssue(f"{path}.{exc.field}", str(exc)))
 
 
-def check_buildable(config: RunConfig) -> None:
-    """Raise :class:`ConfigError` listing every model/dataset/train-step problem with its path."""
+def check_buildable(config: RunConfig, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` listing every model/dataset/train-step problem with its path;
+    ``source`` (the config file) is named in the message."""
     issues: list[ConfigIssue] = []
     _model_issues(config.model, "model", issues)
     if "train" not in config.datasets:
@@ -106,7 +107,7 @@ def check_buildable(config: RunConfig) -> None:
         except _Problem as exc:
             issues.append(ConfigIssue("trainer.train_step", str(exc)))
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(issues, source)
 
 
 def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:

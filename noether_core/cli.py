@@ -103,7 +103,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             return EXIT_OK
         registry = PluginRegistry.from_environment()
         config = load_config(args.config, registry, args.overrides)
-        _validate_runtime(config)
+        _validate_runtime(config, str(args.config))
         n = len(config.callbacks)
         print(f"{args.config}: valid ({n} callback entr{'y' if n == 1 else 'ies'}, {config.trainer.end})")
         return EXIT_OK
@@ -129,11 +129,11 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 
-def _validate_runtime(config: RunConfig) -> None:
+def _validate_runtime(config: RunConfig, source: str | None = None) -> None:
     """Checks that need the model and data factories (their kinds exist, their arguments fit)."""
     from noether_core.building import check_buildable
 
-    check_buildable(config)
+    check_buildable(config, source)
 
 
 # -------------------------------------------------------------------------------------------- plugins
@@ -234,6 +234,7 @@ def _schedule(args: argparse.Namespace) -> int:
         config = load_config(None, registry, args.overrides, text=example_yaml())
     else:
         config = load_config(args.config, registry, args.overrides)
+        _validate_runtime(config, str(args.config))
     upe, ebs, total = geometry(config)
     scheduler = IntervalScheduler(upe, ebs, total)
     from noether_core.training import default_entries

@@ -117,7 +117,10 @@ class CheckpointWriteError(NoetherError):
 
 class CheckpointLoadError(NoetherError):
     """A checkpoint file that is missing, truncated, corrupt, or holds objects that
-    ``torch.load(weights_only=True)`` refuses."""
+    ``torch.load(weights_only=True)`` refuses. Exit status 2: the user pointed at something unusable
+    (``--resume``, ``noether eval --checkpoint``)."""
+
+    exit_status = EXIT_USAGE
 
     def __init__(self, path: object, reason: str) -> None:
         self.path = str(path)

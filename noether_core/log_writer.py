@@ -66,6 +66,7 @@ class LogWriter:
         self.sinks: list[Tracker] = list(sinks)
         self.owner = "trainer"
         self.owner_is_default = False
+        self.prefix = ""
         self._pending: dict[str, _Entry] = {}
 
     @contextlib.contextmanager
@@ -88,7 +89,7 @@ class LogWriter:
         unless both loggers are trainer defaults (then this second value is dropped), and
         ``ValueError`` for ``epoch``/``update``/``sample``, which every record carries already.
         """
-        key = _normalise_key(key)
+        key = self.prefix + _normalise_key(key)
         if key in POSITION_KEYS:
             raise ValueError(f"metric key {key!r} is reserved; every record carries it already")
         stored = self._convert(key, value)
@@ -122,7 +123,7 @@ class LogWriter:
     def get(self, key: str, default: float | None = None) -> float | None:
         """This step's value of ``key`` as a float (a tensor is synced to the host), or ``default`` when
         nothing was logged under ``key`` since the last flush."""
-        entry = self._pending.get(_normalise_key(key))
+        entry = self._pending.get(self.prefix + _normalise_key(key))
         if entry is None:
             return default
         if isinstance(entry.value, torch.Tensor):
@@ -132,7 +133,21 @@ class LogWriter:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str) or key in ("", "/"):
             return False
-        return _normalise_key(key) in self._pending
+        return self.prefix + _normalise_key(key) in self._pending
+
+    @contextlib.contextmanager
+    def prefixed(self, prefix: str) -> Iterator[None]:
+        """Inside the block, keys written and read get ``prefix`` in front (nested prefixes add up).
+
+        How an owner keeps its children's metrics apart, e.g. EMA evaluations under ``ema=0.999/``; a
+        child reading ``loss/val/total`` sees its sibling's ``ema=0.999/loss/val/total``.
+        """
+        previous = self.prefix
+        self.prefix = previous + prefix
+        try:
+            yield
+        finally:
+            self.prefix = previous
 
     def keys(self) -> list[str]:
         """The keys logged since the last flush, in logging order."""
@@ -142,15 +157,15 @@ class LogWriter:
         return len(self._pending)
 
     def _materialise(self) -> dict[str, Scalar]:
-        groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
         for key, entry in self._pending.items():
             if isinstance(entry.value, torch.Tensor):
-                groups.setdefault((entry.value.device, entry.value.dtype), []).append(key)
+                groups.setdefault((entry.value.device, entry.value.dtype), []).append((key, entry.value))
         synced: dict[str, Scalar] = {}
-        for keys in groups.values():
-            tensors = [self._pending[key].value for key in keys]
-            values = torch.stack(tensors).tolist()  # type: ignore[arg-type]
-            synced.update(zip(keys, (_to_python(v) for v in values), strict=True))
+        for members in groups.values():
+            # One stacked device-to-host copy per device and dtype instead of one sync per value.
+            values = torch.stack([tensor for _, tensor in members]).tolist()
+            synced.update((key, _to_python(value)) for (key, _), value in zip(members, values, strict=True))
         record: dict[str, Scalar] = {}
         for key, entry in self._pending.items():
             value = synced.get(key, entry.value)

@@ -9,6 +9,7 @@ event is accounted (cheaply: two ``perf_counter`` calls) for the end-of-run summ
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,7 @@ import pluggy
 
 from noether_core import hookspecs
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginValidationError, TrainingError
+from noether_core.errors import PluginLoadError, PluginValidationError, TrainingError
 from noether_core.markers import PROJECT_NAME
 from noether_core.registry import Plugin
 from noether_core.scheduling import Interval
@@ -47,6 +48,8 @@ class Slot:
     obj: object
     is_default: bool = False
     interval: Interval | None = None
+    parent: Slot | None = None
+    children: list[Slot] = attrs.Factory(list)
     seconds: list[float] = attrs.Factory(lambda: [0.0] * len(HOOKS))
     calls: list[int] = attrs.Factory(lambda: [0] * len(HOOKS))
 
@@ -60,7 +63,7 @@ class Slot:
         return self.plugin.stateful
 
     def __str__(self) -> str:
-        where = f" every {self.interval.verbose}" if self.interval else ""
+        where = f" {self.interval.verbose}" if self.interval else ""
         return f"{self.key} ({self.plugin.kind}{where})"
 
 
@@ -73,7 +76,27 @@ class PluginFailure(TrainingError):
         super().__init__(f"plugin {slot.key!r} ({slot.plugin.kind}) failed in {hook}: {type(exc).__name__}: {exc}")
 
 
-_Call = tuple[Slot, Callable[..., Any], tuple[str, ...]]
+#: (entry, function, arguments passed by position, arguments passed by name)
+_Call = tuple[Slot, Callable[..., Any], tuple[str, ...], tuple[str, ...]]
+
+
+def _call_arguments(
+    function: Callable[..., Any], spec_args: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which event arguments ``function`` takes: all it names that the event passes.
+
+    pluggy's own ``argnames`` leave out parameters with a default and keyword-only ones, so
+    ``grad_norm=None`` would silently stay ``None``; here every parameter the spec knows is passed.
+    """
+    positional: list[str] = []
+    keyword: list[str] = []
+    for p in inspect.signature(function).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is not p.empty and p.name not in spec_args:
+            continue
+        (positional if p.kind is p.POSITIONAL_ONLY else keyword).append(p.name)
+    return tuple(positional), tuple(keyword)
 
 
 class PluginManager:
@@ -89,23 +112,46 @@ class PluginManager:
         self.slots: list[Slot] = []
         self._tables: dict[str, list[_Call]] = {}
         self._at_eval: dict[int, _Call] = {}
+        self._own: dict[tuple[int, str], _Call] = {}
+        self._by_config: dict[int, Slot] = {}
         self.owner_sink: OwnerAware | None = None
 
-    def register(self, plugin: Plugin, config: CallbackConfig, *, is_default: bool = False) -> Slot:
-        """Make and register the plugin object for one entry. Hook mistakes raise here, not later."""
+    def register(
+        self, plugin: Plugin, config: CallbackConfig, *, is_default: bool = False, parent: Slot | None = None
+    ) -> Slot:
+        """Make and register the plugin object for one entry. Hook mistakes raise here, not later.
+
+        With ``parent``, the entry is a child (e.g. one of EmaCallback's ``eval_callbacks``): the trainer
+        never calls it; its owner does, through :meth:`children_of` and :meth:`call_slots`.
+        """
         if self._tables:
             raise RuntimeError("plugins cannot be registered once dispatch has started")
-        obj = plugin.instantiate(config)
-        slot = Slot(len(self.slots), config, plugin, obj, is_default=is_default, interval=config.interval)
+        try:
+            obj = plugin.instantiate(config)
+        except Exception as exc:  # e.g. a class whose constructor does not take the config
+            raise PluginLoadError(
+                plugin.kind,
+                f"creating it for entry {config.key!r} failed: {type(exc).__name__}: {exc}",
+                plugin.source.distribution,
+                plugin.source.version,
+            ) from exc
+        slot = Slot(
+            len(self.slots), config, plugin, obj, is_default=is_default, interval=config.interval, parent=parent
+        )
         try:
             self._pm.register(obj, name=f"{slot.index}:{slot.key}")
             self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            self._pm.unregister(obj)
+            # pluggy refuses a bad argument before registering, an unknown hook only after
+            if self._pm.is_registered(obj):
+                self._pm.unregister(obj)
             raise PluginValidationError(
                 plugin.kind, str(exc), plugin.source.distribution, plugin.source.version
             ) from exc
         self.slots.append(slot)
+        self._by_config[id(config)] = slot
+        if parent is not None:
+            parent.children.append(slot)
         return slot
 
     def freeze(self) -> None:
@@ -113,20 +159,38 @@ class PluginManager:
         by_obj = {id(s.obj): s for s in self.slots}
         for name in HOOKS:
             calls: list[_Call] = []
-            for impl in getattr(self._pm.hook, name).get_hookimpls():
+            caller = getattr(self._pm.hook, name)
+            for impl in caller.get_hookimpls():
                 slot = by_obj[id(impl.plugin)]
-                calls.append((slot, impl.function, tuple(impl.argnames)))
+                calls.append((slot, impl.function, *_call_arguments(impl.function, caller.spec.argnames)))
             calls.sort(key=lambda c: c[0].index)
-            self._tables[name] = calls
-        self._at_eval = {c[0].index: c for c in self._tables["at_eval"]}
+            for call in calls:
+                self._own[(call[0].index, name)] = call
+            self._tables[name] = [c for c in calls if c[0].parent is None]
+        self._at_eval = {index: call for (index, hook), call in self._own.items() if hook == "at_eval"}
 
     def implements(self, slot: Slot, hook: str) -> bool:
         return hook in slot.plugin.hooks
 
     @property
     def scheduled(self) -> list[Slot]:
-        """Entries that take ``at_eval``, in list order: what the trainer's scheduler looks at."""
-        return [s for s in self.slots if s.index in self._at_eval]
+        """Top-level entries that take ``at_eval``, in list order: what the trainer's scheduler looks at."""
+        return [s for s in self.slots if s.index in self._at_eval and s.parent is None]
+
+    def children_of(self, config: CallbackConfig) -> list[Slot]:
+        """The child entries of the entry whose config is ``config`` (the ``config`` hook argument)."""
+        slot = self._by_config.get(id(config))
+        return list(slot.children) if slot is not None else []
+
+    def call_slots(self, hook: str, slots: Sequence[Slot], core: Mapping[str, Any], **extra: Any) -> None:
+        """Call ``hook`` on ``slots`` that implement it, in their order: how an owner runs its children.
+
+        For ``at_eval`` pass the due children (``trainer.scheduler.due(children, counter.update)``) and
+        ``interval``.
+        """
+        calls = [self._own[(s.index, hook)] for s in slots if (s.index, hook) in self._own]
+        if calls:
+            self._run(hook, calls, {**core, **extra})
 
     def stateful(self) -> Iterator[Slot]:
         return (s for s in self.slots if s.stateful)
@@ -137,26 +201,30 @@ class PluginManager:
         hook_index = _HOOK_INDEX[hook]
         sink = self.owner_sink
         clock = time.perf_counter
-        for slot, function, argnames in calls:
-            kwargs["config"] = slot.config
+        # restored even when a plugin raises, so the trainer's own values are never logged under the
+        # failed plugin's name; restoring (not resetting) keeps an owner that dispatches children right
+        previous = (sink.owner, sink.owner_is_default) if sink is not None else ("trainer", False)
+        try:
+            for slot, function, positional, keyword in calls:
+                kwargs["config"] = slot.config
+                if sink is not None:
+                    sink.owner = slot.key
+                    sink.owner_is_default = slot.is_default
+                start = clock()
+                try:
+                    function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except PluginFailure:
+                    raise  # a child entry's failure, dispatched by its owner: it names the child already
+                except Exception as exc:
+                    raise PluginFailure(slot, hook, exc) from exc
+                finally:
+                    slot.seconds[hook_index] += clock() - start
+                    slot.calls[hook_index] += 1
+        finally:
             if sink is not None:
-                sink.owner = slot.key
-                sink.owner_is_default = slot.is_default
-            start = clock()
-            try:
-                function(*[kwargs[a] for a in argnames])
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except TrainingError:
-                raise
-            except Exception as exc:
-                raise PluginFailure(slot, hook, exc) from exc
-            finally:
-                slot.seconds[hook_index] += clock() - start
-                slot.calls[hook_index] += 1
-        if sink is not None:
-            sink.owner = "trainer"
-            sink.owner_is_default = False
+                sink.owner, sink.owner_is_default = previous
 
     def call(self, hook: str, core: Mapping[str, Any], **extra: Any) -> None:
         """Call ``hook`` on every entry implementing it (used by the typed methods)."""

@@ -71,8 +71,23 @@ class Plugin:
         """A fresh plugin object for one config entry, so two entries of one kind never share state."""
         if self.is_class:
             return self.target(config)
-        # pluggy registers objects, and refuses one object twice: give each entry its own namespace
-        return types.SimpleNamespace(**{name: getattr(self.target, name) for name in self.hooks})
+        return FunctionPlugin(self.target, self.hooks)
+
+
+class FunctionPlugin:
+    """One entry's plugin object for a module (or object) of ``@hookimpl`` functions.
+
+    pluggy registers objects and refuses the same object twice, so each entry gets its own holder of
+    the shared functions; identity (not attribute) equality keeps two holders apart.
+    """
+
+    def __init__(self, source: object, hooks: tuple[str, ...]) -> None:
+        self.source = source
+        for name in hooks:
+            setattr(self, name, getattr(source, name))
+
+    def __repr__(self) -> str:
+        return f"<FunctionPlugin of {getattr(self.source, '__name__', self.source)!r}>"
 
 
 class UnknownKindError(PluginLoadError):
@@ -127,6 +142,10 @@ class PluginRegistry:
         if ":" in kind:
             return PluginSource(kind=kind, value=kind)
         claims = self._sources.get(kind)
+        if not claims and "." in kind and not kind.startswith(SEED_PREFIXES):
+            # the seeds' spelling of unpackaged code: path.to.CustomCallback means path.to:CustomCallback
+            module, _, attr = kind.rpartition(".")
+            return PluginSource(kind=kind, value=f"{module}:{attr}")
         if not claims:
             hint = self.suggest(kind)
             did_you_mean = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
@@ -214,6 +233,7 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         if name.startswith("__"):
             continue
         member = inspect.getattr_static(target, name, None) if is_class else getattr(target, name, None)
+        binds_first = is_class and not isinstance(member, staticmethod)
         if isinstance(member, (staticmethod, classmethod)):
             member = member.__func__
         opts = _impl_opts(member)
@@ -227,9 +247,9 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
             raise fail(f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}")
         if opts.get("hookwrapper") or opts.get("wrapper"):
             raise fail(f"@hookimpl {name!r} is a wrapper; noether hooks take plain implementations only")
-        params = [p for p in inspect.signature(member).parameters.values()]
-        if is_class and params and params[0].name == "self":
-            params = params[1:]
+        params = list(inspect.signature(member).parameters.values())
+        if binds_first and params:
+            params = params[1:]  # ``self`` (or ``cls``), whatever it is called: bound, never passed
         unknown = [
             p.name
             for p in params

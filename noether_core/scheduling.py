@@ -136,7 +136,7 @@ class IntervalScheduler:
         else:
             ebs = self.effective_batch_size
             # the next multiple of n strictly above the samples seen after `after` updates ...
-            k = (after * ebs) // n
+            k = (after * ebs) // n + 1
             # ... is crossed by the first update whose sample count reaches it
             # (integer ceiling division: a float quotient loses exactness for large sample counts)
             nxt = -(-k * n // ebs)

@@ -360,7 +360,7 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
         elif kind in registered:
             claims = registered[kind]
             if len(claims) > 1:
-                owners = " and ".join(f"{name} {version}" for name, version in map(_origin, claims))
+                owners = " and ".join(sorted(f"{name} {version}" for name, version in map(_origin, claims)))
                 raise PluginLoadError(kind, f"the tracker name is claimed by {owners}; uninstall one")
             name, version = _origin(claims[0])
             try:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from noether_core.building import build_dataset, build_model, build_train_step, updates_per_epoch
 from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
-from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.counter import Counter
 from noether_core.distributed import DistInfo, any_rank, init_from_env
 from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, TrainingError
@@ -40,7 +40,7 @@ from noether_core.models import named_models
 from noether_core.optim import apply_schedules, build_optimizer
 from noether_core.paths import RunPaths
 from noether_core.plugin_manager import PluginManager, Slot
-from noether_core.registry import Plugin
+from noether_core.registry import Plugin, PluginRegistry
 from noether_core.sampling import EpochSampler
 from noether_core.scheduling import IntervalScheduler
 from noether_core.trackers import Tracker
@@ -201,6 +201,7 @@ class Trainer:
         metrics: MetricProperties | None = None,
         resume_tag: str | None = None,
         resume_paths: RunPaths | None = None,
+        plugin_registry: PluginRegistry | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -261,8 +262,15 @@ class Trainer:
         self.writer = LogWriter(self.counter, self.trackers)
         self.checkpoints = CheckpointWriter(paths, paths.run_id)
         self.plugins = PluginManager()
+        registry = plugin_registry or PluginRegistry.from_environment()
+
+        def register(plugin: Plugin, entry: CallbackConfig, is_default: bool, parent: Slot | None) -> None:
+            slot = self.plugins.register(plugin, entry, is_default=is_default, parent=parent)
+            for child in child_entries(entry):
+                register(registry.load(child.kind), child, is_default, slot)
+
         for plugin, entry, is_default in entries:
-            self.plugins.register(plugin, entry, is_default=is_default)
+            register(plugin, entry, is_default, None)
         self.plugins.freeze()
         self.plugins.owner_sink = self.writer
         self.resumed_from: RunPaths | None = None
@@ -428,12 +436,16 @@ class Trainer:
                 self.writer.flush()
                 self.train_model.train()
                 started = time.perf_counter()
-                for batches in self._updates():
-                    self._update(batches)
-                    self._tick()
-                    if self._signals.received is not None or self._stop_reason is not None:
-                        break
-                self._train_seconds = time.perf_counter() - started
+                try:
+                    for batches in self._updates():
+                        self._update(batches)
+                        self._tick()
+                        if self._signals.received is not None or self._stop_reason is not None:
+                            break
+                    if self._signals.received is None:
+                        self._final_evaluations()
+                finally:
+                    self._train_seconds = time.perf_counter() - started
                 if any_rank(self._signals.received is not None, self.dist):
                     self.save_checkpoint("latest")
                     status = "interrupted"
@@ -605,6 +617,19 @@ class Trainer:
                     self.plugins.at_eval(self._core, due)
             self.train_model.train()
         self.writer.flush()
+
+    def _final_evaluations(self) -> None:
+        """``at_eval`` once more for entries with ``eval_at_end`` whose interval missed the last update."""
+        update = self.counter.update
+        final = [
+            s for s in self.plugins.scheduled
+            if s.config.eval_at_end and s.interval is not None and not self.scheduler.is_due(s.interval, update)
+        ]
+        if final:
+            self.model.eval()
+            with torch.no_grad():
+                self.plugins.at_eval(self._core, final)
+            self.writer.flush()
 
     # ------------------------------------------------------------------------------------ eval mode
 

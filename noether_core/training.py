@@ -104,10 +104,15 @@ def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
     console.setLevel(logging.INFO if is_main else logging.WARNING)
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
+    file_only = logging.getLogger("noether.file")
+    file_only.propagate = False
+    for handler in list(file_only.handlers):
+        file_only.removeHandler(handler)
     if paths is not None and is_main:
         file_handler = logging.FileHandler(paths.log_txt, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(file_handler)
+        file_only.addHandler(file_handler)
 
 
 def _load_run_config(
@@ -182,13 +187,16 @@ def train_from_cli(
         trackers=trackers,
         metrics=metrics,
         resume_tag=(checkpoint or "latest") if resume_paths is not None else None,
+        plugin_registry=registry,
     )
     try:
         status = trainer.fit()
     except NoetherError:
+        # the console gets one paragraph (the CLI prints it); the traceback goes to log.txt
+        logging.getLogger("noether.file").exception("training failed")
         raise
     except Exception as exc:
-        log.exception("training failed")
+        logging.getLogger("noether.file").exception("training failed")
         raise TrainingError(
             f"training failed at update {trainer.counter.update}: {type(exc).__name__}: {exc} "
             f"(full traceback in {paths.log_txt})"
@@ -211,7 +219,7 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     setup_logging(paths)
     metrics = MetricProperties()
     trackers = _trackers(config, paths, registry, metrics)
-    trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics)
+    trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics, plugin_registry=registry)
     trainer.load_weights(paths, checkpoint)
     trainer.evaluate()
     log.info("evaluated %s (checkpoint %s)", paths.root, checkpoint)

@@ -25,6 +25,16 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
+try:
+    from cattrs.cols import list_structure_factory, mapping_structure_factory
+except ImportError:  # cattrs < 24.1: the converter's own list and dict structuring
+
+    def list_structure_factory(type: Any, converter: cattrs.Converter) -> Any:
+        return converter._structure_list
+
+    def mapping_structure_factory(type: Any, converter: cattrs.Converter) -> Any:
+        return converter._structure_dict
+
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UsageError
 from noether_core.registry import PluginRegistry, UnknownKindError
@@ -39,15 +49,36 @@ def _show(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+_EXPONENT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+
+
+def _string_hint(value: Any, expected: type) -> str:
+    """Why a string that reads like a number or bool is one: quotes, or YAML 1.1's exponent rule."""
+    if not isinstance(value, str):
+        return ""
+    if expected is float and _EXPONENT_WITHOUT_DOT.match(value.strip()):
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        return f"; YAML reads an exponent without a dot as a string, write {mantissa}.0e{exponent}"
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if isinstance(parsed, expected) and (expected is bool or not isinstance(parsed, bool)):
+        return "; remove the quotes"
+    if expected is float and isinstance(parsed, int) and not isinstance(parsed, bool):
+        return "; remove the quotes"
+    return ""
+
+
 def _strict_int(value: Any, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected int, got {_show(value)}")
+        raise TypeError(f"expected int, got {_show(value)}{_string_hint(value, int)}")
     return value
 
 
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected number, got {_show(value)}")
+        raise TypeError(f"expected number, got {_show(value)}{_string_hint(value, float)}")
     return float(value)
 
 
@@ -59,7 +90,7 @@ def _strict_str(value: Any, _: type) -> str:
 
 def _strict_bool(value: Any, _: type) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"expected bool (true/false), got {_show(value)}")
+        raise TypeError(f"expected bool (true/false), got {_show(value)}{_string_hint(value, bool)}")
     return value
 
 
@@ -83,6 +114,7 @@ def make_converter(registry: PluginRegistry) -> cattrs.Converter:
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+    _register_shape_checks(conv)
 
     entry_structurers: dict[type[CallbackConfig], Any] = {}
 
@@ -117,6 +149,49 @@ def make_converter(registry: PluginRegistry) -> cattrs.Converter:
         },
     )
     return conv
+
+
+def _shape_checked(hook: Any, accepts: Any, expected: str) -> Any:
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, accepts):
+            raise TypeError(f"expected {expected}, got {_show(value)}")
+        return hook(value, type_)
+
+    return structure
+
+
+def _register_shape_checks(conv: cattrs.Converter) -> None:
+    """A section, list or mapping of the wrong shape is named as such, instead of failing inside cattrs
+    (``'str' object has no attribute 'keys'``) or being taken apart (a string as a list of characters)."""
+
+    def is_section(t: Any) -> bool:
+        # callbacks entries have their own hook (structure_entry), which checks the shape itself
+        return attrs.has(t) and not (isinstance(t, type) and issubclass(t, CallbackConfig))
+
+    conv.register_structure_hook_factory(
+        is_section,
+        lambda t: _shape_checked(cattrs.gen.make_dict_structure_fn(t, conv), Mapping, "a mapping of fields"),
+    )
+    conv.register_structure_hook_factory(
+        lambda t: get_origin(t) is list,
+        lambda t: _shape_checked(list_structure_factory(t, conv), list, "a list"),
+    )
+    conv.register_structure_hook_factory(
+        lambda t: get_origin(t) is dict,
+        lambda t: _shape_checked(mapping_structure_factory(t, conv), Mapping, "a mapping"),
+    )
+
+    def structure_tuple(value: Any, type_: Any) -> tuple[Any, ...]:
+        args = get_args(type_)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list of {len(args)} items, got {_show(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(value) != len(args):
+            raise ValueError(f"expected a list of {len(args)} items, got {len(value)}: {_show(list(value))}")
+        return tuple(conv.structure(item, arg) for item, arg in zip(value, args, strict=True))
+
+    conv.register_structure_hook_func(lambda t: get_origin(t) is tuple, structure_tuple)
 
 
 class _Missing(KeyError):
@@ -239,6 +314,8 @@ def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[Con
                     f"{entry.kind} is not periodic (it does not implement at_eval), so an interval has no effect; remove it",
                 )
             )
+        if entry.eval_at_end and not plugin.scheduled:
+            issues.append(ConfigIssue(_join(path, "eval_at_end"), f"{entry.kind} has no at_eval to run at the end"))
         if entry.name is not None and entry.id is not None and entry.name != entry.id:
             issues.append(ConfigIssue(path, f"name {entry.name!r} and id {entry.id!r} disagree; set only name"))
         explicit = entry.name or entry.id
@@ -301,7 +378,11 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        problem = exc.problem or exc.context or "cannot parse"
+        if exc.context and exc.problem:
+            ctx = exc.context_mark
+            since = f" started at line {ctx.line + 1}, column {ctx.column + 1}" if ctx is not None else ""
+            problem = f"{exc.problem} ({exc.context}{since})"
         raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"YAML error: {exc}")], source) from None

@@ -34,7 +34,8 @@ class CallbackConfig:
     ``noether.core.callbacks.CheckpointCallback``, or an import path ``pkg.module:Name``). ``name`` is the
     instance name: it keys the entry's state in checkpoints and must be unique; ``id`` is accepted as
     its older spelling. Exactly one ``every_n_*`` is set when the plugin implements ``at_eval`` (unless
-    its ``Config`` gives a default), none otherwise.
+    its ``Config`` gives a default), none otherwise. ``eval_at_end`` adds one more ``at_eval`` after the
+    last update when the interval did not fall on it (a final evaluation).
     """
 
     kind: str = attrs.field(validator=v.min_len(1))
@@ -43,6 +44,7 @@ class CallbackConfig:
     every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
     every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
     every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
+    eval_at_end: bool = False
 
     @property
     def interval(self) -> Interval | None:
@@ -53,6 +55,16 @@ class CallbackConfig:
     def key(self) -> str:
         """The entry's name for state, logs and timing: ``name``, else ``id``, else ``kind``."""
         return self.name or self.id or self.kind
+
+
+def child_entries(config: CallbackConfig) -> list[CallbackConfig]:
+    """Entries nested in an entry's config (fields holding lists of entries, e.g. ``eval_callbacks``)."""
+    out: list[CallbackConfig] = []
+    for field in attrs.fields(type(config)):
+        value = getattr(config, field.name)
+        if isinstance(value, (list, tuple)):
+            out.extend(v for v in value if isinstance(v, CallbackConfig))
+    return out
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,286 @@
+"""The trainer end to end: event order, ends, stops, failures, precision, accumulation, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import sample_plugins
+from noether_core.checkpoint_writer import load_checkpoint
+from noether_core.cli import main
+from noether_core.config.loader import structure_config
+from noether_core.paths import RunPaths
+from noether_core.registry import PluginRegistry
+from noether_core.trainer import Trainer
+from noether_core.training import build_entries
+
+UPE = 16  # 256 samples / batch 16
+
+
+def base_config(**trainer: Any) -> dict[str, Any]:
+    return {
+        "trainer": {"max_epochs": 2, "batch_size": 16, "seed": 3, "num_threads": 1, "add_default_callbacks": False,
+                    **trainer},
+        "model": {"kind": "mlp", "kwargs": {"in_features": 2, "out_features": 4, "hidden": 16, "dropout": 0.1}},
+        "optimizer": {"kind": "adamw", "lr": 0.01, "lr_schedule": {"kind": "cosine", "warmup_updates": 3}},
+        "datasets": {"train": {"kind": "blobs", "kwargs": {"size": 256, "seed": 0}},
+                     "val": {"kind": "blobs", "kwargs": {"size": 64, "seed": 1}}},
+        "callbacks": [],
+    }
+
+
+def make_trainer(tmp_path: Path, raw: dict[str, Any], run_id: str = "run", **kwargs: Any) -> Trainer:
+    registry = PluginRegistry.from_environment()
+    config = structure_config(raw, registry)
+    entries = build_entries(config, registry, total_updates=10**6)
+    return Trainer(config, entries, RunPaths.create(tmp_path, run_id), **kwargs)
+
+
+def recorder(trainer: Trainer, index: int = 0) -> sample_plugins.Recorder:
+    obj = trainer.plugins.slots[index].obj
+    assert isinstance(obj, sample_plugins.Recorder)
+    return obj
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_events_fire_in_lifecycle_order(tmp_path: Path) -> None:
+    raw = base_config(max_updates=6, max_epochs=None, accumulation_steps=2, clip_grad_norm=1.0)
+    raw["datasets"]["train"]["kwargs"]["size"] = 64  # 4 updates per epoch
+    raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 3}]
+    trainer = make_trainer(tmp_path, raw)
+    assert trainer.fit() == "completed"
+    events = recorder(trainer).events
+    assert events[0] == ("before_training", 0, None)
+    assert events[-1] == ("after_training", 6, "completed")
+    # update 1: two micro-batches before the counter advances, then after_update with it advanced
+    assert events[1:4] == [
+        ("after_accumulation", 0, (0, 2)),
+        ("after_accumulation", 0, (1, 2)),
+        ("after_update", 1, True),
+    ]
+    ticks = [(e, u, x) for e, u, x in events if e in ("after_epoch", "at_eval")]
+    assert ticks == [("at_eval", 3, "update"), ("after_epoch", 4, 1), ("at_eval", 6, "update")]
+    assert sum(1 for e in events if e[0] == "after_update") == 6
+
+
+def test_end_part_way_through_an_epoch_finishes_cleanly(tmp_path: Path) -> None:
+    raw = base_config(max_updates=UPE + 5, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_epochs": 1}]
+    trainer = make_trainer(tmp_path, raw)
+    assert trainer.fit() == "completed"
+    events = recorder(trainer).events
+    assert trainer.counter.update == UPE + 5
+    assert [e for e in events if e[0] == "after_epoch"] == [("after_epoch", UPE, 1)]
+    assert events[-1] == ("after_training", UPE + 5, "completed")
+
+
+def test_sample_end_rounds_up_to_whole_updates(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, base_config(max_samples=100, max_epochs=None))
+    trainer.fit()
+    assert trainer.counter.update == 7  # 7 * 16 = 112 >= 100
+    assert trainer.counter.sample == 112
+
+
+def test_stop_request_ends_the_run_with_status_stopped(tmp_path: Path) -> None:
+    raw = base_config()
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
+        {"kind": "sample_plugins:StopAt", "update": 5},
+    ]
+    trainer = make_trainer(tmp_path, raw)
+    assert trainer.fit() == "stopped"
+    assert trainer.counter.update == 5
+    assert recorder(trainer).events[-1] == ("after_training", 5, "stopped")
+
+
+def test_plugin_failure_runs_after_training_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config()
+    raw["callbacks"] = [{"kind": "sample_plugins:Crash", "update": 4, "name": "crasher"}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "plugin 'crasher'" in err and "after_update" in err and "crash at update 4" in err
+    assert "Traceback" not in err
+    summary = yaml.safe_load((tmp_path / "r" / "summary.yaml").read_text())
+    assert summary["status"] == "failed"
+    assert "Traceback" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_metrics_and_summary_are_written(tmp_path: Path) -> None:
+    raw = base_config(max_epochs=1)
+    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 4},
+                        {"kind": "sample_plugins:Recorder", "every_n_epochs": 1}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    run = tmp_path / "r"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records] == [4, 8, 12, 16]
+    assert [r["heartbeat/U4"] for r in records] == [4, 8, 12, 16]
+    assert records[-1]["rec/E1"] == 1.0 and records[-1]["epoch"] == 1 and records[-1]["sample"] == 256
+    summary = yaml.safe_load((run / "summary.yaml").read_text())
+    assert summary["status"] == "completed"
+    assert summary["metrics"]["heartbeat/U4"]["last"] == 16
+    plugins = {row["plugin"] for row in summary["summary"]["durations"]["plugins"]}
+    assert plugins == {"sample_function_plugin:", "sample_plugins:Recorder"}
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["trainer"]["max_epochs"] == 1 and resolved["callbacks"][1]["label"] == "rec"
+
+
+def test_same_key_from_two_entries_is_an_error_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config(max_epochs=1)
+    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "a"},
+                        {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "b"}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "heartbeat/U2" in err and "'a'" in err and "'b'" in err
+
+
+def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config(max_updates=10, max_epochs=None, slow_plugin_share=0.2)
+    raw["callbacks"] = [{"kind": "sample_plugins:Sleepy", "seconds": 0.02, "name": "sleepy"}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    out = capsys.readouterr().out
+    assert "plugin time" in out and "sleepy after_update (10 calls)" in out
+    assert "plugin 'sleepy' took" in out
+
+
+def test_grad_norm_reaches_plugins_only_when_clipping(tmp_path: Path) -> None:
+    for clip, expected in ((None, False), (0.5, True)):
+        raw = base_config(max_updates=2, max_epochs=None, clip_grad_norm=clip)
+        raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 1}]
+        trainer = make_trainer(tmp_path, raw, run_id=f"clip{clip}")
+        trainer.fit()
+        assert [x for e, _, x in recorder(trainer).events if e == "after_update"] == [expected, expected]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_on_cpu(tmp_path: Path, precision: str) -> None:
+    trainer = make_trainer(tmp_path, base_config(max_updates=20, max_epochs=None, precision=precision))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.fit() == "completed"
+    after = list(trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert trainer.grad_scaler.is_enabled() == (precision == "fp16")
+
+
+def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+    weights = []
+    for steps in (1, 4):
+        raw = base_config(max_updates=8, max_epochs=None, accumulation_steps=steps)
+        raw["model"]["kwargs"]["dropout"] = 0.0
+        trainer = make_trainer(tmp_path, raw, run_id=f"acc{steps}")
+        trainer.fit()
+        weights.append(trainer.model.state_dict())
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_skip_nan_skips_the_update_and_gives_up_after_the_limit(tmp_path: Path) -> None:
+    sample_plugins.NAN_UPDATES.clear()
+    sample_plugins.NAN_UPDATES.update({3})
+    sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
+    raw = base_config(max_updates=5, max_epochs=None, skip_nan_loss=True, train_step="sample_plugins:nan_at_updates")
+    trainer = make_trainer(tmp_path, raw, run_id="skip")
+    assert trainer.fit() == "completed"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+    sample_plugins.NAN_UPDATES.update({1, 2, 3, 4})
+    sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
+    raw = base_config(max_updates=5, max_epochs=None, skip_nan_loss=True, skip_nan_loss_max_count=2,
+                      train_step="sample_plugins:nan_at_updates")
+    trainer = make_trainer(tmp_path, raw, run_id="limit")
+    with pytest.raises(Exception, match="3 updates in a row"):
+        trainer.fit()
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path, base_config(max_updates=10, max_epochs=None), run_id="a")
+    a.fit()
+    b = make_trainer(tmp_path, base_config(max_updates=10, max_epochs=None), run_id="b")
+    b.fit()
+    for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), ka
+
+
+@pytest.mark.parametrize("interrupt_at", [UPE, UPE + 5])  # epoch-aligned and mid-epoch
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, interrupt_at: int, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config(max_epochs=3, accumulation_steps=2)
+    raw["datasets"]["train"]["kwargs"]["size"] = 200  # 12 updates per epoch, 8 samples left over
+    uninterrupted = dict(raw, callbacks=[{"kind": "sample_plugins:SaveAtEnd"},
+                                         {"kind": "sample_plugins:Recorder", "every_n_updates": 4}])
+    cfg = write_config(tmp_path / "a.yaml", uninterrupted)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "a"]) == 0
+
+    interrupted = dict(raw, callbacks=[*uninterrupted["callbacks"],
+                                       {"kind": "sample_plugins:SignalAt", "update": interrupt_at}])
+    cfg = write_config(tmp_path / "b.yaml", interrupted)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "b"]) == 130
+    out = capsys.readouterr().out
+    assert "resume with: noether train --resume" in out
+    latest = load_checkpoint(tmp_path / "b" / "checkpoints" / "model_cp=latest_trainer.th")
+    assert latest["counter"]["update"] == interrupt_at
+    assert latest["plugins"]["sample_plugins:Recorder"] == {"evals": interrupt_at // 4}
+
+    # the signal plugin would fire again at the same update only if the run restarted from 0
+    assert main(["train", "--resume", str(tmp_path / "b"), "--set", "callbacks[2].update=0"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "model_cp=final_model.th")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "model_cp=final_model.th")["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records] == list(range(4, 3 * 12 + 1, 4))
+    assert records[-1]["rec/U4"] == 9  # the evaluation count continued from the saved state
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path / "c.yaml", base_config(max_updates=2, max_epochs=None))
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint 'latest'" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_from_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config(max_updates=6, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    trainer_file = tmp_path / "r" / "checkpoints" / "model_cp=latest_trainer.th"
+    trainer_file.write_bytes(trainer_file.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "model_cp=latest_trainer.th" in err and "Traceback" not in err
+
+
+def test_dataset_smaller_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config()
+    raw["datasets"]["train"]["kwargs"]["size"] = 10
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.batch_size: the train dataset has 10 samples, fewer than one batch (16)" in err
+
+
+def test_model_that_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config()
+    raw["model"]["kwargs"]["hidden"] = -3
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model: building model 'mlp' failed" in err and "Traceback" not in err
