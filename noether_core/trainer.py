@@ -294,6 +294,12 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist.is_main
 
+    @property
+    def hook_arguments(self) -> dict[str, Any]:
+        """The core hook arguments (``trainer``, ``model``, ``counter``): what an owner passes to
+        ``trainer.plugins.call_slots`` when it runs its child entries."""
+        return dict(self._core)
+
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop after this step (early stopping). The run ends with status ``stopped``."""
         if self._stop_reason is None:
