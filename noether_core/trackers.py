@@ -99,6 +99,22 @@ def read_metrics(path: Path | str) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_metrics(path: Path | str, after_update: int) -> int:
+    """Drop the records of ``metrics.jsonl`` logged after ``after_update`` (a resume from an earlier
+    checkpoint would log those updates again). Atomic; returns how many records were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = read_metrics(path)
+    kept = [r for r in records if int(r.get("update", 0)) <= after_update]
+    if len(kept) != len(records):
+        text = "".join(
+            json.dumps({k: _encode_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in kept
+        )
+        _atomic_write_text(path, text)
+    return len(records) - len(kept)
+
+
 def _plain(value: Any, where: str) -> Any:
     """``value`` as YAML-safe plain data, tensors and NumPy scalars turned into Python numbers."""
     if isinstance(value, torch.Tensor):

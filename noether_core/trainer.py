@@ -389,8 +389,22 @@ class Trainer:
             self.counter.seek(min(int(position["update"]), self.counter.total_updates))
 
     def _resume(self, paths: RunPaths, tag: str) -> None:
+        update: int | None = None
+
         def load(path: Path) -> dict[str, Any]:
-            return load_checkpoint(path)
+            if not path.exists():
+                raise CheckpointLoadError(path, f"checkpoint {tag!r} is incomplete: this file is missing")
+            payload = load_checkpoint(path)
+            # model, optim and trainer files are written one after another; a kill between two of them
+            # leaves parts of different updates, which must not be mixed
+            saved_at = payload.get("training_iteration", {}).get("update")
+            if update is not None and saved_at is not None and saved_at != update:
+                raise CheckpointLoadError(
+                    path,
+                    f"this part of checkpoint {tag!r} is from update {saved_at}, the trainer state from update "
+                    f"{update} (a save was interrupted); resume from another tag",
+                )
+            return payload
 
         trainer_file = paths.checkpoint_file(self.model_name, tag, "trainer")
         if not trainer_file.exists():
@@ -400,8 +414,8 @@ class Trainer:
                 f"run {str(paths.root)!r} has no checkpoint {tag!r} with trainer state; "
                 f"tags present: {', '.join(tags) or 'none'}",
             )
-        payload = load(trainer_file)
-        state = payload.get("state", payload)
+        state = load(trainer_file)
+        update = int(state["counter"]["update"])
         geometry = state.get("geometry", {})
         mine = self.trainer_state()["geometry"]
         changed = {k: (v, mine[k]) for k, v in geometry.items() if mine.get(k) != v}
@@ -410,12 +424,13 @@ class Trainer:
             raise ConfigError(
                 [ConfigIssue("trainer", f"resuming needs the run's batch geometry unchanged ({detail})")]
             )
-        self.load_weights(paths, tag)
+        for name, part in self.named_models():
+            part.load_state_dict(load(paths.checkpoint_file(name, tag, "model"))["state_dict"])
         if self.optimizer is not None:
             optim = load(paths.checkpoint_file(self.model_name, tag, "optim"))
             self.optimizer.load_state_dict(optim["state_dict"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
-        self.counter.seek(int(state["counter"]["update"]))
+        self.counter.seek(update)
         self._nan_streak = int(state.get("nan_streak", 0))
         saved = dict(state.get("plugins", {}))
         for slot in self.plugins.stateful():

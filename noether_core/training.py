@@ -26,7 +26,8 @@ from noether_core.metric_properties import MetricProperties
 from noether_core.paths import RunPaths
 from noether_core.registry import Plugin, PluginRegistry
 from noether_core.scheduling import Interval
-from noether_core.trackers import DiskTracker, Tracker, load_trackers
+from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
+from noether_core.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
 from noether_core.trainer import Trainer, pick_device
 
 log = logging.getLogger("noether")
@@ -149,6 +150,17 @@ def _trackers(config: RunConfig, paths: RunPaths, registry: PluginRegistry, metr
     return trackers
 
 
+def _forget_metrics_after(paths: RunPaths, model_name: str, tag: str) -> None:
+    """Metrics logged after the checkpoint being resumed would otherwise appear twice."""
+    trainer_file = paths.checkpoint_file(model_name, tag, "trainer")
+    if not trainer_file.exists():
+        return  # the trainer reports the missing checkpoint with the tags that do exist
+    update = int(load_checkpoint(trainer_file)["counter"]["update"])
+    dropped = truncate_metrics(paths.metrics_jsonl, update)
+    if dropped:
+        log.info("resume: dropped %d metric records logged after update %d", dropped, update)
+
+
 def train_from_cli(
     *,
     config_path: Path | None,
@@ -177,6 +189,12 @@ def train_from_cli(
     setup_logging(paths, info.is_main)
     if info.is_main:
         paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
+    resume_tag = (checkpoint or "latest") if resume_paths is not None else None
+    if info.is_main:
+        paths.checkpoints.mkdir(exist_ok=True)
+        CheckpointWriter(paths).discard_partial_writes()
+        if resume_tag is not None:
+            _forget_metrics_after(paths, config.model.name, resume_tag)
     metrics = MetricProperties()
     trackers = _trackers(config, paths, registry, metrics) if info.is_main else []
     log.info("run directory: %s", paths.root)
@@ -186,7 +204,7 @@ def train_from_cli(
         paths,
         trackers=trackers,
         metrics=metrics,
-        resume_tag=(checkpoint or "latest") if resume_paths is not None else None,
+        resume_tag=resume_tag,
         plugin_registry=registry,
     )
     try:

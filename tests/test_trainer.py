@@ -284,3 +284,62 @@ def test_model_that_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "model: building model 'mlp' failed" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for run, at in (("r3", 3), ("r5", 5)):
+        raw = base_config(max_updates=8, max_epochs=None)
+        raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": at}]
+        cfg = write_config(tmp_path / f"{run}.yaml", raw)
+        assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run]) == 130
+    name = "model_cp=latest_model.th"
+    (tmp_path / "r3" / "checkpoints" / name).write_bytes((tmp_path / "r5" / "checkpoints" / name).read_bytes())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err
+    assert "is from update 5, the trainer state from update 3" in err
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> None:
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 1},
+                        {"kind": "sample_plugins:SignalAt", "update": 5}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    with metrics.open("a") as f:  # what a run killed after logging update 6 leaves behind
+        f.write(json.dumps({"epoch": 0, "update": 6, "sample": 96, "heartbeat/U1": 6}) + "\n")
+    assert main(["train", "--resume", str(tmp_path / "r"), "--set", "callbacks[1].update=0"]) == 0
+    updates = [json.loads(line)["update"] for line in metrics.read_text().splitlines()]
+    assert updates == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import noether_core.checkpoint_writer as writer
+
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    latest = tmp_path / "r" / "checkpoints" / "model_cp=latest_model.th"
+    before = latest.read_bytes()
+
+    def disk_full(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.torch, "save", disk_full)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r"), "--set", "callbacks[0].update=5"]) == 1
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "No space left on device" in err and "Traceback" not in err
+    assert latest.read_bytes() == before
+    assert sorted(p.name for p in latest.parent.iterdir()) == [
+        "model_cp=latest_model.th", "model_cp=latest_optim.th", "model_cp=latest_trainer.th"
+    ]
