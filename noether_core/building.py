@@ -33,10 +33,11 @@ class _Problem(Exception):
         self.field = field
 
 
-def resolve(kind: str, bundled: Mapping[str, Callable[..., Any]], what: str) -> Callable[..., Any]:
+def resolve(kind: str, bundled: Mapping[str, Any], what: str) -> Callable[..., Any]:
     """The factory a kind names; raises ``_Problem`` with a user-facing reason."""
     if kind in bundled:
-        return bundled[kind]
+        factory: Callable[..., Any] = bundled[kind]
+        return factory
     if ":" not in kind:
         close = difflib.get_close_matches(kind, list(bundled), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -81,6 +82,15 @@ def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> Non
             issues.append(ConfigIssue(f"{path}.parts", "a composite model needs at least one part"))
         for name, part in cfg.parts.items():
             _model_issues(part, f"{path}.parts.{name}", issues)
+        return
+    if cfg.kind == COMPOSITE:  # the default kind, without parts: the user left out the kind
+        issues.append(
+            ConfigIssue(
+                f"{path}.kind",
+                f"required (a bundled kind: {', '.join(sorted(BUNDLED_MODELS))}, or an import path "
+                "'package.module:factory'), unless the model is a composite with 'parts'",
+            )
+        )
         return
     try:
         _check_kwargs(resolve(cfg.kind, BUNDLED_MODELS, "model"), cfg.kwargs)

@@ -21,8 +21,15 @@ import yaml
 from noether_core import hookspecs
 from noether_core.config.loader import load_config, unstructure_config
 from noether_core.config.schema import CallbackConfig, RunConfig
-from noether_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError
-from noether_core.registry import PluginRegistry
+from noether_core.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    NoetherError,
+    PluginLoadError,
+    UsageError,
+)
+from noether_core.registry import PluginRegistry, UnknownKindError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,8 +139,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 def _validate_runtime(config: RunConfig, source: str | None = None) -> None:
     """Checks that need the model and data factories (their kinds exist, their arguments fit)."""
     from noether_core.building import check_buildable
+    from noether_core.metric_dependencies import check_metric_dependencies
 
     check_buildable(config, source)
+    check_metric_dependencies(config, source=source)
 
 
 # -------------------------------------------------------------------------------------------- plugins
@@ -181,7 +190,13 @@ def _qualname(cls: type) -> str:
 
 
 def _plugins_show(registry: PluginRegistry, kind: str) -> int:
-    plugin = registry.load(kind)
+    try:
+        plugin = registry.load(kind)
+    except UnknownKindError as exc:
+        # a name that nothing provides is a usage mistake, not a plugin that failed to load
+        raise UsageError(
+            f"unknown plugin kind {kind!r}: {exc.reason} The installed ones: noether plugins list"
+        ) from None
     source = plugin.source
     print(f"kind:          {plugin.kind}")
     print(f"distribution:  {source.distribution or '-'} {source.version or ''}".rstrip())

@@ -16,9 +16,9 @@ import difflib
 import importlib
 import inspect
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -247,7 +247,7 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
             raise fail(f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}")
         if opts.get("hookwrapper") or opts.get("wrapper"):
             raise fail(f"@hookimpl {name!r} is a wrapper; noether hooks take plain implementations only")
-        params = list(inspect.signature(member).parameters.values())
+        params = list(inspect.signature(cast(Callable[..., Any], member)).parameters.values())
         if binds_first and params:
             params = params[1:]  # ``self`` (or ``cls``), whatever it is called: bound, never passed
         unknown = [

@@ -50,7 +50,8 @@ class EpochSampler(Sampler[int]):
         else:
             order = torch.arange(self.dataset_len)
         used = order[: self.samples_per_rank * self.world_size]
-        return used[self.rank :: self.world_size].tolist()  # type: ignore[no-any-return]
+        indices: list[int] = used[self.rank :: self.world_size].tolist()
+        return indices
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch)[self.skip :])

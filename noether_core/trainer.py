@@ -105,7 +105,7 @@ class DataContainer:
 
 
 def _capture_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
@@ -142,6 +142,13 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _owner(slot: Slot) -> Slot:
+    """The top-level entry a (possibly nested) entry belongs to."""
+    while slot.parent is not None:
+        slot = slot.parent
+    return slot
 
 
 def seed_everything(seed: int) -> None:
@@ -286,7 +293,11 @@ class Trainer:
 
         if resume_tag is not None:
             self._resume(resume_paths or paths, resume_tag)
-        self._cursor = self.scheduler.cursor(self.plugins.scheduled, self.counter.update)
+        # an owner of child entries (EmaCallback's eval_callbacks) is called when it or one of its
+        # children is due: children keep their own intervals, and the owner dispatches them
+        scheduled = {s.index for s in self.plugins.scheduled}
+        ticking = [s for s in self.plugins.slots if s.interval is not None and _owner(s).index in scheduled]
+        self._cursor = self.scheduler.cursor(ticking, self.counter.update)
 
     # ------------------------------------------------------------------------------------ services
 
@@ -575,7 +586,8 @@ class Trainer:
                 if self.skip_nan_loss and not skip and not bool(torch.isfinite(out.total).all()):
                     skip = self._register_nan()
                 if not skip and self.optimizer is not None:
-                    self.grad_scaler.scale(out.total / steps).backward()
+                    # dividing by 1 changes no bit but adds an autograd node to forward and backward
+                    self.grad_scaler.scale(out.total / steps if steps > 1 else out.total).backward()
                 times["backward"] += clock() - forward_done
             losses = {"total": out.total.detach(), **{k: v.detach() for k, v in out.losses.items()}}
             for key, value in losses.items():
@@ -613,13 +625,13 @@ class Trainer:
         grad_norm: torch.Tensor | None = None
         if not skip:
             tcfg = self.config.trainer
-            params = [p for g in optimizer.param_groups for p in g["params"]]
             if tcfg.clip_grad_norm is not None or tcfg.clip_grad_value is not None:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
                 self.grad_scaler.unscale_(optimizer)
-            if tcfg.clip_grad_value is not None:
-                torch.nn.utils.clip_grad_value_(params, tcfg.clip_grad_value)
-            if tcfg.clip_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad_norm)
+                if tcfg.clip_grad_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, tcfg.clip_grad_value)
+                if tcfg.clip_grad_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad_norm)
             self.grad_scaler.step(optimizer)
             self.grad_scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -629,6 +641,8 @@ class Trainer:
         """After an update: ``after_epoch`` at an epoch's end, ``at_eval`` for the due entries, flush."""
         epoch_end = self.counter.is_epoch_end
         due = self._cursor.due(self.counter.update)
+        if due:
+            due = sorted({_owner(s).index: _owner(s) for s in due}.values(), key=lambda s: s.index)
         if epoch_end or due:
             self.model.eval()
             with torch.no_grad():
@@ -670,7 +684,7 @@ class Trainer:
         """Where the time went: slowest plugins per event and their share of the training time."""
         rows = self.plugins.durations()
         total = self._train_seconds
-        summary = []
+        summary: list[dict[str, Any]] = []
         threshold = self.config.trainer.slow_plugin_share
         for slot, hook, seconds, calls in rows:
             share = seconds / total if total > 0 else 0.0

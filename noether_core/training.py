@@ -22,6 +22,7 @@ from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.distributed import init_from_env
 from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError, TrainingError, UsageError
 from noether_core.example import example_yaml
+from noether_core.metric_dependencies import check_metric_dependencies
 from noether_core.metric_properties import MetricProperties
 from noether_core.paths import RunPaths
 from noether_core.registry import Plugin, PluginRegistry
@@ -177,6 +178,7 @@ def train_from_cli(
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
     config = _load_run_config(config_path, overrides, registry, resume_paths)
     check_buildable(config)
+    check_metric_dependencies(config, registry, source=str(config_path) if config_path is not None else None)
     _, _, total = geometry(config)
     entries = build_entries(config, registry, total)
 
@@ -239,8 +241,10 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     trackers = _trackers(config, paths, registry, metrics)
     trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics, plugin_registry=registry)
     trainer.load_weights(paths, checkpoint)
+    if not trainer.plugins.scheduled:
+        log.warning("the run's config has no entry with at_eval (e.g. OfflineLossCallback): nothing to evaluate")
     trainer.evaluate()
-    log.info("evaluated %s (checkpoint %s)", paths.root, checkpoint)
+    log.info("evaluated %s (checkpoint %s at %s)", paths.root, checkpoint, trainer.counter.tag)
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -278,6 +278,12 @@ def _run_validators(obj: Any, path: str, issues: list[ConfigIssue]) -> None:
 def iter_entries(config: RunConfig) -> Iterator[tuple[str, CallbackConfig]]:
     """Every callback entry with its path, nested ones (e.g. ``eval_callbacks``) included."""
 
+    return _nested_entries(enumerate(config.callbacks))
+
+
+def _nested_entries(callbacks: Iterable[tuple[int, CallbackConfig]]) -> Iterator[tuple[str, CallbackConfig]]:
+    """``callbacks`` entries (with their list indices) and the entries nested in them, with paths."""
+
     def visit(obj: Any, path: str) -> Iterator[tuple[str, CallbackConfig]]:
         if isinstance(obj, CallbackConfig):
             yield path, obj
@@ -288,13 +294,15 @@ def iter_entries(config: RunConfig) -> Iterator[tuple[str, CallbackConfig]]:
             for i, item in enumerate(obj):
                 yield from visit(item, _join(path, i))
 
-    for i, entry in enumerate(config.callbacks):
+    for i, entry in callbacks:
         yield from visit(entry, _join("callbacks", i))
 
 
-def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[ConfigIssue]) -> None:
+def _check_entries(
+    entries: Iterable[tuple[str, CallbackConfig]], registry: PluginRegistry, issues: list[ConfigIssue]
+) -> None:
     seen: dict[str, str] = {}
-    for path, entry in iter_entries(config):
+    for path, entry in entries:
         plugin = registry.load(entry.kind)
         set_fields = [f for f in INTERVAL_FIELDS if getattr(entry, f) is not None]
         if len(set_fields) > 1:
@@ -303,7 +311,7 @@ def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[Con
             issues.append(
                 ConfigIssue(
                     path,
-                    f"{entry.kind} runs periodically (it implements at_eval): "
+                    f"{entry.kind!r} runs periodically (it implements at_eval): "
                     f"set exactly one of {', '.join(INTERVAL_FIELDS)}",
                 )
             )
@@ -311,7 +319,8 @@ def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[Con
             issues.append(
                 ConfigIssue(
                     _join(path, set_fields[0]),
-                    f"{entry.kind} is not periodic (it does not implement at_eval), so an interval has no effect; remove it",
+                    f"{entry.kind!r} is not periodic (it does not implement at_eval), "
+                    "so an interval has no effect; remove it",
                 )
             )
         if entry.eval_at_end and not plugin.scheduled:
@@ -329,6 +338,76 @@ def _check_entries(config: RunConfig, registry: PluginRegistry, issues: list[Con
                 )
             )
         seen.setdefault(key, path)
+
+
+_FAILED = object()
+
+
+def _check_parts(
+    raw: Any, type_: Any, path: str, conv: cattrs.Converter, issues: list[ConfigIssue]
+) -> Any:
+    """After a failed structure: structure the parts of ``raw`` that can be structured on their own
+    and run their validators, so that a range mistake is reported together with a type mistake
+    elsewhere instead of only once that is fixed. Returns the structured value, or ``_FAILED``.
+    Structuring problems are not reported here (the first pass did); ``callbacks`` entries are
+    structured whole (their ``Config`` class depends on their kind)."""
+    try:
+        value = conv.structure(raw, type_)
+    except Exception:
+        value = _FAILED
+    if value is not _FAILED:
+        _run_validators(value, path, issues)
+        return value
+    optional = [a for a in get_args(type_) if a is not type(None)]
+    if type(None) in get_args(type_) and len(optional) == 1 and raw is not None:
+        return _check_parts(raw, optional[0], path, conv, issues)
+    if isinstance(type_, type) and issubclass(type_, CallbackConfig):
+        return _FAILED
+    if attrs.has(type_) and isinstance(raw, Mapping):
+        attrs.resolve_types(type_)
+        for field in attrs.fields(type_):
+            if field.name not in raw:
+                continue
+            child = _join(path, field.name)
+            part = _check_parts(raw[field.name], field.type, child, conv, issues)
+            if part is not _FAILED and field.validator is not None:
+                try:
+                    field.validator(None, field, part)  # the schema's validators look at the value only
+                except (ValueError, TypeError) as exc:
+                    issues.append(ConfigIssue(child, _tidy(str(exc))))
+                except Exception:  # a validator that needs the instance: the second pass runs it
+                    pass
+    elif get_origin(type_) is list and isinstance(raw, list):
+        for i, item in enumerate(raw):
+            _check_parts(item, get_args(type_)[0], _join(path, i), conv, issues)
+    elif get_origin(type_) is dict and isinstance(raw, Mapping):
+        for key, item in raw.items():
+            _check_parts(item, get_args(type_)[1], _join(path, str(key)), conv, issues)
+    return _FAILED
+
+
+def _structured_entries(raw: Mapping[str, Any], conv: cattrs.Converter) -> list[tuple[int, CallbackConfig]]:
+    """The ``callbacks`` entries that structure on their own, with their list indices."""
+    out: list[tuple[int, CallbackConfig]] = []
+    if isinstance(raw.get("callbacks"), list):
+        for i, item in enumerate(raw["callbacks"]):
+            try:
+                out.append((i, conv.structure(item, CallbackConfig)))
+            except Exception:  # reported by the first pass
+                continue
+    return out
+
+
+_SECTION = re.compile(r"([^.\[]*)(?:\[(\d+)\])?")
+
+
+def _file_order(issue: ConfigIssue) -> tuple[int, int]:
+    """Sections in schema order, then ``callbacks`` entries by index (issues are found in two passes)."""
+    sections = [f.name for f in attrs.fields(RunConfig)]
+    m = _SECTION.match(issue.path)
+    head, index = (m[1], m[2]) if m else ("", None)
+    rank = -1 if not head else sections.index(head) if head in sections else len(sections)
+    return rank, int(index) if index is not None else -1
 
 
 def structure_config(
@@ -352,10 +431,16 @@ def structure_config(
             _walk(exc, "", issues, plugin_errors)
     if plugin_errors:
         raise plugin_errors[0]
-    if config is not None:
+    if config is None:
+        with attrs.validators.disabled():
+            _check_parts(raw, RunConfig, "", conv, issues)
+            entries = _structured_entries(raw, conv)
+        _check_entries(_nested_entries(entries), registry, issues)
+    else:
         _run_validators(config, "", issues)
-        _check_entries(config, registry, issues)
+        _check_entries(iter_entries(config), registry, issues)
     if issues:
+        issues.sort(key=_file_order)
         raise ConfigError(issues, source)
     assert config is not None
     return config
@@ -454,6 +539,9 @@ def load_config(
     """Read, override and structure a config file (or ``text``, e.g. the bundled example)."""
     source = str(path) if path is not None else "<bundled example>"
     raw = parse_yaml(text, source) if text is not None else read_yaml(Path(str(path)))
+    if raw is None and not overrides:
+        message = "the file is empty; a config needs at least 'trainer' and 'model' (see: noether config example)"
+        raise ConfigError([ConfigIssue("", message)], source)
     raw = apply_overrides(raw, overrides)
     return structure_config(raw, registry, source=source)
 

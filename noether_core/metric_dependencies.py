@@ -1,0 +1,344 @@
+"""Declared metric dependencies, checked before a run starts.
+
+Some entries read metrics that other entries log in the same step (best metric, early stopping, best
+checkpoint read ``trainer.writer.get(key)``). That only works when a producer runs at every tick of the
+consumer, before it. Instead of failing hours into a run, ``noether config validate`` and ``noether
+train`` check it up front (:func:`check_metric_dependencies`) and report each missing key with the
+consumer's path and the producers the run has.
+
+A plugin takes part by defining any of these, as static or class methods of a class plugin (or
+functions of a module plugin); all are optional:
+
+``consumes(config) -> list[str]``
+    The exact metric keys the entry reads at each of its ``at_eval`` ticks.
+``produces(config, run_config) -> list[str] | None``
+    ``fnmatch`` patterns (``*`` also matches ``/``) of the keys the entry logs at its ``at_eval`` ticks,
+    e.g. ``["loss/val/*"]`` when the loss names are only known at run time; for an entry without an
+    interval, the keys it logs in ``after_update`` (so at every update). ``None``, like not defining it,
+    means "not declared": a consumer listed after an undeclared entry gets a warning instead of an error
+    for a key nobody declares, since that entry might log it.
+``child_prefixes(config) -> list[str]``
+    For entries that own child entries (``eval_callbacks``): the prefixes their children's keys get
+    (EmaCallback: ``ema=0.999/``). Children read what their earlier siblings log, under the same prefix.
+
+Rules checked, for a consumer ``C`` and each key it consumes: some producer logs the key in the same
+step at every update where ``C`` is due, and it is listed before ``C`` (the trainer's default entries come
+first; entries without an interval log in ``after_update``, before every ``at_eval``). With
+``eval_at_end``, ``C``'s final evaluation runs after the last regular step was flushed, so a producer
+must take part in it too: ``eval_at_end`` with the same interval.
+
+Entries with a ``dataset_key`` must name a dataset of the config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from noether_core.config.loader import iter_entries
+from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
+from noether_core.errors import ConfigError, ConfigIssue
+from noether_core.paths import format_ema_factor
+from noether_core.registry import Plugin, PluginRegistry
+from noether_core.scheduling import Interval, IntervalScheduler
+
+log = logging.getLogger("noether")
+
+
+def _suffix(entry: CallbackConfig) -> str:
+    return entry.interval.short if entry.interval is not None else "*"
+
+
+#: What built-in kinds of other modules log, used only while a kind does not declare ``produces``
+#: itself. A kind here that starts declaring wins over its line, which can then go.
+BUILTIN_PRODUCES: dict[str, Callable[[CallbackConfig, RunConfig], list[str]]] = {
+    "OnlineLossCallback": lambda e, _: [f"loss/online/*/{_suffix(e)}"],
+    "LrCallback": lambda e, _: ["optim/lr/*", "optim/wd/*"],
+    "TrainTimeCallback": lambda e, _: [f"train_time/*/{_suffix(e)}"],
+    "PeakMemoryCallback": lambda e, _: ["peak_memory/*"],
+    "ProgressCallback": lambda e, _: [],
+    "EtaCallback": lambda e, _: [],
+    "DatasetStatsCallback": lambda e, _: [],
+    "ParamCountCallback": lambda e, _: [],
+    "CheckpointCallback": lambda e, _: [],
+    "BestCheckpointCallback": lambda e, _: [],
+    "EmaCallback": lambda e, _: [],
+}
+#: Likewise for ``consumes``.
+BUILTIN_CONSUMES: dict[str, Callable[[CallbackConfig], list[str]]] = {
+    "BestCheckpointCallback": lambda e: [k] if isinstance(k := getattr(e, "metric_key", None), str) else [],
+}
+#: Likewise for ``child_prefixes``.
+BUILTIN_CHILD_PREFIXES: dict[str, Callable[[CallbackConfig], list[str]]] = {
+    "EmaCallback": lambda e: [
+        f"ema={format_ema_factor(f)}/" for f in getattr(e, "target_factors", None) or ()
+    ],
+}
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _declared(plugin: Plugin, name: str, builtin: dict[str, Any]) -> Callable[..., Any] | None:
+    function = getattr(plugin.target, name, None)
+    if callable(function):
+        return function  # type: ignore[no-any-return]
+    found = builtin.get(plugin.kind)
+    return found
+
+
+def _call(plugin: Plugin, name: str, function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception as exc:
+        raise _ProtocolError(f"{plugin.kind}.{name}() failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _strings(plugin: Plugin, name: str, value: Any) -> list[str]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(s, str) for s in value)
+    ):
+        raise _ProtocolError(f"{plugin.kind}.{name}() must return a list of strings, got {value!r}")
+    return list(value)
+
+
+def consumed_keys(plugin: Plugin, entry: CallbackConfig) -> list[str]:
+    """The metric keys ``entry`` reads in the same step (its plugin's ``consumes``), ``[]`` if none."""
+    function = _declared(plugin, "consumes", BUILTIN_CONSUMES)
+    return (
+        [] if function is None else _strings(plugin, "consumes", _call(plugin, "consumes", function, entry))
+    )
+
+
+def produced_patterns(plugin: Plugin, entry: CallbackConfig, run_config: RunConfig) -> list[str] | None:
+    """Patterns of the keys ``entry`` logs at its ticks (its plugin's ``produces``); ``None``: undeclared."""
+    function = _declared(plugin, "produces", BUILTIN_PRODUCES)
+    if function is None:
+        return None
+    value = _call(plugin, "produces", function, entry, run_config)
+    return None if value is None else _strings(plugin, "produces", value)
+
+
+def _child_prefixes(plugin: Plugin, entry: CallbackConfig) -> list[str]:
+    function = _declared(plugin, "child_prefixes", BUILTIN_CHILD_PREFIXES)
+    if function is None:
+        return [""]
+    return _strings(plugin, "child_prefixes", _call(plugin, "child_prefixes", function, entry))
+
+
+@attrs.frozen
+class _Production:
+    owner: str
+    patterns: tuple[str, ...]
+    interval: Interval | None  # None: logged in after_update, at every update
+    eval_at_end: bool
+
+    def matches(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, p) for p in self.patterns)
+
+    def describe(self) -> str:
+        when = self.interval.verbose if self.interval is not None else "every update"
+        return f"{self.owner} ({when}): {', '.join(self.patterns) or 'nothing'}"
+
+
+@attrs.define
+class _Node:
+    path: str
+    entry: CallbackConfig
+    plugin: Plugin
+    consumes: list[str]
+    productions: list[_Production]
+    declared: bool
+    children: list[_Node]
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} {self.entry.kind}" if not self.path.startswith("default") else self.path
+
+
+def _node(
+    path: str,
+    entry: CallbackConfig,
+    registry: PluginRegistry,
+    run_config: RunConfig,
+    issues: list[ConfigIssue],
+) -> _Node:
+    plugin = registry.load(entry.kind)
+    interval = entry.interval if plugin.scheduled else None
+    try:
+        consumes = consumed_keys(plugin, entry)
+        patterns = produced_patterns(plugin, entry, run_config)
+        prefixes = _child_prefixes(plugin, entry) if child_entries(entry) else [""]
+    except _ProtocolError as exc:
+        issues.append(ConfigIssue(path, str(exc)))
+        consumes, patterns, prefixes = [], None, [""]
+    node = _Node(path, entry, plugin, consumes, [], patterns is not None, [])
+    if patterns is not None:
+        node.productions.append(_Production(node.label, tuple(patterns), interval, entry.eval_at_end))
+    fields = [f.name for f in attrs.fields(type(entry)) if isinstance(getattr(entry, f.name), (list, tuple))]
+    for field in fields:
+        for i, child in enumerate(getattr(entry, field)):
+            if not isinstance(child, CallbackConfig):
+                continue
+            child_node = _node(f"{path}.{field}[{i}]", child, registry, run_config, issues)
+            node.children.append(child_node)
+            node.declared = node.declared and child_node.declared
+            for production in child_node.productions:
+                node.productions.append(
+                    attrs.evolve(
+                        production, patterns=tuple(pre + p for pre in prefixes for p in production.patterns)
+                    )
+                )
+    return node
+
+
+def _covers(scheduler: IntervalScheduler, consumer: Interval, producer: Interval) -> bool:
+    """Whether ``producer`` is due at every update ``consumer`` is (exact for update and epoch units)."""
+
+    def period(iv: Interval) -> int | None:
+        if iv.unit == "update":
+            return iv.every
+        if iv.unit == "epoch":
+            return iv.every * scheduler.updates_per_epoch
+        return None
+
+    pc, pp = period(consumer), period(producer)
+    if pc is not None and pp is not None:
+        return pc % pp == 0
+    return all(scheduler.is_due(producer, u) for u in scheduler.due_updates(consumer))
+
+
+def _problem(
+    consumer: _Node, key: str, candidates: Sequence[_Production], scheduler: IntervalScheduler
+) -> str | None:
+    """Why ``candidates`` (producers of ``key`` before ``consumer``) do not serve it, or ``None``."""
+    interval = consumer.entry.interval
+    assert interval is not None
+    where = f"{consumer.entry.kind} ({interval.verbose}) reads {key!r} in the same step"
+    if not candidates:
+        return f"{where}, but no entry listed before it logs it"
+    intervals = [c.interval for c in candidates]
+    if None not in intervals and not any(
+        _covers(scheduler, interval, iv) for iv in intervals if iv is not None
+    ):
+        ticks = list(scheduler.due_updates(interval))
+        missed = [u for u in ticks if not any(iv is not None and scheduler.is_due(iv, u) for iv in intervals)]
+        if missed:
+            producers = "; ".join(c.describe() for c in candidates)
+            return (
+                f"{where}, but its producers are not due at {len(missed)} of its {len(ticks)} evaluations "
+                f"(first at update {missed[0]}): {producers}. Give them the same interval"
+            )
+    if consumer.entry.eval_at_end and not any(c.eval_at_end and c.interval == interval for c in candidates):
+        return (
+            f"{where}, also in its final evaluation (eval_at_end), which runs after the last step was "
+            f"flushed; set eval_at_end: true and {interval.verbose} on its producer"
+        )
+    return None
+
+
+def _hint(key: str, run_config: RunConfig, interval: Interval) -> str:
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[0] == "loss" and parts[1] in run_config.datasets:
+        when = interval.verbose.replace("=", ": ")
+        return f" (to log it, list {{kind: OfflineLossCallback, dataset_key: {parts[1]}, {when}}} before it)"
+    return ""
+
+
+def _check_level(
+    nodes: Sequence[_Node],
+    scheduler: IntervalScheduler,
+    run_config: RunConfig,
+    issues: list[ConfigIssue],
+    warnings: list[str],
+) -> None:
+    """Check the consumers among ``nodes`` (siblings in dispatch order) against their siblings."""
+    every_update = [p for n in nodes for p in n.productions if p.interval is None]
+    undeclared_every_update = [n for n in nodes if not n.declared and not n.plugin.scheduled]
+    for index, consumer in enumerate(nodes):
+        if consumer.children:
+            _check_level(consumer.children, scheduler, run_config, issues, warnings)
+        if not consumer.consumes or consumer.entry.interval is None or not consumer.plugin.scheduled:
+            continue
+        before = [p for n in nodes[:index] for p in n.productions if p.interval is not None] + every_update
+        after = [p for n in nodes[index + 1 :] for p in n.productions if p.interval is not None]
+        undeclared = [n for n in nodes[:index] if not n.declared] + undeclared_every_update
+        for key in consumer.consumes:
+            candidates = [p for p in before if p.matches(key)]
+            problem = _problem(consumer, key, candidates, scheduler)
+            if problem is None:
+                continue
+            later = [p.owner for p in after if p.matches(key)]
+            if later:
+                problem += (
+                    f"; {', '.join(later)} logs it but is listed after it: move it before {consumer.path}"
+                )
+            elif not candidates:
+                # nobody logs it at all: show what the run does log, and how to log this one
+                producers = "; ".join(p.describe() for p in before + after if p.patterns) or "none"
+                problem += (
+                    f"{_hint(key, run_config, consumer.entry.interval)}. Metrics the run logs: {producers}"
+                )
+            if undeclared:
+                names = ", ".join(n.label for n in undeclared)
+                warnings.append(f"{consumer.path}: {problem}; unless {names} (declaring no metrics) logs it")
+                continue
+            issues.append(ConfigIssue(consumer.path, problem))
+
+
+def _check_dataset_keys(config: RunConfig, issues: list[ConfigIssue]) -> None:
+    for path, entry in iter_entries(config):
+        key = getattr(entry, "dataset_key", None)
+        if isinstance(key, str) and key not in config.datasets:
+            close = difflib.get_close_matches(key, list(config.datasets), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            have = ", ".join(config.datasets) or "none"
+            issues.append(
+                ConfigIssue(f"{path}.dataset_key", f"no dataset {key!r}; {hint}the config has {have}")
+            )
+
+
+def check_metric_dependencies(
+    config: RunConfig, registry: PluginRegistry | None = None, *, source: str | None = None
+) -> list[str]:
+    """Raise :class:`ConfigError` (exit status 2) for every consumed metric no configured entry logs in
+    time, and every ``dataset_key`` that names no dataset; return (and log) the warnings for keys that
+    only undeclared entries might log."""
+    from noether_core.building import geometry
+    from noether_core.training import default_entries
+
+    registry = registry or PluginRegistry.from_environment()
+    issues: list[ConfigIssue] = []
+    _check_dataset_keys(config, issues)
+    upe, ebs, total = geometry(config)
+    scheduler = IntervalScheduler(upe, ebs, total)
+    nodes = [
+        _node(f"default {e.key}", e, registry, config, issues)
+        for e in default_entries(config, registry, total)
+    ]
+    nodes += [_node(f"callbacks[{i}]", e, registry, config, issues) for i, e in enumerate(config.callbacks)]
+    warnings: list[str] = []
+    _check_level(nodes, scheduler, config, issues, warnings)
+    if issues:
+        raise ConfigError(issues, source)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+__all__ = [
+    "BUILTIN_CHILD_PREFIXES",
+    "BUILTIN_CONSUMES",
+    "BUILTIN_PRODUCES",
+    "check_metric_dependencies",
+    "consumed_keys",
+    "produced_patterns",
+]

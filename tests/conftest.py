@@ -1,0 +1,167 @@
+"""Shared test set-up: the quick switch for slow tests, the plugin distributions of
+``tests/plugin_dists`` installed into throwaway folders, and a runner for the real ``noether`` CLI.
+
+``NOETHER_QUICK=1`` (set by ``.ci/run``) asks tests marked ``slow`` for their quick variant: they read
+the ``quick`` fixture and shrink their sizes, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: each xdist worker installs its own copies
+    fcntl = None  # type: ignore[assignment]
+
+QUICK = os.environ.get("NOETHER_QUICK", "") not in ("", "0")
+PLUGIN_DISTS = Path(__file__).parent / "plugin_dists"
+
+# Under pytest-xdist every worker is a process of its own; one math thread each keeps a 2-core machine
+# from being oversubscribed (CLI subprocesses inherit it). Set before any test imports torch.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_report_header() -> str:
+    if QUICK:
+        return "NOETHER_QUICK=1: tests marked slow run in their quick variant"
+    return "NOETHER_QUICK unset: tests marked slow run at full size"
+
+
+@pytest.fixture(scope="session")
+def quick() -> bool:
+    """Whether slow tests should shrink their sizes (``NOETHER_QUICK=1``)."""
+    return QUICK
+
+
+def _setuptools_can_build_here() -> bool:
+    """Whether pip can build a wheel with this interpreter's own setuptools (``--no-build-isolation``).
+
+    Before 70.1, setuptools needs the ``wheel`` package for that.
+    """
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) >= (70, 1):
+        return True
+    try:
+        importlib.metadata.version("wheel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+class PluginDists:
+    """The distributions under ``tests/plugin_dists``, each installed on first use into a folder of its
+    own with ``pip install --no-deps --target``, so a test puts on ``PYTHONPATH`` exactly the ones it
+    wants (the conflicting one only where a conflict is the point)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._targets: dict[str, Path] = {}
+
+    def target(self, name: str) -> Path:
+        """The folder ``name`` (e.g. ``noether-example-plugin``) is installed in."""
+        if name not in self._targets:
+            self._targets[name] = self._install_once(name)
+        return self._targets[name]
+
+    def _install_once(self, name: str) -> Path:
+        if fcntl is None:
+            return self._install(name)
+        # xdist workers share self._root: the first one to ask installs, the others wait for it
+        self._root.mkdir(parents=True, exist_ok=True)
+        with open(self._root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = self._root / f"{name}.installed"
+            if done.exists():
+                return Path(done.read_text())
+            target = self._install(name)
+            done.write_text(str(target))
+            return target
+
+    def pythonpath(self, names: Iterable[str]) -> str:
+        return os.pathsep.join(str(self.target(name)) for name in names)
+
+    def _install(self, name: str) -> Path:
+        source = PLUGIN_DISTS / name
+        if not (source / "pyproject.toml").is_file():
+            raise ValueError(f"no plugin distribution {name!r} under {PLUGIN_DISTS}")
+        # build from a copy: setuptools writes build/ and *.egg-info/ beside the sources
+        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._root))
+        copy = work / "src"
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        target = work / "site"
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        cmd += ["--no-deps", "--no-compile", "--target", str(target)]
+        if _setuptools_can_build_here():
+            # offline and fast; otherwise pip fetches setuptools for an isolated build
+            cmd += ["--no-build-isolation", "--no-index"]
+        cmd.append(str(copy))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"installing {name} failed:\n$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        return target
+
+
+@pytest.fixture(scope="session")
+def plugin_dists(tmp_path_factory: pytest.TempPathFactory) -> PluginDists:
+    """Installer of the test plugin distributions; each is installed once per test session, shared by
+    the xdist workers, and only when a test asks for it."""
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent  # the folder all workers of this session share
+    return PluginDists(base / "plugin_dists")
+
+
+def noether_script() -> Path:
+    """The ``noether`` console script of the environment running the tests."""
+    script = Path(sys.executable).parent / ("noether.exe" if os.name == "nt" else "noether")
+    if not script.exists():
+        pytest.fail(f"{script} is missing; install the project: pip install -c constraints.txt -e '.[test]'")
+    return script
+
+
+def run_noether(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    pythonpath: str = "",
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``noether`` CLI in a subprocess, with ``pythonpath`` in front of ``PYTHONPATH`` so
+    that ``importlib.metadata`` finds the distributions installed there. Never raises on exit status."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, full_env.get("PYTHONPATH", "")) if p)
+    # plain, unwrapped output so assertions see whole names
+    full_env.update(NO_COLOR="1", COLUMNS="200", TERM="dumb")
+    return subprocess.run(
+        [str(noether_script()), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def noether_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_noether`, for tests that run the CLI."""
+    return run_noether

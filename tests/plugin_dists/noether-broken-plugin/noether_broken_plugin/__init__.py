@@ -1,0 +1,1 @@
+"""A noether plugin distribution whose plugin module fails to import."""

@@ -1,0 +1,1 @@
+"""A noether plugin distribution whose kind clashes with another distribution's."""

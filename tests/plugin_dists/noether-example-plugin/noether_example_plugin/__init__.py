@@ -1,0 +1,1 @@
+"""Example noether plugins: ``ExampleCounter`` (a class) and ``example_heartbeat`` (a module)."""
