@@ -278,8 +278,8 @@ def _schedule(args: argparse.Namespace) -> int:
     print()
     width = len(str(total))
     for update, due in timeline.items():
-        epoch_end = " (end of epoch %d)" % (update // upe) if update % upe == 0 else ""
-        print(f"U{update:<{width}}{epoch_end}: {', '.join(r.label for r in due)}")
+        epoch_end = f"  end of epoch {update // upe}" if update % upe == 0 else ""
+        print(f"U{update:<{width}}  {', '.join(r.label for r in due)}{epoch_end}")
     return EXIT_OK
 
 

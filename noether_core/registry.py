@@ -167,7 +167,7 @@ class PluginRegistry:
         source = self.source(kind)
         plugin = self._loaded.get(source.kind)
         if plugin is None:
-            plugin = self._loaded[source.kind] = inspect_plugin(source, _import_target(source))
+            plugin = self._loaded[source.kind] = inspect_plugin(source, _import_target(source, self))
         return plugin
 
 
@@ -186,20 +186,43 @@ def _entry_point_sources(group: str) -> list[PluginSource]:
     return out
 
 
-def _import_target(source: PluginSource) -> Any:
+def _import_target(source: PluginSource, registry: PluginRegistry | None = None) -> Any:
     module_name, _, attr = source.value.partition(":")
+    module_name = module_name.strip()
     where = f" ({source.describe()})" if source.distribution else ""
-    try:
-        target: Any = importlib.import_module(module_name.strip())
-        for part in filter(None, attr.strip().split(".")):
-            target = getattr(target, part)
-    except Exception as exc:
-        raise PluginLoadError(
+
+    def broken(exc: BaseException) -> PluginLoadError:
+        return PluginLoadError(
             source.kind,
             f"importing {source.value!r}{where} failed: {type(exc).__name__}: {exc}",
             source.distribution,
             source.version,
-        ) from exc
+        )
+
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if source.distribution is None and (module_name == missing or module_name.startswith(missing + ".")):
+            # the path itself is wrong (a typo in the config), not a plugin whose own import is broken
+            hint = registry.suggest(source.kind) if registry is not None else []
+            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            raise UnknownKindError(
+                source.kind, f"no module named {missing!r} (as an import path).{did_you_mean}"
+            ) from None
+        raise broken(exc) from exc
+    except Exception as exc:
+        raise broken(exc) from exc
+    for part in filter(None, attr.strip().split(".")):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            if source.distribution is not None:
+                raise broken(AttributeError(f"{module_name} has no attribute {part!r}")) from None
+            names = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" Did you mean {module_name}:{close[0]}?" if close else ""
+            raise UnknownKindError(source.kind, f"{module_name!r} has no attribute {part!r}.{hint}") from None
     return target
 
 

@@ -177,7 +177,7 @@ def train_from_cli(
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
     config = _load_run_config(config_path, overrides, registry, resume_paths)
-    check_buildable(config)
+    check_buildable(config, str(config_path) if config_path is not None else None)
     check_metric_dependencies(config, registry, source=str(config_path) if config_path is not None else None)
     _, _, total = geometry(config)
     entries = build_entries(config, registry, total)

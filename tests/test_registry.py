@@ -198,13 +198,24 @@ def test_import_path_kind_loads_without_an_entry_point() -> None:
     assert registry.load("sample_plugins:StopAt") is plugin
 
 
-def test_import_path_that_does_not_import_is_a_load_error() -> None:
+def test_a_mistyped_import_path_is_an_unknown_kind() -> None:
     registry = PluginRegistry([])
-    with pytest.raises(PluginLoadError, match="noether_no_such_module") as info:
+    with pytest.raises(UnknownKindError, match="no module named 'noether_no_such_module'"):
         registry.load("noether_no_such_module:Thing")
+    with pytest.raises(
+        UnknownKindError, match="has no attribute 'Recordr'. Did you mean sample_plugins:Recorder"
+    ):
+        registry.load("sample_plugins:Recordr")
+
+
+def test_an_import_path_whose_module_is_broken_is_a_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "noether_broken_here.py").write_text("import noether_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginLoadError, match="noether_missing_dependency") as info:
+        PluginRegistry([]).load("noether_broken_here:Thing")
     assert not isinstance(info.value, UnknownKindError)
-    with pytest.raises(PluginLoadError, match="AttributeError"):
-        registry.load("sample_plugins:NoSuchCallback")
 
 
 # ------------------------------------------------------------------------------------ inspect_plugin

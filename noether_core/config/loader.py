@@ -29,10 +29,10 @@ try:
     from cattrs.cols import list_structure_factory, mapping_structure_factory
 except ImportError:  # cattrs < 24.1: the converter's own list and dict structuring
 
-    def list_structure_factory(type: Any, converter: cattrs.Converter) -> Any:
-        return converter._structure_list
+    def list_structure_factory(type: Any, converter: cattrs.Converter) -> Any:  # type: ignore[misc]
+        return converter._structure_list  # type: ignore[attr-defined]
 
-    def mapping_structure_factory(type: Any, converter: cattrs.Converter) -> Any:
+    def mapping_structure_factory(type: Any, converter: cattrs.Converter) -> Any:  # type: ignore[misc]
         return converter._structure_dict
 
 from noether_core.config.schema import CallbackConfig, RunConfig
@@ -40,6 +40,11 @@ from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, Usage
 from noether_core.registry import PluginRegistry, UnknownKindError
 from noether_core.scheduling import INTERVAL_FIELDS
 
+
+
+def _origin(type_: Any) -> Any:
+    """``typing.get_origin``, typed for comparisons (``_origin(t) is list``)."""
+    return get_origin(type_)
 
 
 def _show(value: Any) -> str:
@@ -113,7 +118,7 @@ def make_converter(registry: PluginRegistry) -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
-    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+    conv.register_structure_hook_func(lambda t: _origin(t) is Literal, _structure_literal)
     _register_shape_checks(conv)
 
     entry_structurers: dict[type[CallbackConfig], Any] = {}
@@ -173,11 +178,11 @@ def _register_shape_checks(conv: cattrs.Converter) -> None:
         lambda t: _shape_checked(cattrs.gen.make_dict_structure_fn(t, conv), Mapping, "a mapping of fields"),
     )
     conv.register_structure_hook_factory(
-        lambda t: get_origin(t) is list,
+        lambda t: _origin(t) is list,
         lambda t: _shape_checked(list_structure_factory(t, conv), list, "a list"),
     )
     conv.register_structure_hook_factory(
-        lambda t: get_origin(t) is dict,
+        lambda t: _origin(t) is dict,
         lambda t: _shape_checked(mapping_structure_factory(t, conv), Mapping, "a mapping"),
     )
 
@@ -191,7 +196,7 @@ def _register_shape_checks(conv: cattrs.Converter) -> None:
             raise ValueError(f"expected a list of {len(args)} items, got {len(value)}: {_show(list(value))}")
         return tuple(conv.structure(item, arg) for item, arg in zip(value, args, strict=True))
 
-    conv.register_structure_hook_func(lambda t: get_origin(t) is tuple, structure_tuple)
+    conv.register_structure_hook_func(lambda t: _origin(t) is tuple, structure_tuple)
 
 
 class _Missing(KeyError):
@@ -332,7 +337,7 @@ def _check_entries(
         if key in seen and (explicit is not None or plugin.stateful):
             issues.append(
                 ConfigIssue(
-                    path,
+                    _join(path, "name") if explicit is not None else path,
                     f"the name {key!r} is already used by {seen[key]}; give each entry a unique 'name'"
                     + (" (its state is saved under that name)" if plugin.stateful else ""),
                 )
@@ -377,10 +382,10 @@ def _check_parts(
                     issues.append(ConfigIssue(child, _tidy(str(exc))))
                 except Exception:  # a validator that needs the instance: the second pass runs it
                     pass
-    elif get_origin(type_) is list and isinstance(raw, list):
+    elif _origin(type_) is list and isinstance(raw, list):
         for i, item in enumerate(raw):
             _check_parts(item, get_args(type_)[0], _join(path, i), conv, issues)
-    elif get_origin(type_) is dict and isinstance(raw, Mapping):
+    elif _origin(type_) is dict and isinstance(raw, Mapping):
         for key, item in raw.items():
             _check_parts(item, get_args(type_)[1], _join(path, str(key)), conv, issues)
     return _FAILED
