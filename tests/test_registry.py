@@ -203,7 +203,7 @@ def test_a_mistyped_import_path_is_an_unknown_kind() -> None:
     with pytest.raises(UnknownKindError, match="no module named 'noether_no_such_module'"):
         registry.load("noether_no_such_module:Thing")
     with pytest.raises(
-        UnknownKindError, match="has no attribute 'Recordr'. Did you mean sample_plugins:Recorder"
+        UnknownKindError, match=r"has no attribute 'Recordr'\. Did you mean sample_plugins:Recorder"
     ):
         registry.load("sample_plugins:Recordr")
 
