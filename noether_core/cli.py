@@ -30,6 +30,7 @@ from noether_core.errors import (
     UsageError,
 )
 from noether_core.registry import PluginRegistry, UnknownKindError
+from noether_core.scheduling import INTERVAL_FIELDS, Interval
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,7 +204,14 @@ def _plugins_show(registry: PluginRegistry, kind: str) -> int:
     print(f"object:        {source.value}")
     print(f"style:         {'class' if plugin.is_class else 'functions'}{', stateful' if plugin.stateful else ''}")
     print(f"hooks:         {', '.join(plugin.hooks)}")
-    print(f"scheduled:     {'yes (set one every_n_* in its entry)' if plugin.scheduled else 'no'}")
+    default_interval = _default_interval(plugin.config_class)
+    if not plugin.scheduled:
+        scheduled = "no"
+    elif default_interval is not None:
+        scheduled = f"yes (default {default_interval.verbose}; an entry may set another every_n_*)"
+    else:
+        scheduled = "yes (set one every_n_* in its entry)"
+    print(f"scheduled:     {scheduled}")
     doc = inspect.getdoc(plugin.target)
     if doc:
         print("\n" + textwrap.indent(doc.split("\n\n")[0], "  "))
@@ -213,6 +221,17 @@ def _plugins_show(registry: PluginRegistry, kind: str) -> int:
         type_name = getattr(field.type, "__name__", None) or str(field.type).replace("typing.", "")
         print(f"  {field.name}: {type_name} ({default})")
     return EXIT_OK
+
+
+def _default_interval(cls: type) -> Interval | None:
+    """The interval a Config class's defaults set, if any."""
+    defaults = {
+        f.name: None if f.default is attrs.NOTHING else f.default for f in attrs.fields(cls) if f.name in INTERVAL_FIELDS
+    }
+    try:
+        return Interval.from_fields(**defaults)
+    except ValueError:
+        return None
 
 
 def _default_repr(default: Any) -> str:

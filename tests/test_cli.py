@@ -198,7 +198,7 @@ callbacks:
     assert result.err.splitlines() == [
         f"noether: error: invalid config in {path} (7 problems):",
         "  trainer.max_epochs: expected int, got 2.5 (float)",
-        "  trainer.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp64' (str)",
+        "  trainer.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp64' (str); did you mean 'fp16'?",
         "  trainer.batch_size: must be >= 1, got 0",
         "  callbacks[0].lable: unknown field; did you mean 'label'?",
         "  callbacks[1].every_n_updates: 'sample_plugins:StopAt' is not periodic (it does not implement "

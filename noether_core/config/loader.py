@@ -102,7 +102,9 @@ def _strict_bool(value: Any, _: type) -> bool:
 def _structure_literal(value: Any, type_: Any) -> Any:
     allowed = get_args(type_)
     if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {_show(value)}")
+        close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {_show(value)}{hint}")
     return value
 
 
@@ -425,6 +427,9 @@ def structure_config(
     """
     if not isinstance(raw, Mapping):
         raise ConfigError([ConfigIssue("", f"a config is a mapping of sections, got {_show(raw)}")], source)
+    # `callbacks:` with nothing after it is YAML's null; a user means "none"
+    raw = {k: ([] if v is None and k in ("callbacks", "tracker") else {} if v is None and k == "datasets" else v)
+           for k, v in raw.items()}
     conv = converter or make_converter(registry)
     issues: list[ConfigIssue] = []
     plugin_errors: list[PluginLoadError] = []
