@@ -303,9 +303,9 @@ def gather_results(
         for leaf in _leaves(local):
             if leaf.kind == "sample" and len(leaf.value) != local_samples:
                 raise ValueError(
-                    f"process_data returned tensors with {len(leaf.value)} rows in all for {local_samples} "
-                    "samples; "
-                    "return one row per sample, or a 0-dim tensor (one value per batch)"
+                    f"process_data returned tensors with {len(leaf.value)} rows in all for "
+                    f"{local_samples} samples; return one row per sample, or a 0-dim tensor (one value "
+                    "per batch)"
                 )
     if not dist_info.is_distributed:
         return _unwrap(local)

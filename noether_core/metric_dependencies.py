@@ -69,10 +69,6 @@ BUILTIN_PRODUCES: dict[str, Callable[[CallbackConfig, RunConfig], list[str]]] = 
     "BestCheckpointCallback": lambda e, _: [],
     "EmaCallback": lambda e, _: [],
 }
-#: Likewise for ``consumes``.
-BUILTIN_CONSUMES: dict[str, Callable[[CallbackConfig], list[str]]] = {
-    "BestCheckpointCallback": lambda e: [k] if isinstance(k := getattr(e, "metric_key", None), str) else [],
-}
 #: Likewise for ``child_prefixes``.
 BUILTIN_CHILD_PREFIXES: dict[str, Callable[[CallbackConfig], list[str]]] = {
     "EmaCallback": lambda e: [
@@ -89,8 +85,7 @@ def _declared(plugin: Plugin, name: str, builtin: dict[str, Any]) -> Callable[..
     function = getattr(plugin.target, name, None)
     if callable(function):
         return function  # type: ignore[no-any-return]
-    found = builtin.get(plugin.kind)
-    return found
+    return builtin.get(plugin.kind)
 
 
 def _call(plugin: Plugin, name: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -112,7 +107,7 @@ def _strings(plugin: Plugin, name: str, value: Any) -> list[str]:
 
 def consumed_keys(plugin: Plugin, entry: CallbackConfig) -> list[str]:
     """The metric keys ``entry`` reads in the same step (its plugin's ``consumes``), ``[]`` if none."""
-    function = _declared(plugin, "consumes", BUILTIN_CONSUMES)
+    function = _declared(plugin, "consumes", {})
     return (
         [] if function is None else _strings(plugin, "consumes", _call(plugin, "consumes", function, entry))
     )
@@ -294,6 +289,10 @@ def _check_level(
             issues.append(ConfigIssue(consumer.path, problem))
 
 
+def _consumers(node: _Node) -> bool:
+    return bool(node.consumes) or any(_consumers(child) for child in node.children)
+
+
 def _check_dataset_keys(config: RunConfig, issues: list[ConfigIssue]) -> None:
     for path, entry in iter_entries(config):
         key = getattr(entry, "dataset_key", None)
@@ -318,15 +317,15 @@ def check_metric_dependencies(
     registry = registry or PluginRegistry.from_environment()
     issues: list[ConfigIssue] = []
     _check_dataset_keys(config, issues)
-    upe, ebs, total = geometry(config)
-    scheduler = IntervalScheduler(upe, ebs, total)
-    nodes = [
-        _node(f"default {e.key}", e, registry, config, issues)
-        for e in default_entries(config, registry, total)
-    ]
-    nodes += [_node(f"callbacks[{i}]", e, registry, config, issues) for i, e in enumerate(config.callbacks)]
+    nodes = [_node(f"callbacks[{i}]", e, registry, config, issues) for i, e in enumerate(config.callbacks)]
     warnings: list[str] = []
-    _check_level(nodes, scheduler, config, issues, warnings)
+    if any(_consumers(n) for n in nodes):
+        # the run's length (and the default entries' intervals) need the train dataset: only built
+        # when there is something to check
+        upe, ebs, total = geometry(config)
+        defaults = default_entries(config, registry, total)
+        nodes = [_node(f"default {e.key}", e, registry, config, issues) for e in defaults] + nodes
+        _check_level(nodes, IntervalScheduler(upe, ebs, total), config, issues, warnings)
     if issues:
         raise ConfigError(issues, source)
     for warning in warnings:
@@ -336,7 +335,6 @@ def check_metric_dependencies(
 
 __all__ = [
     "BUILTIN_CHILD_PREFIXES",
-    "BUILTIN_CONSUMES",
     "BUILTIN_PRODUCES",
     "check_metric_dependencies",
     "consumed_keys",

@@ -17,7 +17,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,7 +39,7 @@ from noether_core.metric_properties import MetricProperties
 from noether_core.models import named_models
 from noether_core.optim import apply_schedules, build_optimizer
 from noether_core.paths import RunPaths
-from noether_core.plugin_manager import PluginManager, Slot
+from noether_core.plugin_manager import HOOKS, PluginFailure, PluginManager, Slot
 from noether_core.registry import Plugin, PluginRegistry
 from noether_core.sampling import EpochSampler
 from noether_core.scheduling import IntervalScheduler
@@ -283,6 +283,7 @@ class Trainer:
         self.resumed_from: RunPaths | None = None
 
         self._stop_reason: str | None = None
+        self._step_end: list[tuple[str, Callable[[], object]]] = []
         self._signals = _Signals()
         self._nan_streak = 0
         self._core: dict[str, Any] = {"trainer": self, "model": self.model, "counter": self.counter}
@@ -316,6 +317,34 @@ class Trainer:
         if self._stop_reason is None:
             log.info("stop requested: %s", reason)
             self._stop_reason = reason
+
+    def after_this_step(self, action: Callable[[], object]) -> None:
+        """Run ``action`` once every entry has run its events of this update (``after_update``,
+        ``after_epoch``, ``at_eval``), before the step's metrics are flushed.
+
+        How a checkpoint taken at an update holds the state every entry has after that update, whatever
+        the entries' order (CheckpointCallback saves this way). Call it from those events only; the time
+        ``action`` takes, and a failure, count as the calling entry's ``at_eval``.
+        """
+        self._step_end.append((self.writer.owner, action))
+
+    def _end_step(self) -> None:
+        actions, self._step_end = self._step_end, []
+        slots = {s.key: s for s in reversed(self.plugins.slots)}
+        at_eval = HOOKS.index("at_eval")
+        for owner, action in actions:
+            slot = slots.get(owner)
+            start = time.perf_counter()
+            try:
+                with self.writer.owned_by(owner, default=slot is not None and slot.is_default):
+                    action()
+            except Exception as exc:
+                if slot is None:
+                    raise
+                raise PluginFailure(slot, "at_eval", exc) from exc
+            finally:
+                if slot is not None:
+                    slot.seconds[at_eval] += time.perf_counter() - start
 
     @property
     def stop_requested(self) -> bool:
@@ -650,7 +679,11 @@ class Trainer:
                     self.plugins.after_epoch(self._core)
                 if due:
                     self.plugins.at_eval(self._core, due)
+                self._end_step()
             self.train_model.train()
+        elif self._step_end:
+            with torch.no_grad():
+                self._end_step()
         self.writer.flush()
 
     def _final_evaluations(self) -> None:
@@ -664,19 +697,23 @@ class Trainer:
             self.model.eval()
             with torch.no_grad():
                 self.plugins.at_eval(self._core, final)
+                self._end_step()
             self.writer.flush()
 
     # ------------------------------------------------------------------------------------ eval mode
 
-    def evaluate(self, slots: Sequence[Slot] | None = None) -> None:
-        """Evaluation-only run (``noether eval``): ``at_eval(interval="eval")`` on every scheduled entry."""
+    def evaluate(self, slots: Sequence[Slot] | None = None, *, status: str = "completed") -> None:
+        """Evaluation-only run (``noether eval``): ``at_eval(interval="eval")`` on every scheduled entry.
+
+        ``status`` is what the trackers record as the run's status (an evaluation does not change how
+        the training ended)."""
         interval: EvalInterval = "eval"
         self.model.eval()
         with torch.no_grad():
             self.plugins.at_eval(self._core, slots if slots is not None else self.plugins.scheduled, interval)
         self.writer.flush()
         for tracker in self.trackers:
-            tracker.close("completed")
+            tracker.close(status)
 
     # ------------------------------------------------------------------------------------ durations
 

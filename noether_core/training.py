@@ -228,6 +228,15 @@ def train_from_cli(
     return EXIT_OK
 
 
+def _previous_status(paths: RunPaths) -> str:
+    try:
+        summary = yaml.safe_load(paths.summary_yaml.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "completed"
+    status = summary.get("status") if isinstance(summary, dict) else None
+    return str(status) if status else "completed"
+
+
 def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     """``noether eval``: ``at_eval(interval="eval")`` on the run's own entries with a checkpoint's weights."""
     registry = PluginRegistry.from_environment()
@@ -242,8 +251,8 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics, plugin_registry=registry)
     trainer.load_weights(paths, checkpoint)
     if not trainer.plugins.scheduled:
-        log.warning("the run's config has no entry with at_eval (e.g. OfflineLossCallback): nothing to evaluate")
-    trainer.evaluate()
+        log.warning("the run's config has no entry with at_eval (an evaluator): nothing to evaluate")
+    trainer.evaluate(status=_previous_status(paths))
     log.info("evaluated %s (checkpoint %s at %s)", paths.root, checkpoint, trainer.counter.tag)
     return EXIT_OK
 

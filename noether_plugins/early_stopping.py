@@ -1,0 +1,152 @@
+"""Early stopping: end a run before its configured end, as a success.
+
+A stopper asks the trainer to stop (``trainer.request_stop``); the trainer finishes the current step
+(every entry due at this update still runs and its metrics are flushed), saves a resumable
+checkpoint if a checkpoint plugin does so, runs ``after_training(status="stopped")`` and exits with
+status 0. Stoppers do nothing under ``noether eval``.
+
+* :class:`FixedEarlyStopper` stops once the run reaches ``stop_at_epoch``, ``stop_at_update`` or
+  ``stop_at_sample`` (exactly one). It checks after every update unless given an interval.
+* :class:`MetricEarlyStopper` watches ``metric_key`` (logged earlier in the same step) and stops after
+  ``tolerance`` consecutive evaluations without a strict improvement on the best value so far (an equal
+  value is no improvement). Its best value and count are kept across resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+from attrs import validators as v
+
+from noether_core import CallbackConfig, hookimpl
+
+if TYPE_CHECKING:
+    from noether_core import RunConfig
+    from noether_core.counter import Counter
+    from noether_core.hookspecs import EvalInterval
+    from noether_core.trainer import Trainer
+
+log = logging.getLogger("noether.early_stopping")
+
+_pos: Callable[..., Any] = v.optional(v.ge(1))
+
+
+class FixedEarlyStopper:
+    """Stops the run at a fixed epoch, update or sample count."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        every_n_updates: int | None = attrs.field(default=1, validator=_pos)
+        stop_at_epoch: int | None = attrs.field(default=None, validator=_pos)
+        stop_at_update: int | None = attrs.field(default=None, validator=_pos)
+        stop_at_sample: int | None = attrs.field(default=None, validator=_pos)
+
+        def __attrs_post_init__(self) -> None:
+            given = [
+                f
+                for f in ("stop_at_epoch", "stop_at_update", "stop_at_sample")
+                if getattr(self, f) is not None
+            ]
+            if len(given) != 1:
+                got = f"; got {', '.join(given)}" if given else ""
+                raise ValueError(f"set exactly one of stop_at_epoch, stop_at_update, stop_at_sample{got}")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def at_eval(self, trainer: Trainer, counter: Counter, interval: EvalInterval) -> None:
+        if interval == "eval" or counter.is_finished:  # at the configured end the run completes anyway
+            return
+        cfg = self.config
+        for unit, limit, now in (
+            ("epoch", cfg.stop_at_epoch, counter.epoch),
+            ("update", cfg.stop_at_update, counter.update),
+            ("sample", cfg.stop_at_sample, counter.sample),
+        ):
+            if limit is not None and now >= limit:
+                trainer.request_stop(f"{cfg.key}: reached {unit} {now} (stop_at_{unit}={limit})")
+
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: RunConfig) -> list[str]:
+        return []
+
+
+class MetricEarlyStopper:
+    """Stops after ``tolerance`` consecutive evaluations in which ``metric_key`` did not improve."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        metric_key: str = attrs.field(validator=v.min_len(1))
+        tolerance: int = attrs.field(validator=v.ge(1))
+        #: a NaN value: ``stagnate`` counts it as an evaluation without improvement, ``stop`` stops at
+        #: once, ``fail`` ends the run with an error
+        on_nan: Literal["stagnate", "stop", "fail"] = "stagnate"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.best: float | None = None
+        self.stagnant = 0
+
+    @hookimpl
+    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+        if interval == "eval":
+            return
+        cfg = self.config
+        value = trainer.writer.get(cfg.metric_key)
+        if value is None:
+            raise LookupError(
+                f"{cfg.metric_key!r} was not logged in this step; list its producer before {cfg.key!r}, "
+                "due at the same updates"
+            )
+        if math.isnan(value):
+            if cfg.on_nan == "fail":
+                raise ValueError(f"{cfg.metric_key!r} is NaN (on_nan: fail)")
+            if cfg.on_nan == "stop":
+                trainer.request_stop(f"{cfg.key}: {cfg.metric_key} is NaN (on_nan: stop)")
+                return
+        higher = trainer.metrics.higher_is_better(cfg.metric_key)
+        if not math.isnan(value) and (
+            self.best is None or (value > self.best if higher else value < self.best)
+        ):
+            self.best = value
+            self.stagnant = 0
+            return
+        self.stagnant += 1
+        stop = self.stagnant >= cfg.tolerance
+        if trainer.is_main:
+            log.info(
+                "%s did not improve: best %.6g, now %.6g (%d/%d)%s",
+                cfg.metric_key,
+                self.best if self.best is not None else math.nan,
+                value,
+                self.stagnant,
+                cfg.tolerance,
+                " -> stopping" if stop else "",
+            )
+        if stop:
+            trainer.request_stop(
+                f"{cfg.key}: {cfg.metric_key} did not improve on {self.best} in {self.stagnant} evaluations"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "stagnant": self.stagnant}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.stagnant = int(state["stagnant"])
+
+    @classmethod
+    def consumes(cls, config: Config) -> list[str]:
+        return [config.metric_key]
+
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: RunConfig) -> list[str]:
+        return []
+
+
+__all__ = ["FixedEarlyStopper", "MetricEarlyStopper"]

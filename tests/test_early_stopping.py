@@ -1,0 +1,236 @@
+"""Early stopping: FixedEarlyStopper and MetricEarlyStopper stop at the expected update, as a success,
+with ``after_training`` still run; MetricEarlyStopper's patience survives a resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_evaluation import config, plugin, run, validate
+
+from noether_core.cli import main
+from noether_core.trackers import read_metrics
+
+
+def recorder_events(trainer: Any) -> list[tuple[str, int, Any]]:
+    return plugin(trainer, "sample_plugins:Recorder").events  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------- fixed
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stops_at"),
+    [
+        ("stop_at_update", 5, 5),
+        ("stop_at_epoch", 2, 4),
+        ("stop_at_sample", 18, 5),
+    ],  # 2 updates of 4 per epoch
+)
+def test_fixed_stopper_stops_at_the_expected_update(
+    tmp_path: Path, field: str, value: int, stops_at: int
+) -> None:
+    raw = config(max_updates=20)
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
+        {"kind": "FixedEarlyStopper", field: value},  # no interval: its Config checks after every update
+    ]
+    trainer, _ = run(tmp_path, raw)
+    assert trainer.counter.update == stops_at
+    events = recorder_events(trainer)
+    assert events[-1] == ("after_training", stops_at, "stopped")
+    if field == "stop_at_epoch":  # the epoch's own evaluations still ran at the stopping update
+        assert ("after_epoch", 4, 2) in events
+        assert ("at_eval", 4, "epoch") in events
+
+
+def test_fixed_stopper_at_or_past_the_end_lets_the_run_complete(tmp_path: Path) -> None:
+    raw = config(max_updates=4)
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
+        {"kind": "FixedEarlyStopper", "stop_at_update": 4},
+    ]
+    trainer, _ = run(tmp_path, raw)
+    assert recorder_events(trainer)[-1] == ("after_training", 4, "completed")
+
+
+def test_early_stop_exits_0_with_status_stopped(tmp_path: Path) -> None:
+    raw = config(max_updates=20)
+    raw["callbacks"] = [
+        {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 3},
+        {"kind": "FixedEarlyStopper", "stop_at_update": 7, "every_n_updates": 1},
+        {"kind": "sample_plugins:SaveAtEnd"},  # writes checkpoint 'final' in after_training
+    ]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    run_dir = tmp_path / "r"
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["status"] == "stopped"
+    assert [r["update"] for r in read_metrics(run_dir / "metrics.jsonl")] == [3, 6]
+    assert (run_dir / "checkpoints" / "model_cp=final_model.th").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "callbacks[0]: set exactly one of stop_at_epoch, stop_at_update, stop_at_sample"),
+        ({"stop_at_epoch": 1, "stop_at_update": 3}, "got stop_at_epoch, stop_at_update"),
+        ({"stop_at_update": 0}, "callbacks[0].stop_at_update: must be >= 1"),
+        (
+            {"stop_at_update": 3, "every_n_epochs": 1, "every_n_updates": 2},
+            "set exactly one of every_n_epochs",
+        ),
+    ],
+)
+def test_fixed_stopper_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: dict[str, Any], message: str
+) -> None:
+    raw = config()
+    raw["callbacks"] = [{"kind": "FixedEarlyStopper", **fields}]
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert message in err
+
+
+def test_fixed_stopper_with_an_interval_of_its_own(tmp_path: Path) -> None:
+    raw = config(max_updates=20)
+    raw["callbacks"] = [{"kind": "FixedEarlyStopper", "stop_at_update": 5, "every_n_epochs": 1}]
+    trainer, _ = run(tmp_path, raw)
+    assert trainer.counter.update == 6  # checked at epoch ends only: the first one at or past update 5
+
+
+# ------------------------------------------------------------------------------------------ metric
+
+
+def metric_config(values: list[float], tolerance: int, **fields: Any) -> dict[str, Any]:
+    raw = config(max_updates=len(values) + 2)
+    raw["callbacks"] = [
+        {
+            "kind": "test_evaluation:Scripted",
+            "key": "loss/val/total",
+            "values": [*values, 0.0, 0.0],
+            "every_n_updates": 1,
+        },
+        {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
+        {
+            "kind": "MetricEarlyStopper",
+            "every_n_updates": 1,
+            "metric_key": "loss/val/total",
+            "tolerance": tolerance,
+            **fields,
+        },
+    ]
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("values", "tolerance", "stops_at"),
+    [
+        ([3.0, 2.0, 2.5, 2.0, 1.0], 2, 4),  # 2.5 and an equal 2.0: two evaluations without improvement
+        ([3.0, 2.0, 2.5, 1.0, 1.5, 1.2], 2, 6),  # an improvement resets the count
+        ([3.0, 2.0, 2.5, 1.0, 1.5, 1.2], 1, 3),
+    ],
+)
+def test_metric_stopper_counts_evaluations_without_improvement(
+    tmp_path: Path, values: list[float], tolerance: int, stops_at: int
+) -> None:
+    trainer, _ = run(tmp_path, metric_config(values, tolerance))
+    assert trainer.counter.update == stops_at
+    assert recorder_events(trainer)[-1] == ("after_training", stops_at, "stopped")
+
+
+def test_metric_stopper_higher_is_better(tmp_path: Path) -> None:
+    raw = metric_config([0.5, 0.6, 0.55, 0.7, 0.65, 0.6], 2)
+    for entry in raw["callbacks"]:
+        entry.update({"key": "val/accuracy"} if "key" in entry else {})
+    raw["callbacks"][2]["metric_key"] = "val/accuracy"
+    trainer, _ = run(tmp_path, raw)
+    assert trainer.counter.update == 6
+
+
+@pytest.mark.parametrize(("policy", "stops_at"), [("stagnate", 4), ("stop", 3)])
+def test_metric_stopper_nan_policy(tmp_path: Path, policy: str, stops_at: int) -> None:
+    values = [3.0, 2.0, math.nan, math.nan, 1.0]
+    trainer, _ = run(tmp_path, metric_config(values, 2, on_nan=policy))
+    assert trainer.counter.update == stops_at
+
+
+def test_metric_stopper_nan_policy_fail(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"'loss/val/total' is NaN \(on_nan: fail\)"):
+        run(tmp_path, metric_config([3.0, math.nan], 2, on_nan="fail"))
+
+
+def test_metric_stopper_patience_survives_resume(tmp_path: Path) -> None:
+    values = [3.0, 2.0, 2.5, 2.6, 2.7, 1.0]  # stagnates at updates 3, 4, 5: tolerance 3 stops at 5
+    raw = metric_config(values, 3)
+    raw["callbacks"].append({"kind": "sample_plugins:SignalAt", "update": 4})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    # without its saved state the stopper would take 2.7 for a first best and never stop
+    assert main(["train", "--resume", str(tmp_path / "r"), "--set", "callbacks[3].update=0"]) == 0
+    run_dir = tmp_path / "r"
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["status"] == "stopped"
+    assert read_metrics(run_dir / "metrics.jsonl")[-1]["update"] == 5
+
+
+SEED_METRIC_STOPPER = """
+- kind: noether.core.callbacks.MetricEarlyStopper
+  every_n_epochs: 1
+  metric_key: loss/val/total
+  tolerance: 0.10
+  name: MetricEarlyStopper
+"""
+
+
+def test_seed_metric_stopper_example_is_rejected_for_its_fractional_tolerance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed's example writes ``tolerance: 0.10``; tolerance counts evaluations, so it must be an int."""
+    raw = config()
+    raw["callbacks"] = [
+        {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_epochs": 1},
+        *yaml.safe_load(SEED_METRIC_STOPPER),
+    ]
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert "callbacks[1].tolerance: expected int, got 0.1 (float)" in err
+    raw["callbacks"][1]["tolerance"] = 1
+    assert validate(tmp_path, raw, capsys)[0] == 0
+    raw["callbacks"][1]["tolerance"] = 0
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert "callbacks[1].tolerance: must be >= 1, got 0" in err
+
+
+def test_metric_without_producer_fails_train_and_validate_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = config()
+    raw["callbacks"] = [
+        {"kind": "MetricEarlyStopper", "every_n_epochs": 1, "metric_key": "loss/val/total", "tolerance": 3}
+    ]
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert "callbacks[0]: MetricEarlyStopper (every_n_epochs=1) reads 'loss/val/total'" in err
+    assert main(["train", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path), "--run-id", "r"]) == 2
+    assert "reads 'loss/val/total'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # it failed before creating the run
+
+
+def test_stoppers_do_nothing_in_eval(tmp_path: Path) -> None:
+    from noether_plugins.early_stopping import FixedEarlyStopper, MetricEarlyStopper
+
+    class Trainer:
+        def request_stop(self, reason: str) -> None:
+            raise AssertionError(reason)
+
+    fixed = FixedEarlyStopper(FixedEarlyStopper.Config(kind="FixedEarlyStopper", stop_at_update=1))
+    fixed.at_eval(Trainer(), counter=None, interval="eval")  # type: ignore[arg-type]
+    metric = MetricEarlyStopper(
+        MetricEarlyStopper.Config(kind="MetricEarlyStopper", metric_key="x", tolerance=1)
+    )
+    metric.at_eval(Trainer(), interval="eval")  # type: ignore[arg-type]
