@@ -23,7 +23,6 @@ from noether_core.config.loader import load_config, unstructure_config
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     NoetherError,
     PluginLoadError,
@@ -90,9 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoetherError as exc:
         print(f"noether: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print("noether: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        # 130 promises a resumable checkpoint; an interrupt that could not save one is a failed run
+        reason = str(exc) or "interrupted; no checkpoint was saved"
+        print(f"noether: {reason}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
 

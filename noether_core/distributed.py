@@ -35,11 +35,12 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def any_rank(flag: bool, info: DistInfo) -> bool:
-    """True on every rank when ``flag`` is true on any (signals must stop all ranks at the same update)."""
+def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> bool:
+    """True on every rank when ``flag`` is true on any. ``device``: where the collective runs (NCCL
+    needs the rank's GPU)."""
     if not info.is_distributed:
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

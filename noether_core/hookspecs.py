@@ -18,8 +18,10 @@ subset of the arguments by name. Where each event fires in the training loop::
             after_epoch()                               # every epoch, never gated
         for entry whose interval is due at this update:
             at_eval(interval="epoch" | "update" | "sample")
-        flush this step's metrics to the trackers
-        if a stop was requested (early stopper, SIGTERM/SIGINT): save a resumable checkpoint; break
+        run actions deferred with trainer.after_this_step(); flush this step's metrics to the trackers
+        if SIGTERM/SIGINT arrived: save a resumable checkpoint ("latest"); break
+        if a plugin requested a stop (early stopping): break
+    at_eval(...) for entries with eval_at_end whose interval missed the last update
     after_training(status)                              # always, last
 
     noether eval RUN_DIR: load checkpoint; at_eval(interval="eval") on every evaluator; flush
@@ -70,12 +72,13 @@ def before_training(trainer: Trainer, model: torch.nn.Module, counter: Counter, 
     ``counter`` is at update 0 for a fresh run and at the resumed position otherwise, so a plugin can tell
     the two apart with ``counter.update > 0``. Use it for one-off work that needs the built model and
     data: counting parameters, writing summaries, estimating sizes, allocating buffers. A plugin that
-    keeps files of its own reads them back here (``trainer.paths.resumed_from`` names the run it resumes).
+    keeps files of its own reads them back here (``trainer.resumed_from`` is the resumed run's paths, or
+    ``None``).
 
     Not called by ``noether eval``.
 
-    :param trainer: the run; services hang off it (``writer``, ``checkpoints``, ``tracker``, ``paths``,
-        ``data``, ``metrics``).
+    :param trainer: the run; services hang off it (``writer``, ``checkpoints``, ``trackers``, ``paths``,
+        ``data``, ``metrics``, ``scheduler``, ``plugins``).
     :param model: the unwrapped model (never the DDP or compiled wrapper).
     :param counter: read-only position of the run.
     :param config: this entry's validated config.
@@ -126,8 +129,8 @@ def after_update(
     :param losses: detached losses of the update, averaged over its micro-batches (device tensors).
     :param times: seconds spent in this update, by phase: ``data_wait``, ``forward``, ``backward``,
         ``update`` (optimizer step).
-    :param grad_norm: total gradient norm before clipping (device tensor), or ``None`` when the run does
-        not clip gradients.
+    :param grad_norm: total gradient norm before clipping (device tensor), or ``None`` unless
+        ``trainer.clip_grad_norm`` is set (clipping by value alone computes no norm).
     """
 
 

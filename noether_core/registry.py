@@ -189,12 +189,11 @@ def _entry_point_sources(group: str) -> list[PluginSource]:
 def _import_target(source: PluginSource, registry: PluginRegistry | None = None) -> Any:
     module_name, _, attr = source.value.partition(":")
     module_name = module_name.strip()
-    where = f" ({source.describe()})" if source.distribution else ""
 
     def broken(exc: BaseException) -> PluginLoadError:
         return PluginLoadError(
             source.kind,
-            f"importing {source.value!r}{where} failed: {type(exc).__name__}: {exc}",
+            f"importing {source.value!r} failed: {type(exc).__name__}: {exc}",
             source.distribution,
             source.version,
         )
@@ -292,6 +291,12 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         declared = getattr(target, "Config", CallbackConfig)
         if not (inspect.isclass(declared) and attrs.has(declared) and issubclass(declared, CallbackConfig)):
             raise fail(f"{target.__name__}.Config must be an attrs class extending noether_core.CallbackConfig")
+        shadowing = sorted({"key", "interval"} & {f.name for f in attrs.fields(declared)})
+        if shadowing:
+            raise fail(
+                f"{target.__name__}.Config has a field named {shadowing[0]!r}, which would hide "
+                f"CallbackConfig.{shadowing[0]}; rename the field"
+            )
         config_class = declared
     stateful = is_class and callable(getattr(target, "state_dict", None)) and callable(
         getattr(target, "load_state_dict", None)

@@ -8,7 +8,8 @@ entry naming a ``kind`` from the ``noether.trackers`` entry-point group (or an i
     mytracker = "my_package.tracking:MyTracker"
 
 A tracker is any object with the four methods of :class:`Tracker`; it needs no base class. Trackers run
-on rank 0 only, and receive each record once, after the values have been reduced across ranks.
+on rank 0 only and receive each record once, with rank 0's values (plugins that want a mean over ranks,
+like the online loss, reduce before they log).
 
 Files the disk tracker writes (see :mod:`noether_core.paths`):
 

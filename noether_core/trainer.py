@@ -31,7 +31,7 @@ from noether_core.building import build_dataset, build_model, build_train_step, 
 from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.counter import Counter
-from noether_core.distributed import DistInfo, any_rank, init_from_env
+from noether_core.distributed import DistInfo, any_rank, barrier, init_from_env
 from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, TrainingError
 from noether_core.hookspecs import EvalInterval, RunStatus
 from noether_core.log_writer import LogWriter
@@ -166,9 +166,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+class ImmediateStop(KeyboardInterrupt):
+    """A second SIGINT: the run stops where it is, without a checkpoint (exit status 1). A
+    ``KeyboardInterrupt`` so that nothing on the way (a plugin's ``except Exception``) swallows it."""
+
+
 class _Signals:
     """SIGTERM/SIGINT: the first asks for a graceful stop after the current update, a second SIGINT
-    stops at once (``KeyboardInterrupt``)."""
+    stops at once (:class:`ImmediateStop`)."""
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -177,7 +182,7 @@ class _Signals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise ImmediateStop("stopped at once by a second SIGINT; no checkpoint was saved")
         self.received = name
         log.warning("received %s: finishing this update, then saving a resumable checkpoint (SIGINT again stops at once)", name)
 
@@ -215,6 +220,10 @@ class Trainer:
         tcfg = config.trainer
         self.device = pick_device(tcfg.device)
         self.dist = init_from_env(self.device.type)
+        if self.device.type == "cuda" and self.dist.is_distributed:
+            # one GPU per process: torchrun's LOCAL_RANK picks it
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         seed_everything(tcfg.seed + self.dist.rank)
         if tcfg.num_threads is not None:
             torch.set_num_threads(tcfg.num_threads)
@@ -311,6 +320,17 @@ class Trainer:
         """The core hook arguments (``trainer``, ``model``, ``counter``): what an owner passes to
         ``trainer.plugins.call_slots`` when it runs its child entries."""
         return dict(self._core)
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The on-disk tracker (``metrics.jsonl``, ``summary.yaml``); ``None`` off rank 0."""
+        return self.trackers[0] if self.trackers else None
+
+    def attach_trackers(self, trackers: Sequence[Tracker]) -> None:
+        """Send this run's metrics to ``trackers`` (already started) from now on (rank 0 only)."""
+        if self.is_main:
+            self.trackers = list(trackers)
+            self.writer.sinks = list(trackers)
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop after this step (early stopping). The run ends with status ``stopped``."""
@@ -470,6 +490,16 @@ class Trainer:
             optim = load(paths.checkpoint_file(self.model_name, tag, "optim"))
             self.optimizer.load_state_dict(optim["state_dict"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if update > self.counter.total_updates:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "trainer",
+                        f"checkpoint {tag!r} is at update {update}, past this run's end "
+                        f"({self.counter.total_updates} updates, {self.counter.end}); raise the end to continue",
+                    )
+                ]
+            )
         self.counter.seek(update)
         self._nan_streak = int(state.get("nan_streak", 0))
         saved = dict(state.get("plugins", {}))
@@ -501,14 +531,17 @@ class Trainer:
                     for batches in self._updates():
                         self._update(batches)
                         self._tick()
-                        if self._signals.received is not None or self._stop_reason is not None:
+                        if self._leave_loop():
                             break
                     if self._signals.received is None:
                         self._final_evaluations()
                 finally:
                     self._train_seconds = time.perf_counter() - started
-                if any_rank(self._signals.received is not None, self.dist):
+                if any_rank(self._signals.received is not None, self.dist, self.device):
                     self.save_checkpoint("latest")
+                    # no rank may exit before rank 0 has written it: torchrun ends the others at the
+                    # first exit status that is not 0
+                    barrier(self.dist)
                     status = "interrupted"
                 elif self._stop_reason is not None:
                     status = "stopped"
@@ -517,6 +550,22 @@ class Trainer:
             finally:
                 self._finish(status)
         return status
+
+    def _leave_loop(self) -> bool:
+        """Whether to stop after this update. Ranks agree: a signal or a stop request on any rank stops
+        every rank at the same update (else they would wait on each other's collectives)."""
+        signalled = self._signals.received is not None
+        stopping = self._stop_reason is not None
+        if not self.dist.is_distributed:
+            return signalled or stopping
+        flags = torch.tensor([int(signalled), int(stopping)], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        any_signal, any_stop = (bool(f) for f in flags.tolist())
+        if any_signal and not signalled:
+            self._signals.received = "a signal on another rank"
+        if any_stop and not stopping:
+            self._stop_reason = "a stop requested on another rank"
+        return any_signal or any_stop
 
     def _finish(self, status: RunStatus) -> None:
         self.model.eval()

@@ -19,7 +19,7 @@ import yaml
 from noether_core.building import check_buildable, geometry
 from noether_core.config.loader import load_config, make_converter, unstructure_config
 from noether_core.config.schema import CallbackConfig, RunConfig
-from noether_core.distributed import init_from_env
+from noether_core.distributed import init_from_env, shutdown
 from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError, TrainingError, UsageError
 from noether_core.example import example_yaml
 from noether_core.metric_dependencies import check_metric_dependencies
@@ -182,33 +182,36 @@ def train_from_cli(
     _, _, total = geometry(config)
     entries = build_entries(config, registry, total)
 
+    extra_trackers = load_trackers(config.tracker)  # before anything is written: bad kinds are config errors
+
     device = pick_device(config.trainer.device).type
     if resume_paths is not None:
         paths = resume_paths
     else:
         paths = RunPaths.create(output_dir, _agree_on_run_id(run_id, device))
     info = init_from_env(device)
+    if resume_paths is None and paths.config_yaml.exists():
+        raise UsageError(
+            f"{str(paths.root)!r} already holds a run; continue it with --resume {paths.root}, "
+            "or choose another --run-id"
+        )
     setup_logging(paths, info.is_main)
-    if info.is_main:
-        paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
     resume_tag = (checkpoint or "latest") if resume_paths is not None else None
+    metrics = MetricProperties()
+    # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
+    # nothing on disk
+    trainer = Trainer(config, entries, paths, metrics=metrics, resume_tag=resume_tag, plugin_registry=registry)
     if info.is_main:
-        paths.checkpoints.mkdir(exist_ok=True)
         CheckpointWriter(paths).discard_partial_writes()
         if resume_tag is not None:
             _forget_metrics_after(paths, config.model.name, resume_tag)
-    metrics = MetricProperties()
-    trackers = _trackers(config, paths, registry, metrics) if info.is_main else []
+        paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
+        trackers: list[Tracker] = [DiskTracker(metrics), *extra_trackers]
+        plain = unstructure_config(config, registry)
+        for tracker in trackers:
+            tracker.start(paths, plain)
+        trainer.attach_trackers(trackers)
     log.info("run directory: %s", paths.root)
-    trainer = Trainer(
-        config,
-        entries,
-        paths,
-        trackers=trackers,
-        metrics=metrics,
-        resume_tag=resume_tag,
-        plugin_registry=registry,
-    )
     try:
         status = trainer.fit()
     except NoetherError:
@@ -221,6 +224,8 @@ def train_from_cli(
             f"training failed at update {trainer.counter.update}: {type(exc).__name__}: {exc} "
             f"(full traceback in {paths.log_txt})"
         ) from exc
+    finally:
+        shutdown(trainer.dist)
     log.info("run %s %s at %s; files in %s", paths.run_id, status, trainer.counter.tag, paths.root)
     if status == "interrupted":
         log.info("resume with: noether train --resume %s", paths.root)

@@ -128,17 +128,20 @@ class SignalAt:
     class Config(CallbackConfig):
         update: int = 1
         signal: str = "SIGTERM"
+        times: int = 1
+        rank: int | None = None  # only this rank signals itself (None: every rank)
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     @hookimpl
-    def after_update(self, counter: Any) -> None:
+    def after_update(self, trainer: Any, counter: Any) -> None:
         import os
         import signal
 
-        if counter.update == self.config.update:
-            os.kill(os.getpid(), getattr(signal, self.config.signal))
+        if counter.update == self.config.update and self.config.rank in (None, trainer.dist.rank):
+            for _ in range(self.config.times):
+                os.kill(os.getpid(), getattr(signal, self.config.signal))
 
 
 class SaveAtEnd:

@@ -56,3 +56,21 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     # the two ranks see the two halves of the single process's batches; DDP averages their gradients
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_signal_on_one_rank_stops_both_at_the_same_update(tmp_path: Path) -> None:
+    config = dict(CONFIG, callbacks=[{"kind": "sample_plugins:SignalAt", "update": 5, "rank": 1}])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "noether_core", "train", str(cfg),
+           "--output-dir", str(tmp_path), "--run-id", "ddp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    output = proc.stdout + proc.stderr
+    assert "run ddp interrupted at E0_U5_S80" in output, output
+    # both ranks finish the same way (torchrun reports any non-zero exit as a failure of its own)
+    assert output.count("exitcode  : 130") == proc.stderr.count("exitcode  :"), output
+    latest = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "model_cp=latest_trainer.th")
+    assert latest["counter"]["update"] == 5

@@ -343,3 +343,42 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     assert sorted(p.name for p in latest.parent.iterdir()) == [
         "model_cp=latest_model.th", "model_cp=latest_optim.th", "model_cp=latest_trainer.th"
     ]
+
+
+def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 1},
+                        {"kind": "sample_plugins:SignalAt", "update": 5}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    run = tmp_path / "r"
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 0, "update": 6, "sample": 96, "heartbeat/U1": 6}) + "\n")
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "trainer.batch_size=8"]) == 2
+    assert "batch geometry unchanged" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--set", "trainer.max_updates=3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint 'latest' is at update 5, past this run's end (3 updates" in err and "Traceback" not in err
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_an_existing_run_directory_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path / "c.yaml", base_config(max_updates=2, max_epochs=None))
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_a_second_sigint_stops_at_once_without_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 1},
+                        {"kind": "sample_plugins:SignalAt", "update": 3, "signal": "SIGINT", "times": 2}]
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert "stopped at once by a second SIGINT; no checkpoint was saved" in capsys.readouterr().err
+    assert not list((tmp_path / "r" / "checkpoints").glob("*latest*"))
+    assert yaml.safe_load((tmp_path / "r" / "summary.yaml").read_text())["status"] == "failed"

@@ -98,8 +98,15 @@ class TrainerConfig:
 
     def __attrs_post_init__(self) -> None:
         _exactly_one_end(self)
-        Interval.from_fields(self.log_every_n_epochs, self.log_every_n_updates, self.log_every_n_samples)
-        Interval.from_fields(self.track_every_n_epochs, self.track_every_n_updates, self.track_every_n_samples)
+        for prefix in ("log", "track"):
+            given = [f"{prefix}_every_n_{u}" for u in ("epochs", "updates", "samples")
+                     if getattr(self, f"{prefix}_every_n_{u}") is not None]
+            if len(given) > 1:
+                raise ValueError(f"set at most one of {prefix}_every_n_epochs/updates/samples; got {', '.join(given)}")
+        if self.batch_size % self.accumulation_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by accumulation_steps {self.accumulation_steps}"
+            )
 
     @property
     def end(self) -> RunEnd:
@@ -123,7 +130,7 @@ class ModelConfig:
     parts are built from their own configs and saved separately."""
 
     kind: str = "composite"
-    name: str = attrs.field(default="model", validator=v.min_len(1))
+    name: str = attrs.field(default="model", validator=v.matches_re(r"[A-Za-z0-9_.-]+"))
     kwargs: dict[str, Any] = attrs.Factory(dict)
     parts: dict[str, ModelConfig] | None = None
     frozen: bool = False
