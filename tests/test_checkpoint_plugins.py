@@ -47,7 +47,7 @@ class Scripted:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        key: str = "loss/val/total"
+        metric: str = "loss/val/total"
         values: list[float] = attrs.Factory(list)
 
     def __init__(self, config: Config) -> None:
@@ -56,7 +56,7 @@ class Scripted:
     @hookimpl
     def at_eval(self, trainer: Any, counter: Any, config: Config) -> None:
         assert config.every_n_updates is not None
-        trainer.writer.add_scalar(config.key, config.values[counter.update // config.every_n_updates - 1])
+        trainer.writer.add_scalar(config.metric, config.values[counter.update // config.every_n_updates - 1])
 
 
 def checkpoint_names(run: Path) -> set[str]:
@@ -420,7 +420,7 @@ def test_higher_is_better_comes_from_the_metric_properties(tmp_path: Path) -> No
         {
             "kind": "test_checkpoint_plugins:Scripted",
             "every_n_updates": 1,
-            "key": "val/accuracy",
+            "metric": "val/accuracy",
             "values": [0.5, 0.9, 0.7, 0.8],
         },
         {"kind": "BestCheckpointCallback", "every_n_updates": 1, "metric_key": "val/accuracy"},
@@ -467,7 +467,7 @@ def test_metric_without_a_direction_fails_before_training(
         {
             "kind": "test_checkpoint_plugins:Scripted",
             "every_n_updates": 1,
-            "key": "val/psnr",
+            "metric": "val/psnr",
             "values": [1.0, 2.0],
         },
         {"kind": "BestCheckpointCallback", "every_n_updates": 1, "metric_key": "val/psnr"},

@@ -110,7 +110,7 @@ def metric_config(values: list[float], tolerance: int, **fields: Any) -> dict[st
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
-            "key": "loss/val/total",
+            "metric": "loss/val/total",
             "values": [*values, 0.0, 0.0],
             "every_n_updates": 1,
         },
@@ -145,7 +145,7 @@ def test_metric_stopper_counts_evaluations_without_improvement(
 def test_metric_stopper_higher_is_better(tmp_path: Path) -> None:
     raw = metric_config([0.5, 0.6, 0.55, 0.7, 0.65, 0.6], 2)
     for entry in raw["callbacks"]:
-        entry.update({"key": "val/accuracy"} if "key" in entry else {})
+        entry.update({"metric": "val/accuracy"} if "metric" in entry else {})
     raw["callbacks"][2]["metric_key"] = "val/accuracy"
     trainer, _ = run(tmp_path, raw)
     assert trainer.counter.update == 6

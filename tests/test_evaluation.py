@@ -102,7 +102,7 @@ class Scripted:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        key: str
+        metric: str
         values: list[float]
 
     def __init__(self, config: Config) -> None:
@@ -111,7 +111,7 @@ class Scripted:
 
     @hookimpl
     def at_eval(self, trainer: Any) -> None:
-        trainer.writer.add_scalar(self.config.key, self.config.values[self.i])
+        trainer.writer.add_scalar(self.config.metric, self.config.values[self.i])
         self.i += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class Scripted:
 
     @classmethod
     def produces(cls, config: Config, run_config: Any) -> list[str]:
-        return [config.key]
+        return [config.metric]
 
 
 class Collector(PeriodicDataIteratorCallback):
@@ -372,7 +372,7 @@ def test_lossdiff_uses_the_online_loss_of_the_same_step(tmp_path: Path) -> None:
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
-            "key": "loss/online/total/U2",
+            "metric": "loss/online/total/U2",
             "values": [100.0, 50.0],
             "every_n_updates": 2,
         },
@@ -425,14 +425,14 @@ def best_metric_config(values: list[float], targets: list[float]) -> dict[str, A
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
-            "key": "loss/val/total",
+            "metric": "loss/val/total",
             "values": values,
             "every_n_updates": 1,
             "name": "val",
         },
         {
             "kind": "test_evaluation:Scripted",
-            "key": "loss/test/total",
+            "metric": "loss/test/total",
             "values": targets,
             "every_n_updates": 1,
             "name": "test",

@@ -1,0 +1,27 @@
+"""``DatasetStatsCallback``: the length of every dataset of the run, once, before training.
+
+A module of ``@hookimpl`` functions (no config beyond ``kind``). For each dataset ``d`` of the config's
+``datasets`` section it writes the run summary ``ds_stats/{d}/len`` and prints one line::
+
+    Dataset lengths: train=4096, val=512, test=512
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from noether_core import hookimpl
+
+if TYPE_CHECKING:
+    from noether_core.trainer import Trainer
+
+log = logging.getLogger("noether")
+
+
+@hookimpl
+def before_training(trainer: Trainer) -> None:
+    lengths = trainer.data.lengths()
+    for name, length in lengths.items():
+        trainer.writer.add_summary(f"ds_stats/{name}/len", length)
+    log.info("Dataset lengths: %s", ", ".join(f"{name}={length}" for name, length in lengths.items()))

@@ -1,0 +1,179 @@
+"""``OnlineLossCallback``: the training losses, averaged since the last time it logged.
+
+Every micro-batch's detached losses (``total`` plus each named loss of the train step) are collected on
+their device as they come (``after_accumulation``), without a host sync. When its interval is due it
+logs ``loss/online/{name}/{I}`` (``I`` the short interval, e.g. ``U10``): the mean over all micro-batches
+since its previous log, every micro-batch weighted equally, averaged over ranks when distributed (one
+``all_reduce`` of all names together), and starts over.
+
+A NaN mean stops the run with :class:`NonFiniteLossError` unless ``trainer.skip_nan_loss`` is set, in
+which case NaN is logged as it is. With ``verbose`` (the default) the values are also printed
+(``loss/online/total/U10: 0.412345``) through the ``noether`` logger.
+
+The trainer adds one entry on the track interval (``verbose: false``) and, when the log interval
+differs, one on the log interval (``verbose: true``), named ``OnlineLossCallback/{I}``; since their keys
+carry the interval, two entries never write the same key. Evaluation-only runs (``interval == "eval"``)
+have no training loss: the entry does nothing there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from noether_core import CallbackConfig, hookimpl
+from noether_core.distributed import mean_over_ranks
+from noether_core.trainer import NonFiniteLossError
+
+if TYPE_CHECKING:
+    from noether_core.counter import Counter
+    from noether_core.hookspecs import EvalInterval
+    from noether_core.trainer import Trainer
+
+log = logging.getLogger("noether")
+
+#: Micro-batches whose losses are kept as they came before they are summed on the device (bounds the
+#: number of live tensors over long intervals; one stacked sum per this many micro-batches).
+FOLD_EVERY = 64
+
+
+class OnlineLossCallback:
+    """Logs ``loss/online/{name}/{I}``: each loss's mean over the micro-batches since its last log."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        #: Also print the values through the ``noether`` logger (stdout and ``log.txt``).
+        verbose: bool = True
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._pending: list[Mapping[str, torch.Tensor]] = []
+        # per set of loss names (one, unless a train step's names vary): [sums, count] on the device
+        self._sums: dict[tuple[str, ...], list[Any]] = {}
+        interval = config.interval
+        self._suffix = interval.short if interval is not None else "eval"
+        self._keys: dict[tuple[str, ...], list[str]] = {}
+
+    @hookimpl
+    def after_accumulation(self, losses: Mapping[str, torch.Tensor]) -> None:
+        # the hot path: one append (the trainer makes a new dict of detached tensors per micro-batch)
+        self._pending.append(losses)
+        if len(self._pending) >= FOLD_EVERY:
+            self._fold()
+
+    def _chunks(self) -> list[tuple[tuple[str, ...], torch.Tensor, int]]:
+        """The pending micro-batches as ``(names, values, count)``: the ``count`` micro-batches' losses
+        stacked on the device, ``count * len(names)`` of them, one triple per set of loss names; clears
+        them."""
+        groups: dict[tuple[str, ...], list[torch.Tensor]] = {}
+        for losses in self._pending:
+            groups.setdefault(tuple(losses), []).extend(losses.values())
+        self._pending.clear()
+        out = []
+        for names, values in groups.items():
+            count = len(values) // len(names)
+            try:
+                stacked = torch.stack(values)
+            except RuntimeError:  # a loss of shape (1,) among 0-d ones, or one that is not a number
+                stacked = torch.stack([_single(n, v) for n, v in zip(names * count, values, strict=True)])
+            if stacked.dtype not in (torch.float32, torch.float64):  # half precision: sum in float32
+                stacked = stacked.float()
+            out.append((names, stacked, count))
+        return out
+
+    def _fold(self, chunks: list[tuple[tuple[str, ...], torch.Tensor, int]] | None = None) -> None:
+        """Add the pending micro-batches (or ``chunks`` of them) to the running sums: a few device ops,
+        no host sync."""
+        for names, stacked, count in self._chunks() if chunks is None else chunks:
+            sums = _sum_per_name(stacked, len(names))
+            running = self._sums.get(names)
+            if running is None:
+                self._sums[names] = [sums, count]
+            else:
+                running[0] = running[0] + sums
+                running[1] += count
+
+    def _means(self) -> tuple[tuple[str, ...], torch.Tensor, list[int]]:
+        """Loss names, their means (one device tensor) and their micro-batch counts; resets the sums."""
+        if len(self._sums) == 1:  # the usual case: every micro-batch has the same losses
+            ((names, (sums, count)),) = self._sums.items()
+            self._sums = {}
+            return names, sums / count, [count] * len(names)
+        per_name: dict[str, list[Any]] = {}
+        for names, (sums, count) in self._sums.items():
+            for i, name in enumerate(names):
+                entry = per_name.setdefault(name, [[], 0])
+                entry[0].append(sums[i])
+                entry[1] += count
+        self._sums = {}
+        means = torch.stack([torch.stack(parts).sum() / count for parts, count in per_name.values()])
+        return tuple(per_name), means, [count for _, count in per_name.values()]
+
+    @hookimpl
+    def at_eval(self, trainer: Trainer, counter: Counter, config: Config, interval: EvalInterval) -> None:
+        if interval == "eval":
+            return
+        chunks = self._chunks()
+        distributed = trainer.dist.is_distributed
+        check = not trainer.skip_nan_loss
+        # the one host sync, and only when a value is needed now: to check it or to print it
+        wanted = check or config.verbose
+        means: torch.Tensor | None = None
+        host: list[float] | None = None
+        if wanted and not distributed and not self._sums and len(chunks) == 1:
+            # the usual case: every micro-batch since the last log is still pending (fewer than
+            # FOLD_EVERY), one set of names; one copy to the host and the means in Python, no more ops
+            ((names, stacked, count),) = chunks
+            values, width = stacked.tolist(), len(names)
+            host = [sum(values[j::width]) / count for j in range(width)]
+            counts = [count] * width
+        else:
+            self._fold(chunks)
+            if not self._sums:
+                return
+            names, means, counts = self._means()
+            if distributed:
+                means = mean_over_ranks(means, trainer.dist)  # one all_reduce for all the names
+            if wanted:
+                host = means.tolist()
+        keys = self._keys.get(names)
+        if keys is None:
+            keys = self._keys[names] = [f"loss/online/{name}/{self._suffix}" for name in names]
+        if check and host is not None:
+            for key, count, value in zip(keys, counts, host, strict=True):
+                if math.isnan(value):
+                    raise NonFiniteLossError(
+                        f"{key} is NaN at update {counter.update}: a loss of the {count} micro-batches since "
+                        f"the last log was NaN (averaged over {trainer.dist.world_size} rank(s)); set "
+                        "trainer.skip_nan_loss: true to skip such updates instead"
+                    )
+        writer = trainer.writer
+        if host is not None:
+            for key, value in zip(keys, host, strict=True):
+                writer.add_scalar(key, value)
+        else:  # device tensors: the writer brings them to the host with the step's other values
+            assert means is not None
+            for i, key in enumerate(keys):
+                writer.add_scalar(key, means[i])
+        if config.verbose and host is not None:
+            for key, value in zip(keys, host, strict=True):
+                log.info("%s: %.6f", key, value)
+
+
+def _sum_per_name(stacked: torch.Tensor, names: int) -> torch.Tensor:
+    """Sums over micro-batches of losses stacked micro-batch by micro-batch: one value per name, shape
+    ``(names,)``. One op for a single loss, two otherwise."""
+    if names == 1:
+        return stacked.sum(0, keepdim=True)
+    return stacked.view(-1, names).sum(0)
+
+
+def _single(name: str, value: torch.Tensor) -> torch.Tensor:
+    if value.numel() != 1:
+        raise ValueError(f"loss {name!r} must be a single number, got a tensor of shape {tuple(value.shape)}")
+    return value.reshape(())
