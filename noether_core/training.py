@@ -54,8 +54,10 @@ def default_entries(config: RunConfig, registry: PluginRegistry, total_updates: 
         total_updates = geometry(config)[2]
     log_interval, track_interval = default_intervals(config, total_updates)
     wanted: list[tuple[str, Interval | None, dict[str, Any]]] = [(k, None, {}) for k in ALWAYS_DEFAULTS]
-    wanted.append(("OnlineLossCallback", track_interval, {"verbose": False}))
     if log_interval != track_interval:
+        wanted.append(("OnlineLossCallback", track_interval, {"verbose": False}))
+        wanted.append(("OnlineLossCallback", log_interval, {"verbose": True}))
+    else:
         # two online-loss entries on one interval would log the same keys twice (the reference's B5)
         wanted.append(("OnlineLossCallback", log_interval, {"verbose": True}))
     wanted.append(("LrCallback", track_interval, {}))
