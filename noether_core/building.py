@@ -69,7 +69,9 @@ def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> Non
         unknown = [k for k in kwargs if k not in sig.parameters]
         if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             close = difflib.get_close_matches(unknown[0], accepted, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(accepted) or 'nothing'}"
+            hint = (
+                f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(accepted) or 'nothing'}"
+            )
             raise _Problem(f"unknown argument {unknown[0]!r}{hint}", "kwargs") from None
         raise _Problem(str(exc), "kwargs") from None
 
@@ -77,7 +79,9 @@ def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> Non
 def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> None:
     if cfg.parts is not None:
         if cfg.kind != COMPOSITE:
-            issues.append(ConfigIssue(f"{path}.kind", f"a model with parts has kind {COMPOSITE!r}, got {cfg.kind!r}"))
+            issues.append(
+                ConfigIssue(f"{path}.kind", f"a model with parts has kind {COMPOSITE!r}, got {cfg.kind!r}")
+            )
         if not cfg.parts:
             issues.append(ConfigIssue(f"{path}.parts", "a composite model needs at least one part"))
         for name, part in cfg.parts.items():
@@ -123,7 +127,9 @@ def check_buildable(config: RunConfig, source: str | None = None) -> None:
 def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
     """Build the configured model; a factory that raises is reported as a config problem at ``path``."""
     if cfg.parts is not None:
-        model: nn.Module = CompositeModel({n: build_model(p, f"{path}.parts.{n}") for n, p in cfg.parts.items()})
+        model: nn.Module = CompositeModel(
+            {n: build_model(p, f"{path}.parts.{n}") for n, p in cfg.parts.items()}
+        )
     else:
         try:
             factory = resolve(cfg.kind, BUNDLED_MODELS, "model")
@@ -135,7 +141,13 @@ def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
                 [ConfigIssue(path, f"building model {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]
             ) from exc
         if not isinstance(model, nn.Module):
-            raise ConfigError([ConfigIssue(f"{path}.kind", f"{cfg.kind!r} returned {type(model).__name__}, not an nn.Module")])
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        f"{path}.kind", f"{cfg.kind!r} returned {type(model).__name__}, not an nn.Module"
+                    )
+                ]
+            )
     if cfg.frozen:
         model.requires_grad_(False)
     return model
@@ -148,11 +160,15 @@ def build_dataset(name: str, cfg: DatasetConfig) -> Dataset[Any]:
     except _Problem as exc:
         raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
     except Exception as exc:
-        raise ConfigError([ConfigIssue(path, f"building dataset {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]) from exc
+        raise ConfigError(
+            [ConfigIssue(path, f"building dataset {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]
+        ) from exc
     try:
         length = len(dataset)
     except TypeError:
-        raise ConfigError([ConfigIssue(path, f"{cfg.kind!r} is not a map-style dataset (it has no len())")]) from None
+        raise ConfigError(
+            [ConfigIssue(path, f"{cfg.kind!r} is not a map-style dataset (it has no len())")]
+        ) from None
     if length == 0:
         raise ConfigError([ConfigIssue(path, f"dataset {name!r} is empty")])
     return dataset  # type: ignore[no-any-return]

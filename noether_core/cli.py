@@ -43,17 +43,25 @@ def _parser() -> argparse.ArgumentParser:
 
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a config value, e.g. --set trainer.max_epochs=3 (repeatable)",
         )
 
     train = sub.add_parser("train", help="train a model (the bundled example when no CONFIG is given)")
     train.add_argument("config", nargs="?", type=Path, help="YAML run config")
     add_set(train)
-    train.add_argument("--output-dir", type=Path, default=Path("runs"), help="where run directories go (runs/)")
+    train.add_argument(
+        "--output-dir", type=Path, default=Path("runs"), help="where run directories go (runs/)"
+    )
     train.add_argument("--run-id", help="name of the run directory (default: date and a random suffix)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    train.add_argument("--checkpoint", default=None, metavar="TAG", help="with --resume: tag to resume (latest)")
+    train.add_argument(
+        "--checkpoint", default=None, metavar="TAG", help="with --resume: tag to resume (latest)"
+    )
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint with its evaluators")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -171,7 +179,9 @@ def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> in
                 except PluginLoadError as exc:
                     row.update(status="error", error=exc.reason)
                 else:
-                    row.update(status="ok", hooks=list(plugin.hooks), config_class=_qualname(plugin.config_class))
+                    row.update(
+                        status="ok", hooks=list(plugin.hooks), config_class=_qualname(plugin.config_class)
+                    )
             rows.append(row)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -182,7 +192,11 @@ def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> in
     width = max(len(r["kind"]) for r in rows)
     for r in rows:
         origin = f"{r['distribution']} {r['version']}" if r["distribution"] else r["value"]
-        status = "" if r["status"] == "available" else f"  [{r['status']}{': ' + r['error'] if r['error'] else ''}]"
+        status = (
+            ""
+            if r["status"] == "available"
+            else f"  [{r['status']}{': ' + r['error'] if r['error'] else ''}]"
+        )
         print(f"{r['kind']:<{width}}  {origin}{status}")
     return EXIT_OK
 
@@ -203,7 +217,10 @@ def _plugins_show(registry: PluginRegistry, kind: str) -> int:
     print(f"kind:          {plugin.kind}")
     print(f"distribution:  {source.distribution or '-'} {source.version or ''}".rstrip())
     print(f"object:        {source.value}")
-    print(f"style:         {'class' if plugin.is_class else 'functions'}{', stateful' if plugin.stateful else ''}")
+    print(
+        f"style:         {'class' if plugin.is_class else 'functions'}"
+        f"{', stateful' if plugin.stateful else ''}"
+    )
     print(f"hooks:         {', '.join(plugin.hooks)}")
     default_interval = _default_interval(plugin.config_class)
     if not plugin.scheduled:
@@ -227,7 +244,9 @@ def _plugins_show(registry: PluginRegistry, kind: str) -> int:
 def _default_interval(cls: type) -> Interval | None:
     """The interval a Config class's defaults set, if any."""
     defaults = {
-        f.name: None if f.default is attrs.NOTHING else f.default for f in attrs.fields(cls) if f.name in INTERVAL_FIELDS
+        f.name: None if f.default is attrs.NOTHING else f.default
+        for f in attrs.fields(cls)
+        if f.name in INTERVAL_FIELDS
     }
     try:
         return Interval.from_fields(**defaults)
@@ -252,7 +271,10 @@ def _hooks() -> int:
         extra = f"  + {', '.join(params)}" if params else ""
         print(f"{name}{extra}")
         print(textwrap.fill(doc, width=96, initial_indent="    ", subsequent_indent="    "))
-    print(f"\nEvery event also passes: {', '.join(hookspecs.CORE_ARGUMENTS)}. Details: noether_core/hookspecs.py")
+    print(
+        f"\nEvery event also passes: {', '.join(hookspecs.CORE_ARGUMENTS)}. "
+        "Details: noether_core/hookspecs.py"
+    )
     return EXIT_OK
 
 

@@ -66,7 +66,9 @@ CORE_ARGUMENTS = ("trainer", "model", "counter", "config")
 
 
 @hookspec
-def before_training(trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+def before_training(
+    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig
+) -> None:
     """Called once, after setup and resume, before the first batch is read.
 
     ``counter`` is at update 0 for a fresh run and at the resumed position otherwise, so a plugin can tell
@@ -173,7 +175,14 @@ def after_training(
     """
 
 
-HOOK_NAMES = ("before_training", "after_accumulation", "after_update", "after_epoch", "at_eval", "after_training")
+HOOK_NAMES = (
+    "before_training",
+    "after_accumulation",
+    "after_update",
+    "after_epoch",
+    "at_eval",
+    "after_training",
+)
 
 __all__ = [
     "CORE_ARGUMENTS",

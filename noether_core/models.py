@@ -17,7 +17,12 @@ class MLP(nn.Sequential):
     """A small fully connected network: ``depth`` hidden layers of ``hidden`` units with GELU."""
 
     def __init__(
-        self, in_features: int = 2, out_features: int = 4, hidden: int = 64, depth: int = 2, dropout: float = 0.0
+        self,
+        in_features: int = 2,
+        out_features: int = 4,
+        hidden: int = 64,
+        depth: int = 2,
+        dropout: float = 0.0,
     ) -> None:
         layers: list[nn.Module] = []
         width = in_features

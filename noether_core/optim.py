@@ -53,7 +53,9 @@ def build_optimizer(model: nn.Module, model_name: str, cfg: OptimizerConfig) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, update: int, total_updates: int) -> None:
+def apply_schedules(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, update: int, total_updates: int
+) -> None:
     """Set each group's lr and weight decay for the update with 0-based index ``update``."""
     lr_factor = schedule_factor(cfg.lr_schedule, update, total_updates)
     wd_factor = schedule_factor(cfg.wd_schedule, update, total_updates)

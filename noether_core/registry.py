@@ -28,7 +28,7 @@ from noether_core.errors import PluginLoadError, PluginValidationError
 from noether_core.markers import PROJECT_NAME
 
 ENTRY_POINT_GROUP = "noether.callbacks"
-#: Qualified spellings of the reference documents; ``noether.core.callbacks.EmaCallback`` means ``EmaCallback``.
+#: Qualified spellings of the reference documents: ``noether.core.callbacks.EmaCallback`` is ``EmaCallback``.
 SEED_PREFIXES = ("noether.core.callbacks.", "noether.training.callbacks.")
 
 _IMPL_ATTR = f"{PROJECT_NAME}_impl"
@@ -91,7 +91,7 @@ class FunctionPlugin:
 
 
 class UnknownKindError(PluginLoadError):
-    """A kind that no installed distribution provides. A config mistake (exit status 2), not a broken plugin."""
+    """A kind no installed distribution provides: a config mistake (exit status 2), not a broken plugin."""
 
     exit_status = 2
 
@@ -204,8 +204,8 @@ def _import_target(source: PluginSource, registry: PluginRegistry | None = None)
         missing = exc.name or ""
         if source.distribution is None and (module_name == missing or module_name.startswith(missing + ".")):
             # the path itself is wrong (a typo in the config), not a plugin whose own import is broken
-            hint = registry.suggest(source.kind) if registry is not None else []
-            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+            suggestions = registry.suggest(source.kind) if registry is not None else []
+            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in suggestions)}?" if suggestions else ""
             raise UnknownKindError(
                 source.kind, f"no module named {missing!r} (as an import path).{did_you_mean}"
             ) from None
@@ -216,6 +216,13 @@ def _import_target(source: PluginSource, registry: PluginRegistry | None = None)
         try:
             target = getattr(target, part)
         except AttributeError:
+            if isinstance(target, types.ModuleType):
+                # `pkg.hooks` written for a module of hook functions: a submodule not imported yet
+                try:
+                    target = importlib.import_module(f"{target.__name__}.{part}")
+                    continue
+                except ModuleNotFoundError:
+                    pass
             if source.distribution is not None:
                 raise broken(AttributeError(f"{module_name} has no attribute {part!r}")) from None
             names = [n for n in dir(target) if not n.startswith("_")]
@@ -248,7 +255,9 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
 
     is_class = inspect.isclass(target)
     if not is_class and not isinstance(target, types.ModuleType) and callable(target):
-        raise fail(f"{source.value!r} is a function; a plugin is a class, or a module/object of @hookimpl functions")
+        raise fail(
+            f"{source.value!r} is a function; a plugin is a class, or a module/object of @hookimpl functions"
+        )
 
     hooks: list[str] = []
     for name in dir(target):
@@ -266,7 +275,9 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         if name not in _SPEC_ARGS:
             close = difflib.get_close_matches(name, _SPEC_ARGS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise fail(f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}")
+            raise fail(
+                f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}"
+            )
         if opts.get("hookwrapper") or opts.get("wrapper"):
             raise fail(f"@hookimpl {name!r} is a wrapper; noether hooks take plain implementations only")
         params = list(inspect.signature(cast(Callable[..., Any], member)).parameters.values())
@@ -290,7 +301,9 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
     if is_class:
         declared = getattr(target, "Config", CallbackConfig)
         if not (inspect.isclass(declared) and attrs.has(declared) and issubclass(declared, CallbackConfig)):
-            raise fail(f"{target.__name__}.Config must be an attrs class extending noether_core.CallbackConfig")
+            raise fail(
+                f"{target.__name__}.Config must be an attrs class extending noether_core.CallbackConfig"
+            )
         shadowing = sorted({"key", "interval"} & {f.name for f in attrs.fields(declared)})
         if shadowing:
             raise fail(
@@ -298,8 +311,10 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
                 f"CallbackConfig.{shadowing[0]}; rename the field"
             )
         config_class = declared
-    stateful = is_class and callable(getattr(target, "state_dict", None)) and callable(
-        getattr(target, "load_state_dict", None)
+    stateful = (
+        is_class
+        and callable(getattr(target, "state_dict", None))
+        and callable(getattr(target, "load_state_dict", None))
     )
     order = {name: i for i, name in enumerate(hookspecs.HOOK_NAMES)}
     return Plugin(

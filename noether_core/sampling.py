@@ -28,7 +28,9 @@ class EpochSampler(Sampler[int]):
         world_size: int = 1,
     ) -> None:
         if samples_per_rank * world_size > dataset_len:
-            raise ValueError(f"{samples_per_rank} samples x {world_size} ranks exceed the dataset ({dataset_len})")
+            raise ValueError(
+                f"{samples_per_rank} samples x {world_size} ranks exceed the dataset ({dataset_len})"
+            )
         self.dataset_len = dataset_len
         self.samples_per_rank = samples_per_rank
         self.seed = seed

@@ -17,17 +17,24 @@ import attrs
 import yaml
 
 from noether_core.building import check_buildable, geometry
+from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
 from noether_core.config.loader import load_config, make_converter, unstructure_config
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.distributed import init_from_env, shutdown
-from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, PluginLoadError, TrainingError, UsageError
+from noether_core.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    NoetherError,
+    PluginLoadError,
+    TrainingError,
+    UsageError,
+)
 from noether_core.example import example_yaml
 from noether_core.metric_dependencies import check_metric_dependencies
 from noether_core.metric_properties import MetricProperties
 from noether_core.paths import RunPaths
 from noether_core.registry import Plugin, PluginRegistry
 from noether_core.scheduling import Interval
-from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
 from noether_core.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
 from noether_core.trainer import Trainer, pick_device
 
@@ -36,7 +43,13 @@ log = logging.getLogger("noether")
 #: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true.
 ALWAYS_DEFAULTS = ("DatasetStatsCallback", "ParamCountCallback")
 TRACK_DEFAULTS = ("OnlineLossCallback", "LrCallback")
-LOG_DEFAULTS = ("OnlineLossCallback", "TrainTimeCallback", "PeakMemoryCallback", "ProgressCallback", "EtaCallback")
+LOG_DEFAULTS = (
+    "OnlineLossCallback",
+    "TrainTimeCallback",
+    "PeakMemoryCallback",
+    "ProgressCallback",
+    "EtaCallback",
+)
 
 
 def default_intervals(config: RunConfig, total_updates: int) -> tuple[Interval, Interval]:
@@ -46,7 +59,9 @@ def default_intervals(config: RunConfig, total_updates: int) -> tuple[Interval, 
     return log_interval, track_interval
 
 
-def default_entries(config: RunConfig, registry: PluginRegistry, total_updates: int | None = None) -> list[CallbackConfig]:
+def default_entries(
+    config: RunConfig, registry: PluginRegistry, total_updates: int | None = None
+) -> list[CallbackConfig]:
     """The default entries for this run, producers first, skipping kinds that are not installed."""
     if not config.trainer.add_default_callbacks:
         return []
@@ -145,7 +160,9 @@ def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
     return str(box[0])
 
 
-def _trackers(config: RunConfig, paths: RunPaths, registry: PluginRegistry, metrics: MetricProperties) -> list[Tracker]:
+def _trackers(
+    config: RunConfig, paths: RunPaths, registry: PluginRegistry, metrics: MetricProperties
+) -> list[Tracker]:
     trackers: list[Tracker] = [DiskTracker(metrics), *load_trackers(config.tracker)]
     plain = unstructure_config(config, registry)
     for tracker in trackers:
@@ -202,7 +219,9 @@ def train_from_cli(
     metrics = MetricProperties()
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
     # nothing on disk
-    trainer = Trainer(config, entries, paths, metrics=metrics, resume_tag=resume_tag, plugin_registry=registry)
+    trainer = Trainer(
+        config, entries, paths, metrics=metrics, resume_tag=resume_tag, plugin_registry=registry
+    )
     if info.is_main:
         CheckpointWriter(paths).discard_partial_writes()
         if resume_tag is not None:

@@ -31,7 +31,9 @@ class Recorder:
         self.events.append(("before_training", counter.update, None))
 
     @hookimpl
-    def after_accumulation(self, counter: Any, accumulation_step: int, accumulation_steps: int, losses: Any) -> None:
+    def after_accumulation(
+        self, counter: Any, accumulation_step: int, accumulation_steps: int, losses: Any
+    ) -> None:
         assert not torch.is_grad_enabled()
         self.events.append(("after_accumulation", counter.update, (accumulation_step, accumulation_steps)))
 

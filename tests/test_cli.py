@@ -238,7 +238,9 @@ def test_model_and_dataset_mistakes_are_reported_together(cli: Callable[..., Res
 # ------------------------------------------------------------------------------- config validate / example
 
 
-def test_config_example_is_valid_yaml_that_validates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_config_example_is_valid_yaml_that_validates(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     # the installed environment, not the fixed registry: the example names the built-in callbacks
     assert main(["config", "example"]) == 0
     out = capsys.readouterr().out

@@ -28,8 +28,11 @@ def registry(kinds: dict[str, str] = STAND_INS) -> PluginRegistry:
 
 
 def config(**trainer: Any) -> Any:
-    raw = {"trainer": {"max_updates": 1000, **trainer}, "model": {"kind": "mlp"},
-           "datasets": {"train": {"kind": "blobs"}}}
+    raw = {
+        "trainer": {"max_updates": 1000, **trainer},
+        "model": {"kind": "mlp"},
+        "datasets": {"train": {"kind": "blobs"}},
+    }
     return structure_config(raw, registry())
 
 
@@ -44,7 +47,10 @@ def test_defaults_in_producer_first_order_on_their_intervals() -> None:
         ("TrainTimeCallback", Interval("epoch", 1)),
         ("ProgressCallback", Interval("epoch", 1)),
     ]
-    assert [e.name for e in entries if e.kind == "OnlineLossCallback"] == ["OnlineLossCallback/U20", "OnlineLossCallback/E1"]
+    assert [e.name for e in entries if e.kind == "OnlineLossCallback"] == [
+        "OnlineLossCallback/U20",
+        "OnlineLossCallback/E1",
+    ]
 
 
 def test_unset_intervals_default_to_a_fraction_of_the_run() -> None:

@@ -20,11 +20,20 @@ from noether_core.cli import main
 TESTS = Path(__file__).parent
 
 CONFIG = {
-    "trainer": {"max_epochs": 2, "batch_size": 16, "seed": 3, "num_threads": 1, "add_default_callbacks": False},
+    "trainer": {
+        "max_epochs": 2,
+        "batch_size": 16,
+        "seed": 3,
+        "num_threads": 1,
+        "add_default_callbacks": False,
+    },
     "model": {"kind": "mlp", "kwargs": {"in_features": 2, "out_features": 4, "hidden": 16}},
     "optimizer": {"kind": "adamw", "lr": 0.01},
     "datasets": {"train": {"kind": "blobs", "kwargs": {"size": 256, "seed": 0}}},
-    "callbacks": [{"kind": "sample_plugins:SaveAtEnd"}, {"kind": "sample_function_plugin:", "every_n_updates": 4}],
+    "callbacks": [
+        {"kind": "sample_plugins:SaveAtEnd"},
+        {"kind": "sample_function_plugin:", "every_n_updates": 4},
+    ],
 }
 
 
@@ -38,10 +47,30 @@ def _free_port() -> int:
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "noether_core", "train", str(cfg),
-           "--output-dir", str(tmp_path), "--run-id", "ddp"]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "noether_core",
+        "train",
+        str(cfg),
+        "--output-dir",
+        str(tmp_path),
+        "--run-id",
+        "ddp",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -63,10 +92,30 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_update(tmp_path: Path) -> N
     config = dict(CONFIG, callbacks=[{"kind": "sample_plugins:SignalAt", "update": 5, "rank": 1}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "noether_core", "train", str(cfg),
-           "--output-dir", str(tmp_path), "--run-id", "ddp"]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "noether_core",
+        "train",
+        str(cfg),
+        "--output-dir",
+        str(tmp_path),
+        "--run-id",
+        "ddp",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
     output = proc.stdout + proc.stderr
     assert "run ddp interrupted at E0_U5_S80" in output, output

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sample_plugins
 import torch
 import yaml
 
-import sample_plugins
 from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
 from noether_core.config.loader import structure_config
@@ -24,12 +24,23 @@ UPE = 16  # 256 samples / batch 16
 
 def base_config(**trainer: Any) -> dict[str, Any]:
     return {
-        "trainer": {"max_epochs": 2, "batch_size": 16, "seed": 3, "num_threads": 1, "add_default_callbacks": False,
-                    **trainer},
-        "model": {"kind": "mlp", "kwargs": {"in_features": 2, "out_features": 4, "hidden": 16, "dropout": 0.1}},
+        "trainer": {
+            "max_epochs": 2,
+            "batch_size": 16,
+            "seed": 3,
+            "num_threads": 1,
+            "add_default_callbacks": False,
+            **trainer,
+        },
+        "model": {
+            "kind": "mlp",
+            "kwargs": {"in_features": 2, "out_features": 4, "hidden": 16, "dropout": 0.1},
+        },
         "optimizer": {"kind": "adamw", "lr": 0.01, "lr_schedule": {"kind": "cosine", "warmup_updates": 3}},
-        "datasets": {"train": {"kind": "blobs", "kwargs": {"size": 256, "seed": 0}},
-                     "val": {"kind": "blobs", "kwargs": {"size": 64, "seed": 1}}},
+        "datasets": {
+            "train": {"kind": "blobs", "kwargs": {"size": 256, "seed": 0}},
+            "val": {"kind": "blobs", "kwargs": {"size": 64, "seed": 1}},
+        },
         "callbacks": [],
     }
 
@@ -102,13 +113,17 @@ def test_stop_request_ends_the_run_with_status_stopped(tmp_path: Path) -> None:
     assert recorder(trainer).events[-1] == ("after_training", 5, "stopped")
 
 
-def test_plugin_failure_runs_after_training_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugin_failure_runs_after_training_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = base_config()
     raw["callbacks"] = [{"kind": "sample_plugins:Crash", "update": 4, "name": "crasher"}]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
     err = capsys.readouterr().err
-    assert "plugin 'crasher'" in err and "after_update" in err and "crash at update 4" in err
+    assert "plugin 'crasher'" in err
+    assert "after_update" in err
+    assert "crash at update 4" in err
     assert "Traceback" not in err
     summary = yaml.safe_load((tmp_path / "r" / "summary.yaml").read_text())
     assert summary["status"] == "failed"
@@ -117,32 +132,43 @@ def test_plugin_failure_runs_after_training_and_exits_1(tmp_path: Path, capsys: 
 
 def test_metrics_and_summary_are_written(tmp_path: Path) -> None:
     raw = base_config(max_epochs=1)
-    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 4},
-                        {"kind": "sample_plugins:Recorder", "every_n_epochs": 1}]
+    raw["callbacks"] = [
+        {"kind": "sample_function_plugin:", "every_n_updates": 4},
+        {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
+    ]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
     run = tmp_path / "r"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in records] == [4, 8, 12, 16]
     assert [r["heartbeat/U4"] for r in records] == [4, 8, 12, 16]
-    assert records[-1]["rec/E1"] == 1.0 and records[-1]["epoch"] == 1 and records[-1]["sample"] == 256
+    assert records[-1]["rec/E1"] == 1.0
+    assert records[-1]["epoch"] == 1
+    assert records[-1]["sample"] == 256
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     assert summary["status"] == "completed"
     assert summary["metrics"]["heartbeat/U4"]["last"] == 16
     plugins = {row["plugin"] for row in summary["summary"]["durations"]["plugins"]}
     assert plugins == {"sample_function_plugin:", "sample_plugins:Recorder"}
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["trainer"]["max_epochs"] == 1 and resolved["callbacks"][1]["label"] == "rec"
+    assert resolved["trainer"]["max_epochs"] == 1
+    assert resolved["callbacks"][1]["label"] == "rec"
 
 
-def test_same_key_from_two_entries_is_an_error_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_same_key_from_two_entries_is_an_error_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = base_config(max_epochs=1)
-    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "a"},
-                        {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "b"}]
+    raw["callbacks"] = [
+        {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "a"},
+        {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "b"},
+    ]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
     err = capsys.readouterr().err
-    assert "heartbeat/U2" in err and "'a'" in err and "'b'" in err
+    assert "heartbeat/U2" in err
+    assert "'a'" in err
+    assert "'b'" in err
 
 
 def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,7 +177,8 @@ def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.Captur
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
     out = capsys.readouterr().out
-    assert "plugin time" in out and "sleepy after_update (10 calls)" in out
+    assert "plugin time" in out
+    assert "sleepy after_update (10 calls)" in out
     assert "plugin 'sleepy' took" in out
 
 
@@ -191,15 +218,22 @@ def test_skip_nan_skips_the_update_and_gives_up_after_the_limit(tmp_path: Path) 
     sample_plugins.NAN_UPDATES.clear()
     sample_plugins.NAN_UPDATES.update({3})
     sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
-    raw = base_config(max_updates=5, max_epochs=None, skip_nan_loss=True, train_step="sample_plugins:nan_at_updates")
+    raw = base_config(
+        max_updates=5, max_epochs=None, skip_nan_loss=True, train_step="sample_plugins:nan_at_updates"
+    )
     trainer = make_trainer(tmp_path, raw, run_id="skip")
     assert trainer.fit() == "completed"
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
     sample_plugins.NAN_UPDATES.update({1, 2, 3, 4})
     sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
-    raw = base_config(max_updates=5, max_epochs=None, skip_nan_loss=True, skip_nan_loss_max_count=2,
-                      train_step="sample_plugins:nan_at_updates")
+    raw = base_config(
+        max_updates=5,
+        max_epochs=None,
+        skip_nan_loss=True,
+        skip_nan_loss_max_count=2,
+        train_step="sample_plugins:nan_at_updates",
+    )
     trainer = make_trainer(tmp_path, raw, run_id="limit")
     with pytest.raises(Exception, match="3 updates in a row"):
         trainer.fit()
@@ -215,16 +249,25 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("interrupt_at", [UPE, UPE + 5])  # epoch-aligned and mid-epoch
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, interrupt_at: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_and_resumed_run_is_bit_identical(
+    tmp_path: Path, interrupt_at: int, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = base_config(max_epochs=3, accumulation_steps=2)
     raw["datasets"]["train"]["kwargs"]["size"] = 200  # 12 updates per epoch, 8 samples left over
-    uninterrupted = dict(raw, callbacks=[{"kind": "sample_plugins:SaveAtEnd"},
-                                         {"kind": "sample_plugins:Recorder", "every_n_updates": 4}])
+    uninterrupted = dict(
+        raw,
+        callbacks=[
+            {"kind": "sample_plugins:SaveAtEnd"},
+            {"kind": "sample_plugins:Recorder", "every_n_updates": 4},
+        ],
+    )
     cfg = write_config(tmp_path / "a.yaml", uninterrupted)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "a"]) == 0
 
-    interrupted = dict(raw, callbacks=[*uninterrupted["callbacks"],
-                                       {"kind": "sample_plugins:SignalAt", "update": interrupt_at}])
+    interrupted = dict(
+        raw,
+        callbacks=[*uninterrupted["callbacks"], {"kind": "sample_plugins:SignalAt", "update": interrupt_at}],
+    )
     cfg = write_config(tmp_path / "b.yaml", interrupted)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "b"]) == 130
     out = capsys.readouterr().out
@@ -245,17 +288,22 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, interrupt_
     assert records[-1]["rec/U4"] == 9  # the evaluation count continued from the saved state
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_without_checkpoint_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(tmp_path / "c.yaml", base_config(max_updates=2, max_epochs=None))
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint 'latest'" in err and "Traceback" not in err
+    assert "no checkpoint 'latest'" in err
+    assert "Traceback" not in err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_resume_from_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_from_corrupt_checkpoint_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = base_config(max_updates=6, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
     cfg = write_config(tmp_path / "c.yaml", raw)
@@ -265,7 +313,8 @@ def test_resume_from_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys:
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "model_cp=latest_trainer.th" in err and "Traceback" not in err
+    assert "model_cp=latest_trainer.th" in err
+    assert "Traceback" not in err
 
 
 def test_dataset_smaller_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,7 +332,8 @@ def test_model_that_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixtur
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "model: building model 'mlp' failed" in err and "Traceback" not in err
+    assert "model: building model 'mlp' failed" in err
+    assert "Traceback" not in err
 
 
 def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
@@ -295,7 +345,9 @@ def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
         cfg = write_config(tmp_path / f"{run}.yaml", raw)
         assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run]) == 130
     name = "model_cp=latest_model.th"
-    (tmp_path / "r3" / "checkpoints" / name).write_bytes((tmp_path / "r5" / "checkpoints" / name).read_bytes())
+    (tmp_path / "r3" / "checkpoints" / name).write_bytes(
+        (tmp_path / "r5" / "checkpoints" / name).read_bytes()
+    )
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "r3")]) == 2
     err = capsys.readouterr().err
@@ -304,8 +356,10 @@ def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> None:
     raw = base_config(max_updates=8, max_epochs=None)
-    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 1},
-                        {"kind": "sample_plugins:SignalAt", "update": 5}]
+    raw["callbacks"] = [
+        {"kind": "sample_function_plugin:", "every_n_updates": 1},
+        {"kind": "sample_plugins:SignalAt", "update": 5},
+    ]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
     metrics = tmp_path / "r" / "metrics.jsonl"
@@ -338,17 +392,23 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "r"), "--set", "callbacks[0].update=5"]) == 1
     err = capsys.readouterr().err
-    assert "could not write checkpoint" in err and "No space left on device" in err and "Traceback" not in err
+    assert "could not write checkpoint" in err
+    assert "No space left on device" in err
+    assert "Traceback" not in err
     assert latest.read_bytes() == before
     assert sorted(p.name for p in latest.parent.iterdir()) == [
-        "model_cp=latest_model.th", "model_cp=latest_optim.th", "model_cp=latest_trainer.th"
+        "model_cp=latest_model.th",
+        "model_cp=latest_optim.th",
+        "model_cp=latest_trainer.th",
     ]
 
 
 def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = base_config(max_updates=8, max_epochs=None)
-    raw["callbacks"] = [{"kind": "sample_function_plugin:", "every_n_updates": 1},
-                        {"kind": "sample_plugins:SignalAt", "update": 5}]
+    raw["callbacks"] = [
+        {"kind": "sample_function_plugin:", "every_n_updates": 1},
+        {"kind": "sample_plugins:SignalAt", "update": 5},
+    ]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
     run = tmp_path / "r"
@@ -360,7 +420,8 @@ def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest
     assert "batch geometry unchanged" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--set", "trainer.max_updates=3"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint 'latest' is at update 5, past this run's end (3 updates" in err and "Traceback" not in err
+    assert "checkpoint 'latest' is at update 5, past this run's end (3 updates" in err
+    assert "Traceback" not in err
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
@@ -375,8 +436,10 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     raw = base_config(max_updates=8, max_epochs=None)
-    raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 1},
-                        {"kind": "sample_plugins:SignalAt", "update": 3, "signal": "SIGINT", "times": 2}]
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
+        {"kind": "sample_plugins:SignalAt", "update": 3, "signal": "SIGINT", "times": 2},
+    ]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
     assert "stopped at once by a second SIGINT; no checkpoint was saved" in capsys.readouterr().err

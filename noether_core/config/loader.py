@@ -35,11 +35,11 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
     def mapping_structure_factory(type: Any, converter: cattrs.Converter) -> Any:  # type: ignore[misc]
         return converter._structure_dict
 
+
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UsageError
 from noether_core.registry import PluginRegistry, UnknownKindError
 from noether_core.scheduling import INTERVAL_FIELDS
-
 
 
 def _origin(type_: Any) -> Any:
@@ -102,7 +102,9 @@ def _strict_bool(value: Any, _: type) -> bool:
 def _structure_literal(value: Any, type_: Any) -> Any:
     allowed = get_args(type_)
     if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1) if isinstance(value, str) else []
+        close = (
+            difflib.get_close_matches(value, [str(a) for a in allowed], n=1) if isinstance(value, str) else []
+        )
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {_show(value)}{hint}")
     return value
@@ -113,7 +115,7 @@ class _EntryConverter(cattrs.Converter):
 
 
 def make_converter(registry: PluginRegistry) -> cattrs.Converter:
-    """The converter for run configs; ``kind`` fields of ``callbacks`` entries look plugins up in ``registry``."""
+    """The converter for run configs; each ``callbacks`` entry's ``kind`` is looked up in ``registry``."""
     conv = _EntryConverter(detailed_validation=True, forbid_extra_keys=True)
     conv.registry = registry
     conv.register_structure_hook(int, _strict_int)
@@ -128,7 +130,9 @@ def make_converter(registry: PluginRegistry) -> cattrs.Converter:
     def structurer(cls: type[CallbackConfig]) -> Any:
         # generated per class: a hook registered for CallbackConfig would also catch its subclasses
         if cls not in entry_structurers:
-            entry_structurers[cls] = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+            entry_structurers[cls] = cattrs.gen.make_dict_structure_fn(
+                cls, conv, _cattrs_forbid_extra_keys=True
+            )
         return entry_structurers[cls]
 
     def structure_entry(raw: Any, _: type) -> CallbackConfig:
@@ -227,7 +231,9 @@ def _field_names(cls: Any) -> list[str]:
     return [a.name for a in attrs.fields(cls)] if attrs.has(cls) else []
 
 
-def _walk(exc: BaseException, path: str, issues: list[ConfigIssue], plugin_errors: list[PluginLoadError]) -> None:
+def _walk(
+    exc: BaseException, path: str, issues: list[ConfigIssue], plugin_errors: list[PluginLoadError]
+) -> None:
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         for sub in exc.exceptions:
             _walk(sub, _child_path(sub, path), issues, plugin_errors)
@@ -313,7 +319,11 @@ def _check_entries(
         plugin = registry.load(entry.kind)
         set_fields = [f for f in INTERVAL_FIELDS if getattr(entry, f) is not None]
         if len(set_fields) > 1:
-            issues.append(ConfigIssue(path, f"set exactly one of {', '.join(INTERVAL_FIELDS)}; got {', '.join(set_fields)}"))
+            issues.append(
+                ConfigIssue(
+                    path, f"set exactly one of {', '.join(INTERVAL_FIELDS)}; got {', '.join(set_fields)}"
+                )
+            )
         elif plugin.scheduled and not set_fields:
             issues.append(
                 ConfigIssue(
@@ -331,9 +341,13 @@ def _check_entries(
                 )
             )
         if entry.eval_at_end and not plugin.scheduled:
-            issues.append(ConfigIssue(_join(path, "eval_at_end"), f"{entry.kind} has no at_eval to run at the end"))
+            issues.append(
+                ConfigIssue(_join(path, "eval_at_end"), f"{entry.kind} has no at_eval to run at the end")
+            )
         if entry.name is not None and entry.id is not None and entry.name != entry.id:
-            issues.append(ConfigIssue(path, f"name {entry.name!r} and id {entry.id!r} disagree; set only name"))
+            issues.append(
+                ConfigIssue(path, f"name {entry.name!r} and id {entry.id!r} disagree; set only name")
+            )
         explicit = entry.name or entry.id
         key = entry.key
         if key in seen and (explicit is not None or plugin.stateful):
@@ -350,9 +364,7 @@ def _check_entries(
 _FAILED = object()
 
 
-def _check_parts(
-    raw: Any, type_: Any, path: str, conv: cattrs.Converter, issues: list[ConfigIssue]
-) -> Any:
+def _check_parts(raw: Any, type_: Any, path: str, conv: cattrs.Converter, issues: list[ConfigIssue]) -> Any:
     """After a failed structure: structure the parts of ``raw`` that can be structured on their own
     and run their validators, so that a range mistake is reported together with a type mistake
     elsewhere instead of only once that is fixed. Returns the structured value, or ``_FAILED``.
@@ -418,7 +430,11 @@ def _file_order(issue: ConfigIssue) -> tuple[int, int]:
 
 
 def structure_config(
-    raw: Any, registry: PluginRegistry, *, source: str | None = None, converter: cattrs.Converter | None = None
+    raw: Any,
+    registry: PluginRegistry,
+    *,
+    source: str | None = None,
+    converter: cattrs.Converter | None = None,
 ) -> RunConfig:
     """Structure a YAML document into a :class:`RunConfig`, or raise with every problem listed.
 
@@ -428,8 +444,10 @@ def structure_config(
     if not isinstance(raw, Mapping):
         raise ConfigError([ConfigIssue("", f"a config is a mapping of sections, got {_show(raw)}")], source)
     # `callbacks:` with nothing after it is YAML's null; a user means "none"
-    raw = {k: ([] if v is None and k in ("callbacks", "tracker") else {} if v is None and k == "datasets" else v)
-           for k, v in raw.items()}
+    raw = {
+        k: ([] if v is None and k in ("callbacks", "tracker") else {} if v is None and k == "datasets" else v)
+        for k, v in raw.items()
+    }
     conv = converter or make_converter(registry)
     issues: list[ConfigIssue] = []
     plugin_errors: list[PluginLoadError] = []
@@ -490,7 +508,7 @@ def _parse_key(key: str) -> list[str | int]:
     parts: list[str | int] = []
     pos = 0
     for m in _PATH_PART.finditer(key):
-        if m.start() != pos and key[pos:m.start()] != ".":
+        if m.start() != pos and key[pos : m.start()] != ".":
             raise UsageError(f"--set {key!r}: cannot parse the key (use a.b.c or callbacks[0].name)")
         pos = m.end()
         name, index = m.groups()
@@ -550,7 +568,9 @@ def load_config(
     source = str(path) if path is not None else "<bundled example>"
     raw = parse_yaml(text, source) if text is not None else read_yaml(Path(str(path)))
     if raw is None and not overrides:
-        message = "the file is empty; a config needs at least 'trainer' and 'model' (see: noether config example)"
+        message = (
+            "the file is empty; a config needs at least 'trainer' and 'model' (see: noether config example)"
+        )
         raise ConfigError([ConfigIssue("", message)], source)
     raw = apply_overrides(raw, overrides)
     return structure_config(raw, registry, source=source)

@@ -15,8 +15,11 @@ _pos_int = v.optional(v.ge(1))
 
 
 def _exactly_one_end(inst: TrainerConfig) -> RunEnd:
-    given = [(u, n) for u, n in (("epoch", inst.max_epochs), ("update", inst.max_updates),
-                                 ("sample", inst.max_samples)) if n is not None]
+    given = [
+        (u, n)
+        for u, n in (("epoch", inst.max_epochs), ("update", inst.max_updates), ("sample", inst.max_samples))
+        if n is not None
+    ]
     if len(given) != 1:
         raise ValueError(
             "set exactly one of max_epochs, max_updates, max_samples"
@@ -99,13 +102,19 @@ class TrainerConfig:
     def __attrs_post_init__(self) -> None:
         _exactly_one_end(self)
         for prefix in ("log", "track"):
-            given = [f"{prefix}_every_n_{u}" for u in ("epochs", "updates", "samples")
-                     if getattr(self, f"{prefix}_every_n_{u}") is not None]
+            given = [
+                f"{prefix}_every_n_{u}"
+                for u in ("epochs", "updates", "samples")
+                if getattr(self, f"{prefix}_every_n_{u}") is not None
+            ]
             if len(given) > 1:
-                raise ValueError(f"set at most one of {prefix}_every_n_epochs/updates/samples; got {', '.join(given)}")
+                raise ValueError(
+                    f"set at most one of {prefix}_every_n_epochs/updates/samples; got {', '.join(given)}"
+                )
         if self.batch_size % self.accumulation_steps:
             raise ValueError(
-                f"batch_size {self.batch_size} is not divisible by accumulation_steps {self.accumulation_steps}"
+                f"batch_size {self.batch_size} is not divisible by "
+                f"accumulation_steps {self.accumulation_steps}"
             )
 
     @property
@@ -114,7 +123,9 @@ class TrainerConfig:
 
     @property
     def log_interval(self) -> Interval | None:
-        return Interval.from_fields(self.log_every_n_epochs, self.log_every_n_updates, self.log_every_n_samples)
+        return Interval.from_fields(
+            self.log_every_n_epochs, self.log_every_n_updates, self.log_every_n_samples
+        )
 
     @property
     def track_interval(self) -> Interval | None:
