@@ -169,6 +169,11 @@ class PluginManager:
             self._tables[name] = [c for c in calls if c[0].parent is None]
         self._at_eval = {index: call for (index, hook), call in self._own.items() if hook == "at_eval"}
 
+    def has_listeners(self, hook: str) -> bool:
+        """Whether any top-level entry implements ``hook`` (after :meth:`freeze`): the trainer skips
+        work that only plugins would consume."""
+        return bool(self._tables[hook])
+
     def implements(self, slot: Slot, hook: str) -> bool:
         return hook in slot.plugin.hooks
 

@@ -40,6 +40,9 @@ TrainStep = Callable[[nn.Module, Any], "StepOutput | torch.Tensor"]
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
     """``(x, y)`` of a tuple/list batch or a dict batch with keys ``x`` and ``y``."""
+    if isinstance(batch, (tuple, list)):  # checked first: a Mapping isinstance check is slow
+        x, y = batch
+        return x, y
     if isinstance(batch, Mapping):
         return batch["x"], batch["y"]
     x, y = batch

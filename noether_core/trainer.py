@@ -300,6 +300,15 @@ class Trainer:
         self._loader: DataLoader[Any] | None = None
         self._sampler: EpochSampler | None = None
         self._loader_gen = torch.Generator()
+        self._device_is_cpu = self.device.type == "cpu"
+        self._listens = {hook: self.plugins.has_listeners(hook) for hook in ("after_accumulation", "after_update")}
+        self._scheduled_optimizer = self.optimizer is not None and (
+            config.optimizer.lr_schedule is not None or config.optimizer.wd_schedule is not None
+        )
+        self._is_ddp = isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+        self._flag_group: Any = None
+        if self.dist.is_distributed and self.device.type != "cpu":
+            self._flag_group = torch.distributed.new_group(backend="gloo")
 
         if resume_tag is not None:
             self._resume(resume_paths or paths, resume_tag)
@@ -558,8 +567,9 @@ class Trainer:
         stopping = self._stop_reason is not None
         if not self.dist.is_distributed:
             return signalled or stopping
-        flags = torch.tensor([int(signalled), int(stopping)], dtype=torch.int32, device=self.device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        # on the CPU (gloo), so agreeing costs no GPU sync even when training runs on NCCL
+        flags = torch.tensor([int(signalled), int(stopping)], dtype=torch.int32)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._flag_group)
         any_signal, any_stop = (bool(f) for f in flags.tolist())
         if any_signal and not signalled:
             self._signals.received = "a signal on another rank"
@@ -624,12 +634,21 @@ class Trainer:
                 yield batches
 
     def _to_device(self, batch: Any) -> Any:
+        """``batch`` with its tensors on the training device (tuples, lists, namedtuples, mappings)."""
         if isinstance(batch, torch.Tensor):
+            # a no-op .to() still costs a dispatch: skip it on the hot path when nothing moves
+            if self._device_is_cpu and batch.is_cpu:
+                return batch
             return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            moved = [self._to_device(v) for v in batch]
+            if type(batch) in (list, tuple):
+                return moved if type(batch) is list else tuple(moved)
+            if hasattr(batch, "_fields"):  # a namedtuple takes its fields positionally
+                return type(batch)(*moved)
+            return type(batch)(moved)
         if isinstance(batch, Mapping):
             return {k: self._to_device(v) for k, v in batch.items()}
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self._to_device(v) for v in batch)
         return batch
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -641,19 +660,21 @@ class Trainer:
         """One optimizer update over ``accumulation_steps`` micro-batches, then the ``after_update`` event."""
         clock = time.perf_counter
         steps = self.accumulation_steps
+        # work only plugins consume (loss bookkeeping, no_grad blocks) is skipped when none listens
+        to_accumulation = self._listens["after_accumulation"]
+        to_update = self._listens["after_update"]
         times = {"data_wait": 0.0, "forward": 0.0, "backward": 0.0, "update": 0.0}
-        if self.optimizer is not None:
-            apply_schedules(self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates)
+        if self._scheduled_optimizer:
+            apply_schedules(self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates)  # type: ignore[arg-type]
         loss_sums: dict[str, torch.Tensor] = {}
         skip = False
-        has_accumulation_hooks = bool(self.plugins._tables["after_accumulation"])
         for step, (raw, waited) in enumerate(batches):
             times["data_wait"] += waited
             batch = self._to_device(raw)
             start = clock()
             sync_context = (
                 self.train_model.no_sync()  # type: ignore[operator]
-                if step < steps - 1 and isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+                if self._is_ddp and step < steps - 1
                 else contextlib.nullcontext()
             )
             with sync_context:
@@ -667,12 +688,14 @@ class Trainer:
                     # dividing by 1 changes no bit but adds an autograd node to forward and backward
                     self.grad_scaler.scale(out.total / steps if steps > 1 else out.total).backward()
                 times["backward"] += clock() - forward_done
-            losses = {"total": out.total.detach(), **{k: v.detach() for k, v in out.losses.items()}}
-            for key, value in losses.items():
-                loss_sums[key] = loss_sums[key] + value if key in loss_sums else value
-            if has_accumulation_hooks:
-                with torch.no_grad():
-                    self.plugins.after_accumulation(self._core, batch, losses, out.outputs, step, steps)
+            if to_accumulation or to_update:
+                losses = {"total": out.total.detach(), **{k: v.detach() for k, v in out.losses.items()}}
+                if to_update:
+                    for key, value in losses.items():
+                        loss_sums[key] = loss_sums[key] + value if key in loss_sums else value
+                if to_accumulation:
+                    with torch.no_grad():
+                        self.plugins.after_accumulation(self._core, batch, losses, out.outputs, step, steps)
         start = clock()
         grad_norm = self._optimizer_step(skip)
         times["update"] = clock() - start
@@ -680,8 +703,8 @@ class Trainer:
             log.info("loss is finite again after %d skipped update(s)", self._nan_streak)
             self._nan_streak = 0
         self.counter.advance()
-        mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
-        if self.plugins._tables["after_update"]:
+        if to_update:
+            mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
             with torch.no_grad():
                 self.plugins.after_update(self._core, mean_losses, times, grad_norm)
 
