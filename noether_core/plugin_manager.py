@@ -73,7 +73,9 @@ class PluginFailure(TrainingError):
     def __init__(self, slot: Slot, hook: str, exc: BaseException) -> None:
         self.slot = slot
         self.hook = hook
-        super().__init__(f"plugin {slot.key!r} ({slot.plugin.kind}) failed in {hook}: {type(exc).__name__}: {exc}")
+        super().__init__(
+            f"plugin {slot.key!r} ({slot.plugin.kind}) failed in {hook}: {type(exc).__name__}: {exc}"
+        )
 
 
 #: (entry, function, arguments passed by position, arguments passed by name)
@@ -136,7 +138,13 @@ class PluginManager:
                 plugin.source.version,
             ) from exc
         slot = Slot(
-            len(self.slots), config, plugin, obj, is_default=is_default, interval=config.interval, parent=parent
+            len(self.slots),
+            config,
+            plugin,
+            obj,
+            is_default=is_default,
+            interval=config.interval,
+            parent=parent,
         )
         try:
             self._pm.register(obj, name=f"{slot.index}:{slot.key}")
@@ -267,7 +275,9 @@ class PluginManager:
     def after_epoch(self, core: Mapping[str, Any]) -> None:
         self.call("after_epoch", core)
 
-    def at_eval(self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None = None) -> None:
+    def at_eval(
+        self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None = None
+    ) -> None:
         """Call ``at_eval`` on ``slots`` (the due ones), each with its own interval's unit unless given."""
         for slot in slots:
             call = self._at_eval.get(slot.index)

@@ -205,7 +205,9 @@ def _import_target(source: PluginSource, registry: PluginRegistry | None = None)
         if source.distribution is None and (module_name == missing or module_name.startswith(missing + ".")):
             # the path itself is wrong (a typo in the config), not a plugin whose own import is broken
             suggestions = registry.suggest(source.kind) if registry is not None else []
-            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in suggestions)}?" if suggestions else ""
+            did_you_mean = (
+                f" Did you mean {' or '.join(repr(h) for h in suggestions)}?" if suggestions else ""
+            )
             raise UnknownKindError(
                 source.kind, f"no module named {missing!r} (as an import path).{did_you_mean}"
             ) from None

@@ -184,14 +184,16 @@ class _Signals:
         if self.received is not None and signum == signal.SIGINT:
             raise ImmediateStop("stopped at once by a second SIGINT; no checkpoint was saved")
         self.received = name
-        log.warning("received %s: finishing this update, then saving a resumable checkpoint (SIGINT again stops at once)", name)
+        log.warning(
+            "received %s: finishing this update, then saving a resumable checkpoint "
+            "(SIGINT again stops at once)",
+            name,
+        )
 
     def __enter__(self) -> _Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -301,7 +303,9 @@ class Trainer:
         self._sampler: EpochSampler | None = None
         self._loader_gen = torch.Generator()
         self._device_is_cpu = self.device.type == "cpu"
-        self._listens = {hook: self.plugins.has_listeners(hook) for hook in ("after_accumulation", "after_update")}
+        self._listens = {
+            hook: self.plugins.has_listeners(hook) for hook in ("after_accumulation", "after_update")
+        }
         self._scheduled_optimizer = self.optimizer is not None and (
             config.optimizer.lr_schedule is not None or config.optimizer.wd_schedule is not None
         )
@@ -394,8 +398,10 @@ class Trainer:
                 "accumulation_steps": self.accumulation_steps,
                 "world_size": self.dist.world_size,
             },
-            "data": {"epoch": self.counter.epoch, "samples_consumed_in_epoch": self.counter.update_in_epoch
-                     * self.counter.effective_batch_size},
+            "data": {
+                "epoch": self.counter.epoch,
+                "samples_consumed_in_epoch": self.counter.update_in_epoch * self.counter.effective_batch_size,
+            },
             "lr_schedule": {"update": self.counter.update},
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": _capture_rng(),
@@ -425,14 +431,20 @@ class Trainer:
         written: list[Path] = []
         if weights:
             for name, part in self.named_models():
-                if model_names is not None and name not in model_names and name.split(".")[-1] not in model_names:
+                if (
+                    model_names is not None
+                    and name not in model_names
+                    and name.split(".")[-1] not in model_names
+                ):
                     continue
                 if not include_frozen and not any(p.requires_grad for p in part.parameters()):
                     continue
                 written.append(self.checkpoints.save_model(name, tag, part.state_dict(), position=position))
         if optim and self.optimizer is not None:
             written.append(
-                self.checkpoints.save_optim(self.model_name, tag, self.optimizer.state_dict(), position=position)
+                self.checkpoints.save_optim(
+                    self.model_name, tag, self.optimizer.state_dict(), position=position
+                )
             )
         if state is not None:
             written.append(self.checkpoints.save_trainer(self.model_name, tag, state, position=position))
@@ -447,7 +459,9 @@ class Trainer:
             file = paths.checkpoint_file(name, tag, "model")
             if not file.exists():
                 tags = paths.checkpoint_tags(name)
-                raise CheckpointLoadError(file, f"no weights of {name!r} for tag {tag!r}; tags present: {', '.join(tags) or 'none'}")
+                raise CheckpointLoadError(
+                    file, f"no weights of {name!r} for tag {tag!r}; tags present: {', '.join(tags) or 'none'}"
+                )
             payload = load_checkpoint(file)
             try:
                 part.load_state_dict(payload["state_dict"])
@@ -470,8 +484,8 @@ class Trainer:
             if update is not None and saved_at is not None and saved_at != update:
                 raise CheckpointLoadError(
                     path,
-                    f"this part of checkpoint {tag!r} is from update {saved_at}, the trainer state from update "
-                    f"{update} (a save was interrupted); resume from another tag",
+                    f"this part of checkpoint {tag!r} is from update {saved_at}, the trainer state from "
+                    f"update {update} (a save was interrupted); resume from another tag",
                 )
             return payload
 
@@ -505,7 +519,8 @@ class Trainer:
                     ConfigIssue(
                         "trainer",
                         f"checkpoint {tag!r} is at update {update}, past this run's end "
-                        f"({self.counter.total_updates} updates, {self.counter.end}); raise the end to continue",
+                        f"({self.counter.total_updates} updates, {self.counter.end}); "
+                        "raise the end to continue",
                     )
                 ]
             )
@@ -516,9 +531,14 @@ class Trainer:
             if slot.key in saved:
                 slot.obj.load_state_dict(saved.pop(slot.key))  # type: ignore[attr-defined]
             else:
-                log.warning("resume: plugin %r has state but the checkpoint holds none for it; it starts fresh", slot.key)
+                log.warning(
+                    "resume: plugin %r has state but the checkpoint holds none for it; it starts fresh",
+                    slot.key,
+                )
         for key in saved:
-            log.warning("resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key)
+            log.warning(
+                "resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key
+            )
         _restore_rng(state["rng"])
         self.resumed_from = paths
         log.info("resumed from %s (tag %s) at %s", paths.root, tag, self.counter.tag)
@@ -664,8 +684,10 @@ class Trainer:
         to_accumulation = self._listens["after_accumulation"]
         to_update = self._listens["after_update"]
         times = {"data_wait": 0.0, "forward": 0.0, "backward": 0.0, "update": 0.0}
-        if self._scheduled_optimizer:
-            apply_schedules(self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates)  # type: ignore[arg-type]
+        if self._scheduled_optimizer and self.optimizer is not None:
+            apply_schedules(
+                self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates
+            )
         loss_sums: dict[str, torch.Tensor] = {}
         skip = False
         for step, (raw, waited) in enumerate(batches):
@@ -686,7 +708,8 @@ class Trainer:
                     skip = self._register_nan()
                 if not skip and self.optimizer is not None:
                     # dividing by 1 changes no bit but adds an autograd node to forward and backward
-                    self.grad_scaler.scale(out.total / steps if steps > 1 else out.total).backward()
+                    loss = out.total / steps if steps > 1 else out.total
+                    self.grad_scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
                 times["backward"] += clock() - forward_done
             if to_accumulation or to_update:
                 losses = {"total": out.total.detach(), **{k: v.detach() for k, v in out.losses.items()}}
@@ -711,7 +734,11 @@ class Trainer:
     def _register_nan(self) -> bool:
         self._nan_streak += 1
         limit = self.config.trainer.skip_nan_loss_max_count
-        log.warning("non-finite loss at update %d: skipping it (%d in a row)", self.counter.update + 1, self._nan_streak)
+        log.warning(
+            "non-finite loss at update %d: skipping it (%d in a row)",
+            self.counter.update + 1,
+            self._nan_streak,
+        )
         if self._nan_streak > limit:
             raise NonFiniteLossError(
                 f"the loss was NaN or infinite in {self._nan_streak} updates in a row "
@@ -762,8 +789,11 @@ class Trainer:
         """``at_eval`` once more for entries with ``eval_at_end`` whose interval missed the last update."""
         update = self.counter.update
         final = [
-            s for s in self.plugins.scheduled
-            if s.config.eval_at_end and s.interval is not None and not self.scheduler.is_due(s.interval, update)
+            s
+            for s in self.plugins.scheduled
+            if s.config.eval_at_end
+            and s.interval is not None
+            and not self.scheduler.is_due(s.interval, update)
         ]
         if final:
             self.model.eval()
@@ -798,8 +828,13 @@ class Trainer:
         for slot, hook, seconds, calls in rows:
             share = seconds / total if total > 0 else 0.0
             summary.append(
-                {"plugin": slot.key, "event": hook, "seconds": round(seconds, 6), "calls": calls,
-                 "share_of_training": round(share, 4)}
+                {
+                    "plugin": slot.key,
+                    "event": hook,
+                    "seconds": round(seconds, 6),
+                    "calls": calls,
+                    "share_of_training": round(share, 4),
+                }
             )
         if self.is_main:
             for tracker in self.trackers:
@@ -819,8 +854,12 @@ class Trainer:
         for name, seconds in per_plugin.items():
             if total > 0 and seconds / total > threshold:
                 log.warning(
-                    "plugin %r took %.1f%% of the training time (%.2fs), more than trainer.slow_plugin_share=%s",
-                    name, 100 * seconds / total, seconds, threshold,
+                    "plugin %r took %.1f%% of the training time (%.2fs), "
+                    "more than trainer.slow_plugin_share=%s",
+                    name,
+                    100 * seconds / total,
+                    seconds,
+                    threshold,
                 )
 
 
