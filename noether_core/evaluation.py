@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from noether_core.config.schema import CallbackConfig
 from noether_core.distributed import DistInfo
 from noether_core.markers import hookimpl
+from noether_core.trainer import sequential_loader
 
 if TYPE_CHECKING:
     from noether_core.config.schema import RunConfig
@@ -442,20 +443,7 @@ class PeriodicDataIteratorCallback:
 
 def _own_loader(dataset: Dataset[Any], batch_size: int, trainer: Trainer, name: str) -> DataLoader[Any]:
     """A sequential loader over this rank's share of ``dataset``, like ``trainer.data.eval_loader``."""
-    sampler: Any = None
-    if trainer.dist.is_distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=trainer.dist.world_size, rank=trainer.dist.rank, shuffle=False
-        )
-    workers = trainer.config.datasets[name].num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
+    return sequential_loader(dataset, batch_size, trainer.config.datasets[name].num_workers, trainer.dist)
 
 
 def _progress(loader: DataLoader[Any], description: str, is_main: bool) -> Iterator[Any]:

@@ -85,23 +85,29 @@ class DataContainer:
         key = (name, batch_size)
         loader = self._loaders.get(key)
         if loader is None:
-            dataset = self[name]
             workers = self._config.datasets[name].num_workers
-            sampler: Any = None
-            if self._dist.is_distributed:
-                sampler = torch.utils.data.distributed.DistributedSampler(
-                    dataset, num_replicas=self._dist.world_size, rank=self._dist.rank, shuffle=False
-                )
-            loader = DataLoader(
-                dataset,
-                batch_size=batch_size,
-                sampler=sampler,
-                shuffle=False,
-                num_workers=workers,
-                persistent_workers=workers > 0,
-            )
-            self._loaders[key] = loader
+            loader = self._loaders[key] = sequential_loader(self[name], batch_size, workers, self._dist)
         return loader
+
+
+def sequential_loader(
+    dataset: Dataset[Any], batch_size: int, workers: int, dist_info: DistInfo
+) -> DataLoader[Any]:
+    """A loader over ``dataset`` in order; when distributed, this rank's share (the sampler pads the tail
+    so every rank has as many samples; gathers drop the padding)."""
+    sampler: Any = None
+    if dist_info.is_distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=False
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
 
 def _capture_rng() -> dict[str, Any]:

@@ -43,15 +43,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
-def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    )
+def torchrun(cfg: Path, tmp_path: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+    """``noether train CFG`` as two gloo processes under torchrun."""
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
     cmd = [
         sys.executable,
         "-m",
@@ -69,9 +64,16 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         "--output-dir",
         str(tmp_path),
         "--run-id",
-        "ddp",
+        run_id,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    proc = torchrun(cfg, tmp_path, "ddp")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "single"]) == 0
@@ -92,31 +94,7 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_update(tmp_path: Path) -> N
     config = dict(CONFIG, callbacks=[{"kind": "sample_plugins:SignalAt", "update": 5, "rank": 1}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "noether_core",
-        "train",
-        str(cfg),
-        "--output-dir",
-        str(tmp_path),
-        "--run-id",
-        "ddp",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    proc = torchrun(cfg, tmp_path, "ddp")
     output = proc.stdout + proc.stderr
     assert "run ddp interrupted at E0_U5_S80" in output, output
     # torchrun reports the first non-zero exit (130) as a failure and may end the other rank while it
