@@ -92,12 +92,18 @@ def _call_arguments(
     """
     positional: list[str] = []
     keyword: list[str] = []
+    # positional passing is the cheaper call; it stays correct only up to the first parameter that is
+    # skipped (a default the event does not pass) or keyword-only
+    by_position = True
     for p in inspect.signature(function).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is not p.empty and p.name not in spec_args:
+            by_position = False
             continue
-        (positional if p.kind is p.POSITIONAL_ONLY else keyword).append(p.name)
+        if p.kind is p.KEYWORD_ONLY:
+            by_position = False
+        (positional if by_position else keyword).append(p.name)
     return tuple(positional), tuple(keyword)
 
 
@@ -225,7 +231,10 @@ class PluginManager:
                     sink.owner_is_default = slot.is_default
                 start = clock()
                 try:
-                    function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
+                    if keyword:
+                        function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
+                    else:
+                        function(*[kwargs[a] for a in positional])
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except PluginFailure:
