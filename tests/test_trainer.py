@@ -63,6 +63,12 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
+def train(tmp_path: Path, raw: dict[str, Any], run_id: str = "r") -> int:
+    """``noether train`` of ``raw`` (written to ``{run_id}.yaml``) into ``tmp_path/run_id``, in-process."""
+    cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
+    return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id])
+
+
 def test_events_fire_in_lifecycle_order(tmp_path: Path) -> None:
     raw = base_config(max_updates=6, max_epochs=None, accumulation_steps=2, clip_grad_norm=1.0)
     raw["datasets"]["train"]["kwargs"]["size"] = 64  # 4 updates per epoch
@@ -118,8 +124,7 @@ def test_plugin_failure_runs_after_training_and_exits_1(
 ) -> None:
     raw = base_config()
     raw["callbacks"] = [{"kind": "sample_plugins:Crash", "update": 4, "name": "crasher"}]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert train(tmp_path, raw, "r") == 1
     err = capsys.readouterr().err
     assert "plugin 'crasher'" in err
     assert "after_update" in err
@@ -136,8 +141,7 @@ def test_metrics_and_summary_are_written(tmp_path: Path) -> None:
         {"kind": "sample_function_plugin:", "every_n_updates": 4},
         {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, raw, "r") == 0
     run = tmp_path / "r"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in records] == [4, 8, 12, 16]
@@ -163,8 +167,7 @@ def test_same_key_from_two_entries_is_an_error_naming_both(
         {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "a"},
         {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "b"},
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert train(tmp_path, raw, "r") == 1
     err = capsys.readouterr().err
     assert "heartbeat/U2" in err
     assert "'a'" in err
@@ -174,8 +177,7 @@ def test_same_key_from_two_entries_is_an_error_naming_both(
 def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = base_config(max_updates=10, max_epochs=None, slow_plugin_share=0.2)
     raw["callbacks"] = [{"kind": "sample_plugins:Sleepy", "seconds": 0.02, "name": "sleepy"}]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, raw, "r") == 0
     out = capsys.readouterr().out
     assert "plugin time" in out
     assert "sleepy after_update (10 calls)" in out
@@ -261,15 +263,13 @@ def test_interrupted_and_resumed_run_is_bit_identical(
             {"kind": "sample_plugins:Recorder", "every_n_updates": 4},
         ],
     )
-    cfg = write_config(tmp_path / "a.yaml", uninterrupted)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "a"]) == 0
+    assert train(tmp_path, uninterrupted, "a") == 0
 
     interrupted = dict(
         raw,
         callbacks=[*uninterrupted["callbacks"], {"kind": "sample_plugins:SignalAt", "update": interrupt_at}],
     )
-    cfg = write_config(tmp_path / "b.yaml", interrupted)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "b"]) == 130
+    assert train(tmp_path, interrupted, "b") == 130
     out = capsys.readouterr().out
     assert "resume with: noether train --resume" in out
     latest = load_checkpoint(tmp_path / "b" / "checkpoints" / "model_cp=latest_trainer.th")
@@ -291,8 +291,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(
 def test_resume_without_checkpoint_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = write_config(tmp_path / "c.yaml", base_config(max_updates=2, max_epochs=None))
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 0
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint 'latest'" in err
@@ -306,8 +305,7 @@ def test_resume_from_corrupt_checkpoint_is_a_clear_error(
 ) -> None:
     raw = base_config(max_updates=6, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    assert train(tmp_path, raw, "r") == 130
     trainer_file = tmp_path / "r" / "checkpoints" / "model_cp=latest_trainer.th"
     trainer_file.write_bytes(trainer_file.read_bytes()[:100])
     capsys.readouterr()
@@ -342,8 +340,7 @@ def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
     for run, at in (("r3", 3), ("r5", 5)):
         raw = base_config(max_updates=8, max_epochs=None)
         raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": at}]
-        cfg = write_config(tmp_path / f"{run}.yaml", raw)
-        assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run]) == 130
+        assert train(tmp_path, raw, run) == 130
     name = "model_cp=latest_model.th"
     (tmp_path / "r3" / "checkpoints" / name).write_bytes(
         (tmp_path / "r5" / "checkpoints" / name).read_bytes()
@@ -360,8 +357,7 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> Non
         {"kind": "sample_function_plugin:", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 5},
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    assert train(tmp_path, raw, "r") == 130
     metrics = tmp_path / "r" / "metrics.jsonl"
     with metrics.open("a") as f:  # what a run killed after logging update 6 leaves behind
         f.write(json.dumps({"epoch": 0, "update": 6, "sample": 96, "heartbeat/U1": 6}) + "\n")
@@ -379,8 +375,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
 
     raw = base_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    assert train(tmp_path, raw, "r") == 130
     latest = tmp_path / "r" / "checkpoints" / "model_cp=latest_model.th"
     before = latest.read_bytes()
 
@@ -409,8 +404,7 @@ def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest
         {"kind": "sample_function_plugin:", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 5},
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 130
+    assert train(tmp_path, raw, "r") == 130
     run = tmp_path / "r"
     with (run / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"epoch": 0, "update": 6, "sample": 96, "heartbeat/U1": 6}) + "\n")
@@ -426,9 +420,8 @@ def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest
 
 
 def test_an_existing_run_directory_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = write_config(tmp_path / "c.yaml", base_config(max_updates=2, max_epochs=None))
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 2
+    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 0
+    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 2
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
 
 
@@ -440,8 +433,7 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(
         {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 3, "signal": "SIGINT", "times": 2},
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert train(tmp_path, raw, "r") == 1
     assert "stopped at once by a second SIGINT; no checkpoint was saved" in capsys.readouterr().err
     assert not list((tmp_path / "r" / "checkpoints").glob("*latest*"))
     assert yaml.safe_load((tmp_path / "r" / "summary.yaml").read_text())["status"] == "failed"
