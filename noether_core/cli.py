@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from noether_core import hookspecs
-from noether_core.config.loader import load_config, unstructure_config
+from noether_core.config.loader import load_config
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import (
     EXIT_FAILED,
@@ -323,14 +322,6 @@ def _schedule(args: argparse.Namespace) -> int:
         epoch_end = f"  end of epoch {update // upe}" if update % upe == 0 else ""
         print(f"U{update:<{width}}  {', '.join(r.label for r in due)}{epoch_end}")
     return EXIT_OK
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def config_to_yaml(config: RunConfig, registry: PluginRegistry) -> str:
-    return dump_yaml(unstructure_config(config, registry))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -160,10 +160,15 @@ def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
     return str(box[0])
 
 
-def _trackers(
-    config: RunConfig, paths: RunPaths, registry: PluginRegistry, metrics: MetricProperties
+def _start_trackers(
+    config: RunConfig,
+    paths: RunPaths,
+    registry: PluginRegistry,
+    metrics: MetricProperties,
+    extra: Sequence[Tracker],
 ) -> list[Tracker]:
-    trackers: list[Tracker] = [DiskTracker(metrics), *load_trackers(config.tracker)]
+    """The on-disk tracker and the configured ones, started on this run's directory."""
+    trackers: list[Tracker] = [DiskTracker(metrics), *extra]
     plain = unstructure_config(config, registry)
     for tracker in trackers:
         tracker.start(paths, plain)
@@ -227,11 +232,7 @@ def train_from_cli(
         if resume_tag is not None:
             _forget_metrics_after(paths, config.model.name, resume_tag)
         paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
-        trackers: list[Tracker] = [DiskTracker(metrics), *extra_trackers]
-        plain = unstructure_config(config, registry)
-        for tracker in trackers:
-            tracker.start(paths, plain)
-        trainer.attach_trackers(trackers)
+        trainer.attach_trackers(_start_trackers(config, paths, registry, metrics, extra_trackers))
     log.info("run directory: %s", paths.root)
     try:
         status = trainer.fit()
@@ -273,7 +274,7 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     entries = build_entries(config, registry, total, defaults=False)
     setup_logging(paths)
     metrics = MetricProperties()
-    trackers = _trackers(config, paths, registry, metrics)
+    trackers = _start_trackers(config, paths, registry, metrics, load_trackers(config.tracker))
     trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics, plugin_registry=registry)
     trainer.load_weights(paths, checkpoint)
     if not trainer.plugins.scheduled:
