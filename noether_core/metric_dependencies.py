@@ -43,49 +43,19 @@ import attrs
 from noether_core.config.loader import iter_entries
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.errors import ConfigError, ConfigIssue
-from noether_core.paths import format_ema_factor
 from noether_core.registry import Plugin, PluginRegistry
 from noether_core.scheduling import Interval, IntervalScheduler
 
 log = logging.getLogger("noether")
 
 
-def _suffix(entry: CallbackConfig) -> str:
-    return entry.interval.short if entry.interval is not None else "*"
-
-
-#: What built-in kinds of other modules log, used only while a kind does not declare ``produces``
-#: itself. A kind here that starts declaring wins over its line, which can then go.
-BUILTIN_PRODUCES: dict[str, Callable[[CallbackConfig, RunConfig], list[str]]] = {
-    "OnlineLossCallback": lambda e, _: [f"loss/online/*/{_suffix(e)}"],
-    "LrCallback": lambda e, _: ["optim/lr/*", "optim/wd/*"],
-    "TrainTimeCallback": lambda e, _: [f"train_time/*/{_suffix(e)}"],
-    "PeakMemoryCallback": lambda e, _: ["peak_memory/*"],
-    "ProgressCallback": lambda e, _: [],
-    "EtaCallback": lambda e, _: [],
-    "DatasetStatsCallback": lambda e, _: [],
-    "ParamCountCallback": lambda e, _: [],
-    "CheckpointCallback": lambda e, _: [],
-    "BestCheckpointCallback": lambda e, _: [],
-    "EmaCallback": lambda e, _: [],
-}
-#: Likewise for ``child_prefixes``.
-BUILTIN_CHILD_PREFIXES: dict[str, Callable[[CallbackConfig], list[str]]] = {
-    "EmaCallback": lambda e: [
-        f"ema={format_ema_factor(f)}/" for f in getattr(e, "target_factors", None) or ()
-    ],
-}
-
-
 class _ProtocolError(Exception):
     pass
 
 
-def _declared(plugin: Plugin, name: str, builtin: dict[str, Any]) -> Callable[..., Any] | None:
+def _declared(plugin: Plugin, name: str) -> Callable[..., Any] | None:
     function = getattr(plugin.target, name, None)
-    if callable(function):
-        return function  # type: ignore[no-any-return]
-    return builtin.get(plugin.kind)
+    return function if callable(function) else None
 
 
 def _call(plugin: Plugin, name: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -107,7 +77,7 @@ def _strings(plugin: Plugin, name: str, value: Any) -> list[str]:
 
 def consumed_keys(plugin: Plugin, entry: CallbackConfig) -> list[str]:
     """The metric keys ``entry`` reads in the same step (its plugin's ``consumes``), ``[]`` if none."""
-    function = _declared(plugin, "consumes", {})
+    function = _declared(plugin, "consumes")
     return (
         [] if function is None else _strings(plugin, "consumes", _call(plugin, "consumes", function, entry))
     )
@@ -115,7 +85,7 @@ def consumed_keys(plugin: Plugin, entry: CallbackConfig) -> list[str]:
 
 def produced_patterns(plugin: Plugin, entry: CallbackConfig, run_config: RunConfig) -> list[str] | None:
     """Patterns of the keys ``entry`` logs at its ticks (its plugin's ``produces``); ``None``: undeclared."""
-    function = _declared(plugin, "produces", BUILTIN_PRODUCES)
+    function = _declared(plugin, "produces")
     if function is None:
         return None
     value = _call(plugin, "produces", function, entry, run_config)
@@ -123,7 +93,7 @@ def produced_patterns(plugin: Plugin, entry: CallbackConfig, run_config: RunConf
 
 
 def _child_prefixes(plugin: Plugin, entry: CallbackConfig) -> list[str]:
-    function = _declared(plugin, "child_prefixes", BUILTIN_CHILD_PREFIXES)
+    function = _declared(plugin, "child_prefixes")
     if function is None:
         return [""]
     return _strings(plugin, "child_prefixes", _call(plugin, "child_prefixes", function, entry))
@@ -334,8 +304,6 @@ def check_metric_dependencies(
 
 
 __all__ = [
-    "BUILTIN_CHILD_PREFIXES",
-    "BUILTIN_PRODUCES",
     "check_metric_dependencies",
     "consumed_keys",
     "produced_patterns",

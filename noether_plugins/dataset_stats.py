@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("noether")
 
 
+def produces(config: object, run_config: object) -> list[str]:
+    """Summaries only (``ds_stats/...``), no metrics."""
+    return []
+
+
 @hookimpl
 def before_training(trainer: Trainer) -> None:
     lengths = trainer.data.lengths()

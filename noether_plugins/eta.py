@@ -70,6 +70,11 @@ class EtaCallback:
         self._filter = _EraseStatusLine(self)
         self._filtered: list[logging.Handler] = []
 
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """It prints; it logs no metrics."""
+        return []
+
     @hookimpl
     def before_training(self, trainer: Trainer, counter: Counter) -> None:
         self.enabled = trainer.is_main

@@ -72,6 +72,11 @@ class LrCallback:
         for i, field, key in self._keys:
             writer.add_scalar(key, float(groups[i][field]))
 
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """Learning rate and weight decay per parameter group (when scheduled)."""
+        return ["optim/lr/*", "optim/wd/*"]
+
     @hookimpl
     def before_training(self, trainer: Trainer, config: CallbackConfig) -> None:
         self._trainer = trainer

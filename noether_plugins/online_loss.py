@@ -59,6 +59,11 @@ class OnlineLossCallback:
         self._suffix = interval.short if interval is not None else "eval"
         self._keys: dict[tuple[str, ...], list[str]] = {}
 
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """``loss/online/{name}/{I}`` for every loss the train step returns (names known at run time)."""
+        return [f"loss/online/*/{config.interval.short if config.interval else '*'}"]
+
     @hookimpl
     def after_accumulation(self, losses: Mapping[str, torch.Tensor]) -> None:
         # the hot path: one append (the trainer makes a new dict of detached tensors per micro-batch)

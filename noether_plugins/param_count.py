@@ -45,6 +45,11 @@ def parameter_rows(model: nn.Module, name: str) -> Iterator[tuple[str, int, int]
             yield from parameter_rows(part, f"{name}.{part_name}")
 
 
+def produces(config: object, run_config: object) -> list[str]:
+    """Summaries only (``param_count/...``), no metrics."""
+    return []
+
+
 @hookimpl
 def before_training(trainer: Trainer, model: nn.Module) -> None:
     for name, trainable, frozen in parameter_rows(model, trainer.model_name):

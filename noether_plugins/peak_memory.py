@@ -15,7 +15,7 @@ left out. The trainer adds it on the log interval.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,11 @@ class PeakMemoryCallback:
 
     def __init__(self, config: CallbackConfig) -> None:
         self.config = config
+
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """``peak_memory/rss_gib`` and, on a GPU, ``peak_memory/cuda_gib``."""
+        return ["peak_memory/*"]
 
     @hookimpl
     def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:

@@ -200,6 +200,11 @@ class ProgressCallback:
 
     # ------------------------------------------------------------------------------- hooks
 
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """It prints; it logs no metrics."""
+        return []
+
     @hookimpl
     def before_training(self, trainer: Trainer, counter: Counter, config: Config) -> None:
         now = self._clock()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,6 +53,11 @@ class TrainTimeCallback:
             f"train_time/{phase}/max/{self._suffix}",
         )
         return keys
+
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: Any) -> list[str]:
+        """``train_time/{phase}/{mean|max}/{I}``."""
+        return [f"train_time/*/{config.interval.short if config.interval else '*'}"]
 
     @hookimpl
     def after_update(self, times: Mapping[str, float]) -> None:
