@@ -275,6 +275,12 @@ def assert_same_averages(
                 assert torch.equal(wa[key], wb[key]), (factor, tag, key)
 
 
+def resume_renamed(run: Path) -> int:
+    """Resume ``run`` with the EMA entry renamed, so the trainer checkpoint holds no state for it."""
+    overrides = ["--set", "callbacks[0].name=renamed", "--set", "callbacks[1].update=0"]
+    return main(["train", "--resume", str(run), *overrides])
+
+
 def interrupted(tmp_path: Path, run_id: str, raw: dict[str, Any], at: int = UPE + 5) -> Path:
     raw = dict(raw, callbacks=[*raw["callbacks"], {"kind": "sample_plugins:SignalAt", "update": at}])
     cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
@@ -311,20 +317,7 @@ def test_without_saved_state_the_average_resumes_from_latest_or_last_files(
     a = uninterrupted(tmp_path, ema_run_config())
     b = interrupted(tmp_path, "b", ema_run_config(save_latest_weights=True))
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "train",
-                "--resume",
-                str(b),
-                "--set",
-                "callbacks[0].name=renamed",
-                "--set",
-                "callbacks[1].update=0",
-            ]
-        )
-        == 0
-    )
+    assert resume_renamed(b) == 0
     out = capsys.readouterr().out
     assert "model 0.9: model_ema=0.9_cp=last_model.th" in out
     assert_same_averages(a, b, tags=("E2_U32_S512", "last"))
@@ -335,20 +328,7 @@ def test_an_older_latest_file_is_used_with_a_warning(
 ) -> None:
     b = interrupted(tmp_path, "b", ema_run_config(save_latest_weights=True, save_last_weights=False))
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "train",
-                "--resume",
-                str(b),
-                "--set",
-                "callbacks[0].name=renamed",
-                "--set",
-                "callbacks[1].update=0",
-            ]
-        )
-        == 0
-    )
+    assert resume_renamed(b) == 0
     out = capsys.readouterr().out
     assert "model 0.9: model_ema=0.9_cp=latest_model.th" in out
     assert "was saved at update 16, not at the resumed update 21" in out
