@@ -31,11 +31,13 @@ import contextlib
 import datetime
 import gc
 import io
+import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Iterable, Iterator
@@ -101,40 +103,26 @@ def console(terminal: bool) -> Iterator[None]:
                     stream.close()
 
 
-class Window:
-    """Start and stop times of the timed updates: from update ``warmup``'s batch to the end of the loop."""
-
-    def __init__(self, warmup: int, clock: str) -> None:
-        self.warmup = warmup
-        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
-        self.start = 0.0
-        self.stop = 0.0
-
-    def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        clock = self.clock
-        for i, item in enumerate(items):
-            if i == self.warmup:
-                self.start = clock()
-            yield item
-        self.stop = clock()
-
-    def per_update(self, updates: int) -> float:
-        return (self.stop - self.start) / updates
+def intervals(args: argparse.Namespace) -> tuple[int, int]:
+    """The log and track intervals in updates: as given, else the trainer's defaults for a run of
+    ``warmup + updates`` updates (1/100 and 1/500 of it)."""
+    total = args.warmup + args.updates
+    return args.log_every or max(total // 100, 1), args.track_every or max(total // 500, 1)
 
 
-def raw_config(args: argparse.Namespace, defaults: bool) -> dict[str, Any]:
+def raw_config(args: argparse.Namespace, defaults: bool, total: int) -> dict[str, Any]:
+    log_every, track_every = intervals(args)
     trainer: dict[str, Any] = {
-        "max_updates": args.warmup + args.updates,
+        "max_updates": total,
         "batch_size": args.batch_size,
         "seed": SEED,
         "device": "cpu",
         "num_threads": 1,
         "add_default_callbacks": defaults,
+        # set even where they equal the defaults: the interleaved run's length is rounded to whole blocks
+        "log_every_n_updates": log_every,
+        "track_every_n_updates": track_every,
     }
-    if args.log_every is not None:
-        trainer["log_every_n_updates"] = args.log_every
-    if args.track_every is not None:
-        trainer["track_every_n_updates"] = args.track_every
     return {
         "trainer": trainer,
         "model": {"kind": "linear", "kwargs": {"in_features": FEATURES, "out_features": FEATURES}},
@@ -179,30 +167,33 @@ def stand_ins(entries: list[tuple[Plugin, Any, bool]]) -> list[tuple[Plugin, Any
     return out
 
 
-def run_once(args: argparse.Namespace, variant: str, output_dir: Path) -> tuple[float, Trainer]:
-    """Seconds per update in steady state, and the finished trainer (for its per-plugin accounting).
-    ``variant``: ``none`` (no plugins), ``stand-ins`` (no-op plugins in the defaults' places) or
-    ``defaults``."""
+def build_trainer(args: argparse.Namespace, variant: str, output_dir: Path, total: int) -> Trainer:
+    """A Trainer for ``total`` updates set up as ``noether train`` sets one up. ``variant``: ``none`` (no
+    plugins), ``stand-ins`` (no-op plugins in the defaults' places) or ``defaults``.
+
+    Call it, and ``fit`` the trainer, inside one :func:`console`: the defaults depend on stdout being a
+    terminal (EtaCallback), and the ``noether`` logger keeps the stdout it was set up with."""
     registry = PluginRegistry.from_environment()
-    config = structure_config(raw_config(args, variant != "none"), registry)
-    total = args.warmup + args.updates
-    with console(args.terminal):  # the defaults depend on stdout being a terminal (EtaCallback)
-        entries = build_entries(config, registry, total_updates=total)
-        assert bool(entries) == (variant != "none")
-        if variant == "stand-ins":
-            entries = stand_ins(entries)
-        paths = RunPaths.create(output_dir, f"{variant}-{time.monotonic_ns()}")
-        setup_logging(paths)
-        metrics = MetricProperties()
-        tracker = DiskTracker(metrics)
-        tracker.start(paths, {})
-        trainer = Trainer(config, entries, paths, trackers=[tracker], metrics=metrics)
-        window = Window(args.warmup, args.clock)
-        updates = trainer._updates
-        trainer._updates = lambda: window.wrap(updates())  # type: ignore[method-assign]
+    config = structure_config(raw_config(args, variant != "none", total), registry)
+    entries = build_entries(config, registry, total_updates=total)
+    assert bool(entries) == (variant != "none")
+    if variant == "stand-ins":
+        entries = stand_ins(entries)
+    paths = RunPaths.create(output_dir, f"{variant}-{time.monotonic_ns()}")
+    setup_logging(paths)
+    metrics = MetricProperties()
+    tracker = DiskTracker(metrics)
+    tracker.start(paths, {})
+    return Trainer(config, entries, paths, trackers=[tracker], metrics=metrics)
+
+
+def run_once(args: argparse.Namespace, variant: str, output_dir: Path) -> Trainer:
+    """One whole run of ``variant`` on its own (for the per-plugin accounting); the finished trainer."""
+    with console(args.terminal):
+        trainer = build_trainer(args, variant, output_dir, args.warmup + args.updates)
         status = trainer.fit()
     assert status == "completed", status
-    return window.per_update(args.updates), trainer
+    return trainer
 
 
 def per_plugin_us(trainer: Trainer) -> dict[str, float]:
@@ -230,31 +221,115 @@ def plugin_clock_in_cpu_time() -> Iterator[None]:
         module.time = saved
 
 
+class Baton:
+    """Lets one of ``n`` threads run at a time, in turn (0, 1, ..., n-1, 0, ...); a finished thread is
+    skipped."""
+
+    def __init__(self, n: int) -> None:
+        self._cond = threading.Condition()
+        self._turn = 0
+        self._done = [False] * n
+
+    def wait_for(self, who: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == who)
+
+    def pass_on(self, who: int, *, finished: bool = False) -> None:
+        with self._cond:
+            if finished:
+                self._done[who] = True
+            n = len(self._done)
+            for step in range(1, n + 1):
+                nxt = (who + step) % n
+                if not self._done[nxt]:
+                    self._turn = nxt
+                    break
+            self._cond.notify_all()
+
+
+class Blocks:
+    """Times one trainer's updates in blocks of ``size``, taking turns with the other variants' trainers:
+    at each block boundary it stops its clock, hands the baton on and waits for its next turn."""
+
+    def __init__(self, who: int, baton: Baton, size: int, blocks: int, clock: str) -> None:
+        self.who = who
+        self.baton = baton
+        self.size = size
+        self.blocks = blocks
+        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
+        self.seconds: list[float] = []
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        clock, size, last = self.clock, self.size, self.size * self.blocks
+        start = 0.0
+        for i, item in enumerate(items):
+            if i % size == 0:
+                if i:
+                    self.seconds.append(clock() - start)
+                    self.baton.pass_on(self.who)
+                self.baton.wait_for(self.who)
+                start = clock()
+            yield item
+            if i + 1 == last:
+                # the last block: timed to the end of its last update; the baton stays with this thread
+                # until fit() has returned, so no other block runs beside its after_training
+                self.seconds.append(clock() - start)
+
+
+def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[str, list[float]]:
+    """Seconds per update of every timed block, per variant. The variants' trainers run in threads of
+    one process and take turns every ``block`` updates, so each block of one variant is timed next to
+    the same block of the others, seconds apart at most: a machine that slows down for a while slows all
+    of them alike, and the per-block differences cancel it."""
+    size, blocks = args.block, args.warmup_blocks + args.blocks
+    baton = Baton(len(VARIANTS))
+    timers = [Blocks(i, baton, size, blocks, args.clock) for i in range(len(VARIANTS))]
+    errors: list[BaseException] = []
+
+    def fit(who: int, trainer: Trainer) -> None:
+        try:
+            status = trainer.fit()
+            if status != "completed":
+                raise RuntimeError(f"{VARIANTS[who]} ended {status}")
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            baton.pass_on(who, finished=True)
+
+    with console(args.terminal):
+        trainers = []
+        for variant, timer in zip(VARIANTS, timers, strict=True):
+            trainer = build_trainer(args, variant, output_dir, size * blocks)
+            updates = trainer._updates
+            trainer._updates = lambda u=updates, t=timer: t.wrap(u())  # type: ignore[method-assign]
+            trainers.append(trainer)
+        threads = [threading.Thread(target=fit, args=(i, t)) for i, t in enumerate(trainers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return {v: t.seconds[args.warmup_blocks :] for v, t in zip(VARIANTS, timers, strict=True)}
+
+
 def run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
-    """Per-update seconds of each variant's rounds, and per-plugin µs of the extra breakdown runs."""
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    """Per-update seconds of each variant's timed blocks, and per-plugin µs of the breakdown runs."""
     plugins: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
         out = Path(tmp)
-        warm = argparse.Namespace(**{**vars(args), "updates": 50, "warmup": 10})
-        for variant in VARIANTS:  # untimed: imports, first-use costs
-            run_once(warm, variant, out)
-        for r in range(args.rounds):
-            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-                gc.collect()
-                times[variant].append(run_once(args, variant, out)[0])
-            if args.verbose:
-                line = "  ".join(f"{v} {times[v][-1] * 1e6:7.1f} µs" for v in VARIANTS)
-                print(f"  round {r + 1}: {line}", flush=True)
+        gc.collect()
+        times = {v: [s / args.block for s in ts] for v, ts in run_interleaved(args, out).items()}
         with plugin_clock_in_cpu_time():
             for _ in range(args.breakdown_runs):
                 gc.collect()
-                plugins.append(per_plugin_us(run_once(args, "defaults", out)[1]))
+                plugins.append(per_plugin_us(run_once(args, "defaults", out)))
     return times, plugins
 
 
 def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f}   [{min(values):7.1f} .. {max(values):7.1f}]"
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+    return f"{statistics.median(values):8.1f}   [{q1:7.1f} .. {q3:7.1f}]"
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: list[dict[str, float]]) -> float:
@@ -265,9 +340,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     work = [f - d for d, f in zip(dummies, full, strict=True)]
     ratio = [f / b for b, f in zip(bare, full, strict=True)]
     median_overhead = statistics.median(overhead)
-    total = args.warmup + args.updates
-    log_every = args.log_every or max(total // 100, 1)
-    track_every = args.track_every or max(total // 500, 1)
+    log_every, track_every = intervals(args)
     mode = "terminal (live bar, Eta)" if args.terminal else "no terminal (progress lines)"
     print()
     print(
@@ -276,15 +349,16 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     )
     print(
         f"log every {log_every} updates, track every {track_every}; stdout: {mode}; "
-        f"{args.updates} timed updates after {args.warmup} warm-up, {args.rounds} rounds interleaved, "
+        f"{args.blocks} timed blocks of {args.block} updates after {args.warmup_blocks} warm-up block(s), "
+        f"the three trainers taking turns block by block; "
         f"{'thread CPU time' if args.clock == 'cpu' else 'wall time'}"
     )
     print(
         f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{datetime.date.today().isoformat()}; median [min .. max] over rounds"
+        f"{datetime.date.today().isoformat()}; median [quartiles] over blocks"
     )
     print()
-    print(f"  {'':40}{'median':>8}   {'[min .. max]':>18}")
+    print(f"  {'':40}{'median':>8}   {'[q1 .. q3]':>18}")
     print(f"  {'no plugins, µs/update':40}{_spread(bare)}")
     print(f"  {'no-op stand-ins, µs/update':40}{_spread(dummies)}")
     print(f"  {'default plugins, µs/update':40}{_spread(full)}")
@@ -292,9 +366,9 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     print(f"  {'  trainer dispatch (stand-ins - none)':40}{_spread(dispatch)}")
     label = "  plugins' work (defaults - stand-ins)"
     print(f"  {label:40}{_spread(work)}")
-    print(f"  {'overhead of the fastest runs':40}{min(full) - min(bare):8.1f}   (min with - min without)")
-    ratios = f"{statistics.median(ratio):8.3f}   [{min(ratio):7.3f} .. {max(ratio):7.3f}]"
-    print(f"  {'ratio defaults / none':40}{ratios}")
+    mean_overhead = statistics.fmean(full) - statistics.fmean(bare)
+    print(f"  {'overhead, mean over all blocks':40}{mean_overhead:8.1f}")
+    print(f"  {'ratio defaults / none':40}{statistics.median(ratio):8.3f}")
     print()
     print(
         f"  plugins' own CPU time (median of {len(plugins)} extra runs; each call includes ~2 clock reads):"
@@ -311,9 +385,14 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--updates", type=int, default=2000, help="timed updates per run (default 2000)")
+    p.add_argument("--updates", type=int, default=4000, help="timed updates per variant (default 4000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed updates before them (default 200)")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="updates per turn (default: a multiple of both intervals, at least 50)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dataset-size", type=int, default=4096, help="samples; an epoch is size/batch updates")
     p.add_argument(
@@ -328,13 +407,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--terminal", action="store_true", help="stdout and stderr claim to be a TTY")
     p.add_argument("--breakdown-runs", type=int, default=3, help="extra runs for the per-plugin table (3)")
-    p.add_argument("--verbose", action="store_true", help="print every round")
     p.add_argument(
         "--check", action="store_true", help=f"exit 1 when the overhead is over {TARGET_US:.0f} µs"
     )
     args = p.parse_args(argv)
-    if args.updates < 1 or args.warmup < 0 or args.rounds < 1:
-        p.error("--updates and --rounds must be >= 1, --warmup >= 0")
+    if args.updates < 1 or args.warmup < 0 or (args.block is not None and args.block < 1):
+        p.error("--updates and --block must be >= 1, --warmup >= 0")
+    if args.block is None:
+        # each block then holds the same ticks (log and track) as every other
+        both = math.lcm(*intervals(args))
+        args.block = both * math.ceil(50 / both)
+    args.blocks = max(args.updates // args.block, 1)
+    args.warmup_blocks = math.ceil(args.warmup / args.block)
     return args
 
 

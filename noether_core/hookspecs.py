@@ -154,7 +154,9 @@ def at_eval(
     The trainer's :class:`~noether_core.IntervalScheduler` decides; a plugin never re-checks "is it my
     turn". Due entries are called after ``after_update`` (and ``after_epoch``) of the same update, in list
     order, so producers listed earlier have logged their values for this step already. The model is in
-    eval mode; it goes back to train mode afterwards.
+    eval mode; it goes back to train mode afterwards. A plugin that never runs the model may say so
+    with ``needs_eval_mode = False`` on its class or module: when only such entries are due (and for
+    ``after_epoch``, only such entries listen), the model stays in train mode and the switch is saved.
 
     :param interval: which trigger fired: ``"epoch"``, ``"update"`` or ``"sample"`` (the unit of this
         entry's interval) during training, ``"eval"`` under ``noether eval``. Plugins that only make sense

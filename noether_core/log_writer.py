@@ -156,23 +156,6 @@ class LogWriter:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def _materialise(self) -> dict[str, Scalar]:
-        groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
-        for key, entry in self._pending.items():
-            if isinstance(entry.value, torch.Tensor):
-                groups.setdefault((entry.value.device, entry.value.dtype), []).append((key, entry.value))
-        synced: dict[str, Scalar] = {}
-        for members in groups.values():
-            # One stacked device-to-host copy per device and dtype instead of one sync per value.
-            values = torch.stack([tensor for _, tensor in members]).tolist()
-            synced.update((key, _to_python(value)) for (key, _), value in zip(members, values, strict=True))
-        record: dict[str, Scalar] = {}
-        for key, entry in self._pending.items():
-            value = synced.get(key, entry.value)
-            assert not isinstance(value, torch.Tensor)
-            record[key] = value
-        return record
-
     def flush(self) -> dict[str, Scalar] | None:
         """Send this step's values to every sink as one record and start a new step.
 
@@ -182,16 +165,23 @@ class LogWriter:
         pending values are cleared before the sinks are called, so a failing sink does not make the next
         flush repeat them.
         """
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return None
-        values = self._materialise()
-        self._pending.clear()
-        record: dict[str, Scalar] = {
-            "epoch": self.counter.epoch,
-            "update": self.counter.update,
-            "sample": self.counter.sample,
-            **values,
-        }
+        counter = self.counter
+        record: dict[str, Any] = {"epoch": counter.epoch, "update": counter.update, "sample": counter.sample}
+        tensors: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
+        for key, entry in pending.items():
+            value = entry.value
+            if isinstance(value, torch.Tensor):
+                tensors.setdefault((value.device, value.dtype), []).append((key, value))
+            record[key] = value  # a tensor is replaced below, in place: the logging order stays
+        for members in tensors.values():
+            # one stacked device-to-host copy per device and dtype instead of one sync per value
+            values = torch.stack([tensor for _, tensor in members]).tolist()
+            for (key, _), value in zip(members, values, strict=True):
+                record[key] = _to_python(value)
+        pending.clear()
         for sink in self.sinks:
             sink.log(record)
         return record

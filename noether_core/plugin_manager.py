@@ -4,7 +4,13 @@ pluggy checks the implementations against :mod:`noether_core.hookspecs` when eac
 registered. Dispatch does not go through ``pm.hook.<name>(...)``: noether calls each entry's
 implementation itself, because the order is the config's list order, ``at_eval`` reaches only the entries
 that are due, each entry gets its own ``config`` argument, and the time each entry spends in each
-event is accounted (cheaply: two ``perf_counter`` calls) for the end-of-run summary.
+event is accounted (cheaply: one ``perf_counter`` call per entry) for the end-of-run summary.
+
+The two events that fire on every update, ``after_accumulation`` and ``after_update``, are compiled once
+per run into one plain function each (:func:`_compile_event`): the core arguments are fixed for a run,
+so every entry's call is written out with its arguments in place, and an update pays for the calls
+themselves and little else. The other events, and child entries dispatched by their owner, go through
+the general loop (:meth:`PluginManager._run`); both paths behave the same.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ if TYPE_CHECKING:
 
 HOOKS = hookspecs.HOOK_NAMES
 _HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
+#: Events dispatched on every update (or micro-batch): compiled per run, see :func:`_compile_event`.
+PER_UPDATE_HOOKS = ("after_accumulation", "after_update")
+#: The arguments the trainer passes to every event, fixed for a run (plus each entry's own ``config``).
+CORE_ARGS = ("trainer", "model", "counter")
 
 
 class OwnerAware(Protocol):
@@ -107,6 +117,68 @@ def _call_arguments(
     return tuple(positional), tuple(keyword)
 
 
+def _compile_event(
+    hook: str, calls: Sequence[_Call], core: Mapping[str, Any], sink: OwnerAware | None
+) -> Callable[..., None]:
+    """One function that dispatches ``hook`` to ``calls`` in order, as :meth:`PluginManager._run` does
+    (owner set and restored, each entry timed and counted, failures wrapped in :class:`PluginFailure`),
+    with the core arguments and each entry's ``config`` bound as constants.
+
+    Generated source, as attrs and dataclasses generate ``__init__``: the general loop spends more on
+    looking arguments up than a cheap plugin spends on its work, and these events run on every update.
+    Only identifiers made here go into the source; every value (functions, configs, the core objects)
+    is passed in the namespace.
+    """
+    spec = inspect.signature(getattr(hookspecs, hook)).parameters
+    event_args = [a for a in spec if a not in CORE_ARGS and a != "config"]
+    namespace: dict[str, Any] = {
+        "_clock": time.perf_counter,
+        "_PluginFailure": PluginFailure,
+        "_sink": sink,
+        "_slots": [call[0] for call in calls],
+        **{f"_core_{name}": core[name] for name in CORE_ARGS},
+    }
+    index = _HOOK_INDEX[hook]
+    lines = [f"def {hook}({', '.join(event_args)}):"]
+    if sink is not None:
+        lines.append("    _previous = (_sink.owner, _sink.owner_is_default)")
+    lines += ["    _i = 0", "    try:", "        _start = _clock()"]
+    for i, (slot, function, positional, keyword) in enumerate(calls):
+        namespace[f"_f{i}"] = function
+        namespace[f"_config{i}"] = slot.config
+        namespace[f"_seconds{i}"] = slot.seconds
+        namespace[f"_calls{i}"] = slot.calls
+
+        def value(name: str, i: int = i) -> str:
+            if name == "config":
+                return f"_config{i}"
+            return f"_core_{name}" if name in CORE_ARGS else name
+
+        arguments = [value(a) for a in positional] + [f"{a}={value(a)}" for a in keyword]
+        if i:
+            lines.append(f"        _i = {i}")
+        if sink is not None:
+            lines.append(f"        _sink.owner, _sink.owner_is_default = {slot.key!r}, {slot.is_default!r}")
+        lines += [
+            f"        _calls{i}[{index}] += 1",
+            f"        _f{i}({', '.join(arguments)})",
+            "        _end = _clock()",
+            f"        _seconds{i}[{index}] += _end - _start",
+            "        _start = _end",
+        ]
+    lines += [
+        "    except _PluginFailure:",
+        "        raise",  # a child entry's failure, dispatched by its owner: it names the child already
+        "    except Exception as exc:",
+        f"        raise _PluginFailure(_slots[_i], {hook!r}, exc) from exc",
+    ]
+    if sink is not None:
+        lines += ["    finally:", "        _sink.owner, _sink.owner_is_default = _previous"]
+    exec(compile("\n".join(lines), f"<noether {hook} dispatch>", "exec"), namespace)
+    dispatch: Callable[..., None] = namespace[hook]
+    return dispatch
+
+
 class PluginManager:
     """Registers entries and dispatches the six events to them.
 
@@ -123,6 +195,8 @@ class PluginManager:
         self._own: dict[tuple[int, str], _Call] = {}
         self._by_config: dict[int, Slot] = {}
         self.owner_sink: OwnerAware | None = None
+        self._bound_core: Mapping[str, Any] | None = None
+        self._compiled: dict[str, Callable[..., None]] = {}
 
     def register(
         self, plugin: Plugin, config: CallbackConfig, *, is_default: bool = False, parent: Slot | None = None
@@ -183,6 +257,21 @@ class PluginManager:
             self._tables[name] = [c for c in calls if c[0].parent is None]
         self._at_eval = {index: call for (index, hook), call in self._own.items() if hook == "at_eval"}
 
+    def bind(self, core: Mapping[str, Any]) -> None:
+        """Compile the per-update events for ``core``, the run's fixed core arguments (``trainer``,
+        ``model``, ``counter``), after :meth:`freeze` and once ``owner_sink`` is set.
+
+        Dispatching those events with this very mapping then takes the compiled path; with any other
+        mapping, the general one. The trainer binds its own, which never changes during a run.
+        """
+        if not self._tables and self.slots:
+            raise RuntimeError("bind() comes after freeze()")
+        self._bound_core = core
+        self._compiled = {
+            hook: _compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
+            for hook in PER_UPDATE_HOOKS
+        }
+
     def has_listeners(self, hook: str) -> bool:
         """Whether any top-level entry implements ``hook`` (after :meth:`freeze`): the trainer skips
         work that only plugins would consume."""
@@ -224,26 +313,26 @@ class PluginManager:
         # failed plugin's name; restoring (not resetting) keeps an owner that dispatches children right
         previous = (sink.owner, sink.owner_is_default) if sink is not None else ("trainer", False)
         try:
+            start = clock()
             for slot, function, positional, keyword in calls:
                 kwargs["config"] = slot.config
                 if sink is not None:
                     sink.owner = slot.key
                     sink.owner_is_default = slot.is_default
-                start = clock()
+                slot.calls[hook_index] += 1
                 try:
                     if keyword:
                         function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
                     else:
                         function(*[kwargs[a] for a in positional])
-                except (KeyboardInterrupt, SystemExit):
-                    raise
                 except PluginFailure:
                     raise  # a child entry's failure, dispatched by its owner: it names the child already
-                except Exception as exc:
+                except Exception as exc:  # KeyboardInterrupt and SystemExit pass unwrapped
                     raise PluginFailure(slot, hook, exc) from exc
-                finally:
-                    slot.seconds[hook_index] += clock() - start
-                    slot.calls[hook_index] += 1
+                # one clock read per entry: each entry's time runs from the end of the previous one
+                end = clock()
+                slot.seconds[hook_index] += end - start
+                start = end
         finally:
             if sink is not None:
                 sink.owner, sink.owner_is_default = previous
@@ -266,6 +355,11 @@ class PluginManager:
         accumulation_step: int,
         accumulation_steps: int,
     ) -> None:
+        if core is self._bound_core:
+            self._compiled["after_accumulation"](
+                batch, losses, outputs, accumulation_step, accumulation_steps
+            )
+            return
         self.call(
             "after_accumulation",
             core,
@@ -279,6 +373,9 @@ class PluginManager:
     def after_update(
         self, core: Mapping[str, Any], losses: Mapping[str, Any], times: Mapping[str, float], grad_norm: Any
     ) -> None:
+        if core is self._bound_core:
+            self._compiled["after_update"](losses, times, grad_norm)
+            return
         self.call("after_update", core, losses=losses, times=times, grad_norm=grad_norm)
 
     def after_epoch(self, core: Mapping[str, Any]) -> None:
@@ -288,12 +385,13 @@ class PluginManager:
         self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None = None
     ) -> None:
         """Call ``at_eval`` on ``slots`` (the due ones), each with its own interval's unit unless given."""
+        kwargs = dict(core)
         for slot in slots:
             call = self._at_eval.get(slot.index)
             if call is None:
                 continue
-            unit = interval or (slot.interval.unit if slot.interval else "eval")
-            self._run("at_eval", (call,), {**core, "interval": unit})
+            kwargs["interval"] = interval or (slot.interval.unit if slot.interval else "eval")
+            self._run("at_eval", (call,), kwargs)
 
     def after_training(self, core: Mapping[str, Any], status: RunStatus) -> list[PluginFailure]:
         """Call every entry even when some fail; return the failures for the trainer to report."""

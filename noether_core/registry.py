@@ -57,6 +57,11 @@ class Plugin:
     hooks: tuple[str, ...]
     is_class: bool
     stateful: bool
+    #: Whether ``at_eval`` needs the model in eval mode (the default). A plugin that never runs the
+    #: model (it logs a learning rate, a loss already computed, a time) sets ``needs_eval_mode = False``
+    #: on its class or module; when only such entries are due, the trainer leaves the model in train
+    #: mode, which saves two walks over every submodule per tick.
+    needs_eval_mode: bool = True
 
     @property
     def kind(self) -> str:
@@ -318,6 +323,9 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         and callable(getattr(target, "state_dict", None))
         and callable(getattr(target, "load_state_dict", None))
     )
+    needs_eval_mode = getattr(target, "needs_eval_mode", True)
+    if not isinstance(needs_eval_mode, bool):
+        raise fail(f"needs_eval_mode must be True or False, got {needs_eval_mode!r}")
     order = {name: i for i, name in enumerate(hookspecs.HOOK_NAMES)}
     return Plugin(
         source=source,
@@ -326,6 +334,7 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         hooks=tuple(sorted(hooks, key=order.__getitem__)),
         is_class=is_class,
         stateful=stateful,
+        needs_eval_mode=needs_eval_mode,
     )
 
 

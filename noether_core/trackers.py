@@ -135,6 +135,10 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
+#: Records :class:`DiskTracker` writes before it counts them in its statistics, all at once.
+_FOLD_EVERY = 128
+
+
 class _Stats:
     __slots__ = ("last", "max", "min")
 
@@ -171,6 +175,9 @@ class DiskTracker:
         self._paths: RunPaths | None = None
         self._file: IO[str] | None = None
         self._stats: dict[str, _Stats] = {}
+        # records written but not yet counted in the statistics: folded in batches, so a record costs
+        # little more than its line (metric_summary and close fold the rest)
+        self._unfolded: list[dict[str, Any]] = []
         self._summary: dict[str, Any] = {}
         self._closed = False
 
@@ -205,10 +212,19 @@ class DiskTracker:
         """Append ``record`` as one line of ``metrics.jsonl`` and update the running statistics."""
         if self._file is None:
             raise RuntimeError("DiskTracker.log called before start or after close")
-        line = json.dumps({key: _encode_value(value) for key, value in record.items()}, allow_nan=False)
-        self._file.write(line + "\n")
-        self._file.flush()
-        self._update_stats(record)
+        try:
+            line = json.dumps(record, allow_nan=False)
+        except ValueError:  # NaN or an infinity: strict JSON has no such numbers, they become strings
+            line = json.dumps({key: _encode_value(value) for key, value in record.items()}, allow_nan=False)
+        self._file.write(line + "\n")  # line-buffered: on its way to disk once this returns
+        self._unfolded.append(dict(record))
+        if len(self._unfolded) >= _FOLD_EVERY:
+            self._fold_stats()
+
+    def _fold_stats(self) -> None:
+        for record in self._unfolded:
+            self._update_stats(record)
+        self._unfolded.clear()
 
     def set_summary(self, key: str, value: Any) -> None:
         """Record ``key: value`` under ``summary:`` in ``summary.yaml``; tensors and NumPy scalars become
@@ -217,6 +233,7 @@ class DiskTracker:
 
     def metric_summary(self) -> dict[str, dict[str, float | None]]:
         """The per-metric statistics as written to ``summary.yaml`` (sorted by key)."""
+        self._fold_stats()
         out: dict[str, dict[str, float | None]] = {}
         for key in sorted(self._stats):
             stats = self._stats[key]

@@ -53,6 +53,9 @@ class _EraseStatusLine(logging.Filter):
 class EtaCallback:
     """A live status line on a terminal: position, next log, time per update."""
 
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
+
     Config = CallbackConfig
 
     def __init__(self, config: CallbackConfig) -> None:

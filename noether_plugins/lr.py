@@ -37,6 +37,9 @@ def _group_name(group: Mapping[str, Any], index: int, model_name: str, groups: i
 class LrCallback:
     """Logs ``optim/lr/{group}`` and ``optim/wd/{group}`` on its interval and at update 1."""
 
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
+
     Config = CallbackConfig
 
     def __init__(self, config: CallbackConfig) -> None:

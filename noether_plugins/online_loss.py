@@ -1,10 +1,13 @@
 """``OnlineLossCallback``: the training losses, averaged since the last time it logged.
 
-Every micro-batch's detached losses (``total`` plus each named loss of the train step) are collected on
-their device as they come (``after_accumulation``), without a host sync. When its interval is due it
-logs ``loss/online/{name}/{I}`` (``I`` the short interval, e.g. ``U10``): the mean over all micro-batches
-since its previous log, every micro-batch weighted equally, averaged over ranks when distributed (one
-``all_reduce`` of all names together), and starts over.
+Every update's detached losses (``total`` plus each named loss of the train step, each the mean over the
+update's micro-batches) are collected on their device as they come (``after_update``), without a host
+sync. When its interval is due it logs ``loss/online/{name}/{I}`` (``I`` the short interval, e.g.
+``U10``): the mean over all updates since its previous log, averaged over ranks when distributed (one
+``all_reduce`` of all names together), and starts over. Every update has the same number of
+micro-batches, so this is the mean over the micro-batches too, each weighted equally. Reading
+``after_update`` rather than ``after_accumulation`` keeps a run with gradient accumulation at one call per
+update, and a run whose plugins all skip ``after_accumulation`` does not dispatch that event at all.
 
 A NaN mean stops the run with :class:`NonFiniteLossError` unless ``trainer.skip_nan_loss`` is set, in
 which case NaN is logged as it is. With ``verbose`` (the default) the values are also printed
@@ -37,13 +40,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("noether")
 
-#: Micro-batches whose losses are kept as they came before they are summed on the device (bounds the
-#: number of live tensors over long intervals; one stacked sum per this many micro-batches).
+#: Updates whose losses are kept as they came before they are summed on the device (bounds the number
+#: of live tensors over long intervals; one stacked sum per this many updates).
 FOLD_EVERY = 64
 
 
 class OnlineLossCallback:
-    """Logs ``loss/online/{name}/{I}``: each loss's mean over the micro-batches since its last log."""
+    """Logs ``loss/online/{name}/{I}``: each loss's mean over the updates since its last log."""
+
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
@@ -65,16 +71,15 @@ class OnlineLossCallback:
         return [f"loss/online/*/{config.interval.short if config.interval else '*'}"]
 
     @hookimpl
-    def after_accumulation(self, losses: Mapping[str, torch.Tensor]) -> None:
-        # the hot path: one append (the trainer makes a new dict of detached tensors per micro-batch)
+    def after_update(self, losses: Mapping[str, torch.Tensor]) -> None:
+        # the hot path: one append (the trainer makes a new dict of detached tensors per update)
         self._pending.append(losses)
         if len(self._pending) >= FOLD_EVERY:
             self._fold()
 
     def _chunks(self) -> list[tuple[tuple[str, ...], torch.Tensor, int]]:
-        """The pending micro-batches as ``(names, values, count)``: the ``count`` micro-batches' losses
-        stacked on the device, ``count * len(names)`` of them, one triple per set of loss names; clears
-        them."""
+        """The pending updates as ``(names, values, count)``: the ``count`` updates' losses stacked on the
+        device, ``count * len(names)`` of them, one triple per set of loss names; clears them."""
         groups: dict[tuple[str, ...], list[torch.Tensor]] = {}
         for losses in self._pending:
             groups.setdefault(tuple(losses), []).extend(losses.values())
@@ -92,8 +97,8 @@ class OnlineLossCallback:
         return out
 
     def _fold(self, chunks: list[tuple[tuple[str, ...], torch.Tensor, int]] | None = None) -> None:
-        """Add the pending micro-batches (or ``chunks`` of them) to the running sums: a few device ops,
-        no host sync."""
+        """Add the pending updates (or ``chunks`` of them) to the running sums: a few device ops, no host
+        sync."""
         for names, stacked, count in self._chunks() if chunks is None else chunks:
             sums = _sum_per_name(stacked, len(names))
             running = self._sums.get(names)
@@ -104,8 +109,8 @@ class OnlineLossCallback:
                 running[1] += count
 
     def _means(self) -> tuple[tuple[str, ...], torch.Tensor, list[int]]:
-        """Loss names, their means (one device tensor) and their micro-batch counts; resets the sums."""
-        if len(self._sums) == 1:  # the usual case: every micro-batch has the same losses
+        """Loss names, their means (one device tensor) and their update counts; resets the sums."""
+        if len(self._sums) == 1:  # the usual case: every update has the same losses
             ((names, (sums, count)),) = self._sums.items()
             self._sums = {}
             return names, sums / count, [count] * len(names)
@@ -131,8 +136,8 @@ class OnlineLossCallback:
         means: torch.Tensor | None = None
         host: list[float] | None = None
         if wanted and not distributed and not self._sums and len(chunks) == 1:
-            # the usual case: every micro-batch since the last log is still pending (fewer than
-            # FOLD_EVERY), one set of names; one copy to the host and the means in Python, no more ops
+            # the usual case: every update since the last log is still pending (fewer than FOLD_EVERY),
+            # one set of names; one copy to the host and the means in Python, no more ops
             ((names, stacked, count),) = chunks
             values, width = stacked.tolist(), len(names)
             host = [sum(values[j::width]) / count for j in range(width)]
@@ -153,7 +158,7 @@ class OnlineLossCallback:
             for key, count, value in zip(keys, counts, host, strict=True):
                 if math.isnan(value):
                     raise NonFiniteLossError(
-                        f"{key} is NaN at update {counter.update}: a loss of the {count} micro-batches since "
+                        f"{key} is NaN at update {counter.update}: a loss of the {count} update(s) since "
                         f"the last log was NaN (averaged over {trainer.dist.world_size} rank(s)); set "
                         "trainer.skip_nan_loss: true to skip such updates instead"
                     )
@@ -171,7 +176,7 @@ class OnlineLossCallback:
 
 
 def _sum_per_name(stacked: torch.Tensor, names: int) -> torch.Tensor:
-    """Sums over micro-batches of losses stacked micro-batch by micro-batch: one value per name, shape
+    """Sums over updates of losses stacked update by update: one value per name, shape
     ``(names,)``. One op for a single loss, two otherwise."""
     if names == 1:
         return stacked.sum(0, keepdim=True)

@@ -42,6 +42,9 @@ def peak_rss_bytes() -> int | None:
 class PeakMemoryCallback:
     """Logs ``peak_memory/rss_gib`` and, on CUDA, ``peak_memory/cuda_gib``."""
 
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
+
     Config = CallbackConfig
 
     def __init__(self, config: CallbackConfig) -> None:

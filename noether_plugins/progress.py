@@ -177,6 +177,9 @@ class _Bar:
 class ProgressCallback:
     """A live progress bar on a terminal, periodic progress lines elsewhere."""
 
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
+
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         #: ``true``: always the live bar; ``false``: always the lines; unset: the bar when stdout is a TTY.

@@ -34,6 +34,9 @@ FOLD_EVERY = 256
 class TrainTimeCallback:
     """Logs ``train_time/{phase}/mean/{I}`` and ``train_time/{phase}/max/{I}``."""
 
+    #: It never runs the model: its ticks leave the model in train mode.
+    needs_eval_mode = False
+
     Config = CallbackConfig
 
     def __init__(self, config: CallbackConfig) -> None:

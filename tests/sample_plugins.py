@@ -64,6 +64,27 @@ class Recorder:
         self.evals = int(state["evals"])
 
 
+class ModeProbe:
+    """Records ``(event, update, model.training)`` in ``after_epoch`` and ``at_eval``."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.seen: list[tuple[str, int, bool]] = []
+
+    @hookimpl
+    def after_epoch(self, model: torch.nn.Module, counter: Any) -> None:
+        self.seen.append(("after_epoch", counter.update, model.training))
+
+    @hookimpl
+    def at_eval(self, model: torch.nn.Module, counter: Any) -> None:
+        self.seen.append(("at_eval", counter.update, model.training))
+
+
+class TrainModeProbe(ModeProbe):
+    """A :class:`ModeProbe` that says it never runs the model."""
+
+    needs_eval_mode = False
+
+
 class StopAt:
     """Requests a stop once ``counter.update >= update``."""
 

@@ -352,6 +352,8 @@ def test_defaults_in_producer_first_order_then_the_users_entries(tmp_path: Path)
         s.key: s.config.verbose for s in trainer.plugins.slots if s.plugin.kind == "OnlineLossCallback"
     }
     assert verbose == {"OnlineLossCallback/U3": False, "OnlineLossCallback/U4": True}
+    # the defaults read the losses in after_update: a run of them skips the per-micro-batch event
+    assert not trainer.plugins.has_listeners("after_accumulation")
 
 
 def test_eta_is_a_default_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -439,7 +441,7 @@ def test_nan_online_loss_fails_the_run_clearly(tmp_path: Path) -> None:
     )
     trainer = build(tmp_path, raw)
     with pytest.raises(
-        PluginFailure, match=r"loss/online/total/U3 is NaN at update 3: a loss of the 6 micro-batches"
+        PluginFailure, match=r"loss/online/total/U3 is NaN at update 3: a loss of the 3 update\(s\)"
     ):
         trainer.fit()
 
@@ -667,7 +669,7 @@ def test_online_loss_with_losses_that_come_and_go(skip_nan_loss: bool) -> None:
     config = OnlineLossCallback.Config(kind="OnlineLossCallback", every_n_updates=1, verbose=False)
     plugin = OnlineLossCallback(config)
     for losses in ({"total": 1.0, "aux": 10.0}, {"total": 3.0}, {"total": 5.0, "aux": 20.0}):
-        plugin.after_accumulation({k: torch.tensor(v) for k, v in losses.items()})
+        plugin.after_update({k: torch.tensor(v) for k, v in losses.items()})
     trainer = types.SimpleNamespace(dist=DistInfo(), writer=_Writer(), skip_nan_loss=skip_nan_loss)
     plugin.at_eval(trainer, types.SimpleNamespace(update=1), config, "update")
     assert trainer.writer.values == {"loss/online/total/U1": 3.0, "loss/online/aux/U1": 15.0}
@@ -698,7 +700,7 @@ def _rank_main(rank: int, port: int, queue: Any) -> None:
         config = OnlineLossCallback.Config(kind="OnlineLossCallback", every_n_updates=2, verbose=False)
         loss = OnlineLossCallback(config)
         for value in [1.0, 3.0] if rank == 0 else [10.0, 20.0, 30.0]:
-            loss.after_accumulation({"total": torch.tensor(value)})
+            loss.after_update({"total": torch.tensor(value)})
         loss.at_eval(trainer, counter, config, "update")
         times = TrainTimeCallback(CallbackConfig(kind="TrainTimeCallback", every_n_updates=2))
         for t in [0.1, 0.3] if rank == 0 else [0.5, 0.9]:

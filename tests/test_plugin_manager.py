@@ -8,6 +8,7 @@ defined here; core arguments are a real :class:`Counter`, model and :class:`LogW
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -203,6 +204,18 @@ def registry() -> PluginRegistry:
     )
 
 
+@pytest.fixture(params=["general", "compiled"])
+def start(request: pytest.FixtureRequest) -> Any:
+    """Readies a frozen manager for dispatch with ``core``: the per-update events then go through the
+    general loop, or (as in the trainer) through the functions compiled by ``bind``."""
+
+    def ready(pm: PluginManager, core: dict[str, Any]) -> None:
+        if request.param == "compiled":
+            pm.bind(core)
+
+    return ready
+
+
 @pytest.fixture(autouse=True)
 def _no_grad() -> Iterator[None]:
     with torch.no_grad():  # as the trainer dispatches; Recorder asserts it
@@ -276,7 +289,7 @@ def test_slot_key_is_name_then_id_then_kind(registry: PluginRegistry) -> None:
 # ------------------------------------------------------------------------------------ order
 
 
-def test_dispatch_follows_list_order_for_every_event() -> None:
+def test_dispatch_follows_list_order_for_every_event(start: Any) -> None:
     pm = PluginManager()
     # pluggy alone would call: third (tryfirst), fourth, second (LIFO), first (trylast)
     pm.register(plugin(LazyJournal, "Journal"), journal_config("first"))
@@ -286,6 +299,7 @@ def test_dispatch_follows_list_order_for_every_event() -> None:
     pm.freeze()
     core = make_core(1)
 
+    start(pm, core)
     dispatch_every_event(pm, core)
 
     order = ["first", "second", "third", "fourth"]
@@ -327,13 +341,14 @@ class Defaults:
         self.seen.append((status, rest))
 
 
-def test_arguments_with_defaults_and_keyword_only_arguments_are_passed() -> None:
+def test_arguments_with_defaults_and_keyword_only_arguments_are_passed(start: Any) -> None:
     pm = PluginManager()
     slot = pm.register(plugin(Defaults), JournalConfig(kind="Defaults"))
     pm.freeze()
     core = make_core(4)
     norm, losses, times = torch.tensor(1.5), {"total": torch.tensor(0.25)}, {"forward": 0.001}
 
+    start(pm, core)
     pm.after_update(core, losses=losses, times=times, grad_norm=norm)
     pm.after_training(core, "stopped")
 
@@ -385,7 +400,7 @@ def test_at_eval_of_an_entry_without_interval_gets_eval(registry: PluginRegistry
 # ------------------------------------------------------------------------------------ failures
 
 
-def test_exception_is_wrapped_naming_entry_kind_and_event() -> None:
+def test_exception_is_wrapped_naming_entry_kind_and_event(start: Any) -> None:
     pm = PluginManager()
     pm.register(plugin(Journal), journal_config("before"))
     boom = pm.register(plugin(Boom), JournalConfig(kind="Boom", name="boom"))
@@ -393,6 +408,7 @@ def test_exception_is_wrapped_naming_entry_kind_and_event() -> None:
     pm.freeze()
     core = make_core(1)
 
+    start(pm, core)
     with pytest.raises(PluginFailure) as info:
         pm.after_update(core, losses={}, times={}, grad_norm=None)
     err = info.value
@@ -411,12 +427,13 @@ def test_exception_is_wrapped_naming_entry_kind_and_event() -> None:
 
 
 @pytest.mark.parametrize("error", [TrainingError("diverged"), KeyError("missing")])
-def test_every_exception_is_wrapped(error: Exception) -> None:
+def test_every_exception_is_wrapped(error: Exception, start: Any) -> None:
     pm = PluginManager()
     slot = pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
     pm.freeze()
     core = make_core()
     core["trainer"].to_raise = error
+    start(pm, core)
     with pytest.raises(PluginFailure) as info:
         pm.after_update(core, losses={}, times={}, grad_norm=None)
     assert info.value.slot is slot
@@ -424,12 +441,13 @@ def test_every_exception_is_wrapped(error: Exception) -> None:
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])
-def test_interrupts_are_not_wrapped(error: BaseException) -> None:
+def test_interrupts_are_not_wrapped(error: BaseException, start: Any) -> None:
     pm = PluginManager()
     pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
     pm.freeze()
     core = make_core()
     core["trainer"].to_raise = error
+    start(pm, core)
     with pytest.raises(type(error)):
         pm.after_update(core, losses={}, times={}, grad_norm=None)
 
@@ -480,7 +498,7 @@ def test_after_training_failure_of_any_type_does_not_stop_the_others() -> None:
     assert failures[0].__cause__ is core["trainer"].to_raise
 
 
-def test_a_child_failure_passes_through_its_owner_unchanged() -> None:
+def test_a_child_failure_passes_through_its_owner_unchanged(start: Any) -> None:
     children = PluginManager()
     child = children.register(plugin(Boom), JournalConfig(kind="Boom", name="child"))
     children.freeze()
@@ -490,6 +508,7 @@ def test_a_child_failure_passes_through_its_owner_unchanged() -> None:
     core = make_core()
     core["trainer"].children = children
 
+    start(parent, core)
     with pytest.raises(PluginFailure) as info:
         parent.after_update(core, losses={}, times={}, grad_norm=None)
     assert info.value.slot is child
@@ -497,16 +516,47 @@ def test_a_child_failure_passes_through_its_owner_unchanged() -> None:
     assert owner.calls[HOOKS.index("after_update")] == 1
 
 
+def test_bind_compiles_the_per_update_events_for_its_own_core_only() -> None:
+    pm = PluginManager()
+    pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
+    journal = pm.register(plugin(Journal), journal_config("j"))
+    pm.freeze()
+    bound, other = make_core(), make_core()
+    bound["trainer"].to_raise = other["trainer"].to_raise = ValueError("x")
+    pm.bind(bound)
+
+    def dispatch_files(core: dict[str, Any]) -> list[str]:
+        with pytest.raises(PluginFailure) as info:
+            pm.after_update(core, losses={}, times={}, grad_norm=None)
+        return [frame.f_code.co_filename for frame, _ in traceback.walk_tb(info.value.__traceback__)]
+
+    assert "<noether after_update dispatch>" in dispatch_files(bound)
+    assert "<noether after_update dispatch>" not in dispatch_files(other)  # not the bound mapping
+    # the event stopped at the failure both times: the entry after it never ran
+    assert journal.calls[HOOKS.index("after_update")] == 0
+    pm.after_accumulation(bound, None, {}, None, 0, 1)
+    assert bound["trainer"].journal == [("j", "after_accumulation")]
+    assert journal.calls[HOOKS.index("after_accumulation")] == 1
+
+
+def test_bind_before_freeze_raises() -> None:
+    pm = PluginManager()
+    pm.register(plugin(Journal), journal_config("a"))
+    with pytest.raises(RuntimeError, match="after freeze"):
+        pm.bind(make_core())
+
+
 # ------------------------------------------------------------------------------------ timing
 
 
-def test_durations_count_calls_exactly_and_time_a_slow_plugin() -> None:
+def test_durations_count_calls_exactly_and_time_a_slow_plugin(start: Any) -> None:
     pm = PluginManager()
     sleeper = pm.register(plugin(Sleeper), JournalConfig(kind="Sleeper", name="sleepy"))
     journal = pm.register(plugin(Journal), journal_config("j"))
     pm.freeze()
     core = make_core()
 
+    start(pm, core)
     pm.before_training(core)
     for _ in range(3):
         pm.after_update(core, losses={}, times={}, grad_norm=None)
@@ -532,7 +582,7 @@ def test_durations_count_calls_exactly_and_time_a_slow_plugin() -> None:
 # ------------------------------------------------------------------------------------ owner
 
 
-def test_owner_sink_names_the_running_entry_and_is_restored() -> None:
+def test_owner_sink_names_the_running_entry_and_is_restored(start: Any) -> None:
     pm = PluginManager()
     default = pm.register(plugin(OwnerProbe), JournalConfig(kind="OwnerProbe", name="lr"), is_default=True)
     user = pm.register(plugin(OwnerProbe), JournalConfig(kind="OwnerProbe", id="mine"))
@@ -543,6 +593,7 @@ def test_owner_sink_names_the_running_entry_and_is_restored() -> None:
     pm.owner_sink = writer
     assert (writer.owner, writer.owner_is_default) == ("trainer", False)
 
+    start(pm, core)
     failures = pm.after_training(core, "completed")
     assert default.obj.seen == [("lr", True)]
     assert user.obj.seen == [("mine", False)]
@@ -556,7 +607,7 @@ def test_owner_sink_names_the_running_entry_and_is_restored() -> None:
     assert (writer.owner, writer.owner_is_default) == ("trainer", False)
 
 
-def test_owner_is_restored_to_the_parent_after_child_dispatch() -> None:
+def test_owner_is_restored_to_the_parent_after_child_dispatch(start: Any) -> None:
     children = PluginManager()
     child = children.register(plugin(OwnerProbe), JournalConfig(kind="OwnerProbe", name="child"))
     children.freeze()
@@ -568,6 +619,7 @@ def test_owner_is_restored_to_the_parent_after_child_dispatch() -> None:
     parent.owner_sink = children.owner_sink = writer
     core["trainer"].children = children
 
+    start(parent, core)
     parent.after_update(core, losses={}, times={}, grad_norm=None)
 
     assert child.obj.seen == [("child", False)]

@@ -228,6 +228,7 @@ def test_class_plugin_with_config() -> None:
     assert plugin.hooks == hookspecs.HOOK_NAMES  # hook spec order, not dir() order
     assert plugin.stateful
     assert plugin.scheduled
+    assert plugin.needs_eval_mode  # unless the plugin says otherwise
     assert plugin.kind == "Recorder"
 
     config = plugin.config_class(kind="Recorder", every_n_updates=2, label="x")
@@ -256,6 +257,23 @@ def test_class_plugin_without_config_uses_the_base_config() -> None:
     plugin = inspect_plugin(source_for("NoConfig", NoConfig), NoConfig)
     assert plugin.config_class is CallbackConfig
     assert plugin.hooks == ("after_epoch",)
+
+
+def test_needs_eval_mode_is_read_from_the_class_or_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = inspect_plugin(
+        source_for("TrainModeProbe", sample_plugins.TrainModeProbe), sample_plugins.TrainModeProbe
+    )
+    assert probe.needs_eval_mode is False
+    monkeypatch.setattr(sample_function_plugin, "needs_eval_mode", False, raising=False)
+    assert inspect_plugin(HEARTBEAT, sample_function_plugin).needs_eval_mode is False
+
+
+def test_needs_eval_mode_must_be_a_bool() -> None:
+    class Vague(sample_plugins.ModeProbe):
+        needs_eval_mode = "no"
+
+    with pytest.raises(PluginValidationError, match="needs_eval_mode must be True or False, got 'no'"):
+        inspect_plugin(source_for("Vague", Vague), Vague)
 
 
 def test_module_of_hook_functions() -> None:

@@ -122,6 +122,30 @@ def test_each_record_is_on_disk_before_close(paths: RunPaths) -> None:
     tracker.close("completed")
 
 
+def test_statistics_count_every_record_across_batches(paths: RunPaths) -> None:
+    """Records are counted in the statistics in batches; the summary is exact whenever it is asked for."""
+    tracker = DiskTracker(MetricProperties())
+    tracker.start(paths, {})
+    values = [math.sin(i) * i for i in range(1, 301)]  # more than one batch, extremes anywhere
+    for update, value in enumerate(values, start=1):
+        tracker.log({"epoch": 0, "update": update, "sample": update, "loss/val/total": value})
+        if update == 150:
+            middle = tracker.metric_summary()["loss/val/total"]
+            assert middle == {
+                "min": min(values[:150]),
+                "max": max(values[:150]),
+                "last": values[149],
+                "best": min(values[:150]),
+            }
+    tracker.log({"epoch": 0, "update": 301, "sample": 301, "loss/val/total": math.nan})
+    summary = tracker.metric_summary()["loss/val/total"]
+    assert summary["min"] == min(values)
+    assert summary["max"] == max(values)
+    assert math.isnan(summary["last"])  # type: ignore[arg-type]
+    tracker.close("completed")
+    assert len(read_metrics(paths.metrics_jsonl)) == 301
+
+
 def test_non_finite_values_are_strict_json(paths: RunPaths) -> None:
     tracker = DiskTracker(MetricProperties())
     tracker.start(paths, {})

@@ -437,3 +437,47 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(
     assert "stopped at once by a second SIGINT; no checkpoint was saved" in capsys.readouterr().err
     assert not list((tmp_path / "r" / "checkpoints").glob("*latest*"))
     assert yaml.safe_load((tmp_path / "r" / "summary.yaml").read_text())["status"] == "failed"
+
+
+def test_the_model_stays_in_train_mode_when_only_entries_that_never_run_it_are_called(
+    tmp_path: Path,
+) -> None:
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["datasets"]["train"]["kwargs"]["size"] = 64  # 4 updates per epoch
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:TrainModeProbe", "every_n_updates": 2, "name": "light"},
+        {"kind": "sample_plugins:ModeProbe", "every_n_updates": 4, "name": "evaluator"},
+    ]
+    trainer = make_trainer(tmp_path, raw)
+    assert trainer.fit() == "completed"
+    light, evaluator = (slot.obj for slot in trainer.plugins.slots)
+    # at updates 2 and 6 only the light entry is due; at 4 and 8 the evaluator is too, and epochs end
+    assert light.seen == [
+        ("at_eval", 2, True),
+        ("after_epoch", 4, False),
+        ("at_eval", 4, False),
+        ("at_eval", 6, True),
+        ("after_epoch", 8, False),
+        ("at_eval", 8, False),
+    ]
+    assert evaluator.seen == [
+        ("after_epoch", 4, False),
+        ("at_eval", 4, False),
+        ("after_epoch", 8, False),
+        ("at_eval", 8, False),
+    ]
+    assert trainer.model.training is False  # after_training, as always
+
+
+def test_an_epoch_end_with_only_light_listeners_keeps_train_mode(tmp_path: Path) -> None:
+    raw = base_config(max_updates=8, max_epochs=None)
+    raw["datasets"]["train"]["kwargs"]["size"] = 64
+    raw["callbacks"] = [{"kind": "sample_plugins:TrainModeProbe", "every_n_updates": 3}]
+    trainer = make_trainer(tmp_path, raw)
+    assert trainer.fit() == "completed"
+    assert trainer.plugins.slots[0].obj.seen == [
+        ("at_eval", 3, True),
+        ("after_epoch", 4, True),
+        ("at_eval", 6, True),
+        ("after_epoch", 8, True),
+    ]
