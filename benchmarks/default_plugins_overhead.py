@@ -1,27 +1,33 @@
 """What the default monitoring plugins cost per update: the Trainer with none, and with all of them.
 
-Both runs train a 32x32 ``nn.Linear`` with MSE on random regression data, batch 8, AdamW with a cosine
-LR schedule (so ``LrCallback`` has something to log), one CPU thread, for the same number of updates, as
-``noether train`` sets a run up: the on-disk tracker writes ``metrics.jsonl`` and the ``noether``
-logger writes its lines (to ``log.txt`` and to a stdout that goes to ``/dev/null`` here). One run has
-``add_default_callbacks: false``, the other ``true`` with the trainer's default intervals (log every
-1/100 of the run, track every 1/500: with the default 2,200 updates, U22 and U4). Rounds alternate
-which goes first; the table shows medians over rounds, and the overhead is the median of the per-round
-differences. Target: at most 30 µs per update for all defaults together. The clock is this thread's
-CPU time by default (``--clock wall`` for wall time): on a shared machine it does not count the time
-other processes hold the CPU, and the run is single-threaded (one math thread, no loader workers).
+Three trainers train a 32x32 ``nn.Linear`` with MSE on random regression data, batch 8, AdamW with a
+cosine LR schedule (so ``LrCallback`` has something to log), one CPU thread, set up as ``noether train``
+sets a run up: the on-disk tracker writes ``metrics.jsonl`` and the ``noether`` logger writes its lines
+(to ``log.txt`` and to a stdout that goes to ``/dev/null`` here). ``none`` has
+``add_default_callbacks: false``; ``defaults`` has them, on the trainer's default intervals (log every
+1/100 of the run, track every 1/500) unless ``--log-every``/``--track-every`` say otherwise;
+``stand-ins`` has plugins with the defaults' hooks and intervals and empty bodies, which splits the
+overhead into the trainer's dispatch and the plugins' own work.
 
-    python benchmarks/default_plugins_overhead.py                  # the table
-    python benchmarks/default_plugins_overhead.py --rounds 11 --updates 5000
-    python benchmarks/default_plugins_overhead.py --terminal       # as on a terminal: the live bar and Eta
+How it is timed. The three trainers run in one process, each in a thread, and take turns: one block of
+``--block`` updates each (a multiple of both intervals, so every block holds the same ticks), then the
+next trainer, with a baton so only one runs at a time. Each block is timed with this thread's CPU time
+(``--clock wall`` for wall time). A round is three blocks timed within a few tens of milliseconds, so a
+machine that slows down for a while (the development machines are shared) slows all three alike; the
+overhead is the median over rounds of the per-round difference, and the quartiles show the spread.
+Warm-up blocks are left out, and so is everything outside the training loop (building the run,
+``before_training``, ``after_training``); ticks (``at_eval``, records written, lines printed) are in.
+Target: at most 30 µs per update for all defaults together.
+
+    python benchmarks/default_plugins_overhead.py                      # defaults of a 4,200-update run
+    python benchmarks/default_plugins_overhead.py --run-length 20000   # ... of a 20,000-update run
     python benchmarks/default_plugins_overhead.py --log-every 100 --track-every 20
-    python benchmarks/default_plugins_overhead.py --check          # exit 1 when over the target
+    python benchmarks/default_plugins_overhead.py --terminal           # as on a terminal: bar and Eta
+    python benchmarks/default_plugins_overhead.py --check              # exit 1 when over the target
 
-Only steady state is timed: the first ``--warmup`` updates of each run and everything outside the loop
-(building the run, ``before_training``, ``after_training``) are left out; the clock runs from update
-``warmup``'s batch to the end of the loop, so scheduled ``at_eval`` calls and flushes are included.
-The per-plugin rows come from extra runs (not the timed rounds): the trainer's per-entry accounting, made
-to read thread CPU time, over all updates; they are each plugin's own time, not the dispatch around it.
+The per-plugin rows come from extra runs of ``defaults`` alone: the trainer's per-entry accounting
+(``perf_counter``, one read per call; a thread-CPU-time read would cost ten times as much and swamp the
+cheap calls), over all updates; each is the plugin's own time, not the dispatch around it.
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +55,7 @@ from torch.utils.data import TensorDataset
 if __package__ in (None, ""):  # run as a script: make `benchmarks.default_plugins_overhead` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from noether_core import hookimpl, plugin_manager
+from noether_core import hookimpl
 from noether_core.config.loader import structure_config
 from noether_core.metric_properties import MetricProperties
 from noether_core.paths import RunPaths
@@ -105,8 +110,8 @@ def console(terminal: bool) -> Iterator[None]:
 
 def intervals(args: argparse.Namespace) -> tuple[int, int]:
     """The log and track intervals in updates: as given, else the trainer's defaults for a run of
-    ``warmup + updates`` updates (1/100 and 1/500 of it)."""
-    total = args.warmup + args.updates
+    ``--run-length`` updates (1/100 and 1/500 of it; by default the run timed here, warm-up included)."""
+    total = args.run_length or args.warmup + args.updates
     return args.log_every or max(total // 100, 1), args.track_every or max(total // 500, 1)
 
 
@@ -139,13 +144,13 @@ def raw_config(args: argparse.Namespace, defaults: bool, total: int) -> dict[str
 VARIANTS = ("none", "stand-ins", "defaults")
 
 
-def _no_op_class(hooks: tuple[str, ...]) -> type:
+def _no_op_class(hooks: tuple[str, ...], needs_eval_mode: bool) -> type:
     """A plugin class implementing ``hooks`` with empty bodies."""
 
     def init(self: Any, config: Any) -> None:
         self.config = config
 
-    namespace: dict[str, Any] = {"__init__": init}
+    namespace: dict[str, Any] = {"__init__": init, "needs_eval_mode": needs_eval_mode}
     for hook in hooks:
 
         def nothing(self: Any) -> None:
@@ -157,13 +162,14 @@ def _no_op_class(hooks: tuple[str, ...]) -> type:
 
 
 def stand_ins(entries: list[tuple[Plugin, Any, bool]]) -> list[tuple[Plugin, Any, bool]]:
-    """Each default entry with a plugin that implements the same hooks and does nothing: the trainer's
-    dispatch cost for the same events, intervals and entry count, without the plugins' work (and with
-    nothing logged, so no metric records are written)."""
+    """Each default entry with a plugin that implements the same hooks (and says the same about eval
+    mode) and does nothing: the trainer's dispatch cost for the same events, intervals and entry count,
+    without the plugins' work (and with nothing logged, so no metric records are written)."""
     out = []
     for plugin, config, is_default in entries:
         source = PluginSource(f"{plugin.kind}-no-op", f"{__name__}:NoOp")
-        out.append((inspect_plugin(source, _no_op_class(plugin.hooks)), config, is_default))
+        stand_in = _no_op_class(plugin.hooks, plugin.needs_eval_mode)
+        out.append((inspect_plugin(source, stand_in), config, is_default))
     return out
 
 
@@ -205,20 +211,6 @@ def per_plugin_us(trainer: Trainer) -> dict[str, float]:
             continue
         out[slot.key] = out.get(slot.key, 0.0) + seconds * 1e6 / updates
     return out
-
-
-@contextlib.contextmanager
-def plugin_clock_in_cpu_time() -> Iterator[None]:
-    """The trainer's per-entry accounting reads ``time.perf_counter`` in ``plugin_manager``; for the
-    breakdown it reads this thread's CPU time instead, which other processes on the machine do not
-    inflate. (A CPU-time read costs more, so the timed rounds keep the wall clock.)"""
-    module: Any = plugin_manager
-    saved = module.time
-    module.time = types.SimpleNamespace(perf_counter=time.thread_time)
-    try:
-        yield
-    finally:
-        module.time = saved
 
 
 class Baton:
@@ -320,10 +312,9 @@ def run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[d
         out = Path(tmp)
         gc.collect()
         times = {v: [s / args.block for s in ts] for v, ts in run_interleaved(args, out).items()}
-        with plugin_clock_in_cpu_time():
-            for _ in range(args.breakdown_runs):
-                gc.collect()
-                plugins.append(per_plugin_us(run_once(args, "defaults", out)))
+        for _ in range(args.breakdown_runs):
+            gc.collect()
+            plugins.append(per_plugin_us(run_once(args, "defaults", out)))
     return times, plugins
 
 
@@ -371,7 +362,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     print(f"  {'ratio defaults / none':40}{statistics.median(ratio):8.3f}")
     print()
     print(
-        f"  plugins' own CPU time (median of {len(plugins)} extra runs; each call includes ~2 clock reads):"
+        f"  plugins' own time (wall, median of {len(plugins)} extra runs; each call includes one clock read):"
     )
     keys = list(plugins[0]) if plugins else []
     for key in sorted(keys, key=lambda k: -statistics.median(p.get(k, 0.0) for p in plugins)):
@@ -399,6 +390,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-every", type=int, default=None, help="log_every_n_updates (default: 1/100 of the run)"
     )
     p.add_argument("--track-every", type=int, default=None, help="track_every_n_updates (default: 1/500)")
+    p.add_argument(
+        "--run-length",
+        type=int,
+        default=None,
+        help="the run whose default intervals to use (default: the updates timed here, warm-up included)",
+    )
     p.add_argument(
         "--clock",
         choices=("cpu", "wall"),

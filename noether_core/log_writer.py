@@ -68,6 +68,7 @@ class LogWriter:
         self.owner_is_default = False
         self.prefix = ""
         self._pending: dict[str, _Entry] = {}
+        self._normal: dict[str, str] = {}
 
     @contextlib.contextmanager
     def owned_by(self, owner: str, *, default: bool = False) -> Iterator[None]:
@@ -89,10 +90,14 @@ class LogWriter:
         unless both loggers are trainer defaults (then this second value is dropped), and
         ``ValueError`` for ``epoch``/``update``/``sample``, which every record carries already.
         """
-        key = self.prefix + _normalise_key(key)
+        # plugins log the same few keys at every tick: each is checked once
+        normal = self._normal.get(key) if type(key) is str else None
+        if normal is None:
+            normal = self._normal[key] = _normalise_key(key)
+        key = self.prefix + normal if self.prefix else normal
         if key in POSITION_KEYS:
             raise ValueError(f"metric key {key!r} is reserved; every record carries it already")
-        stored = self._convert(key, value)
+        stored = value if type(value) is float else self._convert(key, value)
         existing = self._pending.get(key)
         if existing is not None:
             if existing.owner_is_default and self.owner_is_default:

@@ -29,6 +29,7 @@ import inspect
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
@@ -52,7 +53,11 @@ _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 @runtime_checkable
 class Tracker(Protocol):
     """What the run calls on a tracker, in this order: ``start`` once, ``log`` per flush and
-    ``set_summary`` any number of times, ``close`` once (also after a failed run)."""
+    ``set_summary`` any number of times, ``close`` once (also after a failed run).
+
+    A tracker that buffers may also have a ``flush()`` method: the trainer calls it before it writes a
+    checkpoint, so what was logged up to then is not lost with the process.
+    """
 
     def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
         """The run begins. ``config`` is the resolved run config as plain data (for hyperparameters)."""
@@ -135,6 +140,10 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
+#: One encoder for every record (``json.dumps`` with options builds a new one per call).
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+#: Seconds :class:`DiskTracker` may hold written records before it hands them to the operating system.
+FLUSH_SECONDS = 1.0
 #: Records :class:`DiskTracker` writes before it counts them in its statistics, all at once.
 _FOLD_EVERY = 128
 
@@ -160,9 +169,15 @@ class _Stats:
 class DiskTracker:
     """The tracker that always runs: ``metrics.jsonl`` and ``summary.yaml`` in the run directory.
 
-    Each record is appended to ``metrics.jsonl`` and flushed at once, so a crash loses nothing already
-    logged. For every metric (not ``epoch``/``update``/``sample``) it keeps ``min``, ``max`` and ``last``,
-    only ``last`` for neutral ones (per ``metric_properties``); ``close`` writes them to ``summary.yaml``
+    Each record is appended to ``metrics.jsonl``; the file reaches the operating system at least every
+    :data:`FLUSH_SECONDS`, whenever the trainer saves a checkpoint (:meth:`flush`), and at ``close``.
+    So a process killed outright (``SIGKILL``, out of memory) loses at most the last second of records,
+    and never one from before its last checkpoint, which is where a resume starts; a run that ends any
+    other way (also by an exception or a signal the trainer handles) loses none. Flushing every record
+    would cost a system call each, which a run that tracks every few updates feels.
+
+    For every metric (not ``epoch``/``update``/``sample``) it keeps ``min``, ``max`` and ``last``, only
+    ``last`` for neutral ones (per ``metric_properties``); ``close`` writes them to ``summary.yaml``
     atomically, adding ``best`` (the ``max`` or the ``min``) where the direction is known. ``min``/``max``
     ignore NaN; ``last`` is the last value as logged.
 
@@ -180,6 +195,7 @@ class DiskTracker:
         self._unfolded: list[dict[str, Any]] = []
         self._summary: dict[str, Any] = {}
         self._closed = False
+        self._flush_at = 0.0
 
     def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
         """Open ``metrics.jsonl`` for appending; ``config`` is not used (the trainer writes
@@ -188,8 +204,8 @@ class DiskTracker:
             raise RuntimeError("DiskTracker.start was called twice")
         self._paths = paths
         self._resume_from_disk(paths)
-        # buffering=1: line-buffered, so each record reaches the OS when its newline is written.
-        self._file = paths.metrics_jsonl.open("a", encoding="utf-8", buffering=1)
+        self._file = paths.metrics_jsonl.open("a", encoding="utf-8")
+        self._flush_at = time.monotonic() + FLUSH_SECONDS
 
     def _resume_from_disk(self, paths: RunPaths) -> None:
         if paths.metrics_jsonl.exists():
@@ -213,13 +229,24 @@ class DiskTracker:
         if self._file is None:
             raise RuntimeError("DiskTracker.log called before start or after close")
         try:
-            line = json.dumps(record, allow_nan=False)
+            line = _STRICT_JSON.encode(record)
         except ValueError:  # NaN or an infinity: strict JSON has no such numbers, they become strings
-            line = json.dumps({key: _encode_value(value) for key, value in record.items()}, allow_nan=False)
-        self._file.write(line + "\n")  # line-buffered: on its way to disk once this returns
+            line = _STRICT_JSON.encode({key: _encode_value(value) for key, value in record.items()})
+        self._file.write(line + "\n")
+        now = time.monotonic()
+        if now >= self._flush_at:
+            self._file.flush()
+            self._flush_at = now + FLUSH_SECONDS
         self._unfolded.append(dict(record))
         if len(self._unfolded) >= _FOLD_EVERY:
             self._fold_stats()
+
+    def flush(self) -> None:
+        """Hand every record logged so far to the operating system (the trainer calls it before it
+        writes a checkpoint)."""
+        if self._file is not None:
+            self._file.flush()
+            self._flush_at = time.monotonic() + FLUSH_SECONDS
 
     def _fold_stats(self) -> None:
         for record in self._unfolded:

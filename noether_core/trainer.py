@@ -314,6 +314,7 @@ class Trainer:
             hook: self.plugins.has_listeners(hook) for hook in ("after_accumulation", "after_update")
         }
         self._epoch_listeners = self.plugins.has_listeners("after_epoch")
+        self._has_children = any(s.parent is not None for s in self.plugins.slots)
         self._epoch_needs_eval_mode = any(
             s.plugin.needs_eval_mode
             for s in self.plugins.slots
@@ -375,6 +376,8 @@ class Trainer:
         self._step_end.append((self.writer.owner, action))
 
     def _end_step(self) -> None:
+        if not self._step_end:
+            return
         actions, self._step_end = self._step_end, []
         slots = {s.key: s for s in reversed(self.plugins.slots)}
         at_eval = HOOKS.index("at_eval")
@@ -440,6 +443,11 @@ class Trainer:
         state = self.trainer_state() if trainer_state else None  # every rank: collectives may be needed
         if not self.is_main:
             return []
+        # the records logged so far reach the disk before the checkpoint a resume would start from
+        for tracker in self.trackers:
+            flush = getattr(tracker, "flush", None)
+            if callable(flush):
+                flush()
         position = {"epoch": self.counter.epoch, "update": self.counter.update, "sample": self.counter.sample}
         written: list[Path] = []
         if weights:
@@ -794,7 +802,7 @@ class Trainer:
         """After an update: ``after_epoch`` at an epoch's end, ``at_eval`` for the due entries, flush."""
         epoch_end = self._epoch_listeners and self.counter.is_epoch_end
         due = self._cursor.due(self.counter.update)
-        if due:
+        if due and self._has_children:
             due = sorted({_owner(s).index: _owner(s) for s in due}.values(), key=lambda s: s.index)
         if epoch_end or due:
             # the model goes to eval mode (and back) only if an entry called now may run it

@@ -41,7 +41,7 @@ from noether_core.registry import PluginRegistry
 from noether_core.train_step import StepOutput
 from noether_core.trainer import Trainer
 from noether_core.training import build_entries, default_entries, setup_logging
-from noether_plugins import eta, progress
+from noether_plugins import eta, online_loss, progress
 from noether_plugins.eta import EtaCallback
 from noether_plugins.lr import LrCallback
 from noether_plugins.online_loss import OnlineLossCallback
@@ -420,8 +420,11 @@ def test_online_loss_by_hand_with_accumulation_and_named_losses(tmp_path: Path) 
     ]
 
 
-def test_online_loss_keeps_exact_means_over_long_intervals(tmp_path: Path) -> None:
-    # more micro-batches than it keeps before folding them into a running sum
+def test_online_loss_keeps_exact_means_over_long_intervals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # more updates than it keeps before folding them into a running sum, and not a multiple of it
+    monkeypatch.setattr(online_loss, "FOLD_EVERY", 8)
     reset_counting_step()
     raw = plain_config(
         {"kind": "OnlineLossCallback", "every_n_updates": 50, "verbose": False},

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import noether_core.trackers as trackers_module
 from noether_core.config.schema import TrackerConfig
 from noether_core.errors import ConfigError, PluginLoadError
 from noether_core.metric_properties import MetricProperties
@@ -109,16 +110,34 @@ def test_disk_tracker_is_a_tracker() -> None:
     assert isinstance(DiskTracker(MetricProperties()), Tracker)
 
 
-def test_each_record_is_on_disk_before_close(paths: RunPaths) -> None:
+def _lines_on_disk(paths: RunPaths) -> list[Any]:
+    # read through a separate handle, as after a crash: only what reached the OS counts
+    return [_strict_json(line) for line in paths.metrics_jsonl.read_text().splitlines()]
+
+
+def test_records_reach_the_file_on_flush_and_at_close(paths: RunPaths) -> None:
     tracker = DiskTracker(MetricProperties())
     tracker.start(paths, {"trainer": {"max_epochs": 1}})
-    tracker.log({"epoch": 0, "update": 1, "sample": 8, "loss/online/total/U1": 2.0})
-    # Read through a separate handle, as after a crash: the line must already be in the file.
-    assert [_strict_json(line) for line in paths.metrics_jsonl.read_text().splitlines()] == [
-        {"epoch": 0, "update": 1, "sample": 8, "loss/online/total/U1": 2.0}
-    ]
-    tracker.log({"epoch": 0, "update": 2, "sample": 16, "loss/online/total/U1": 1.0})
-    assert len(paths.metrics_jsonl.read_text().splitlines()) == 2
+    first = {"epoch": 0, "update": 1, "sample": 8, "loss/online/total/U1": 2.0}
+    tracker.log(first)
+    assert _lines_on_disk(paths) == []  # within the second: still in the buffer
+    tracker.flush()
+    assert _lines_on_disk(paths) == [first]
+    second = {"epoch": 0, "update": 2, "sample": 16, "loss/online/total/U1": 1.0}
+    tracker.log(second)
+    tracker.close("completed")
+    assert _lines_on_disk(paths) == [first, second]
+
+
+def test_records_reach_the_file_once_the_flush_interval_passed(
+    paths: RunPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trackers_module, "FLUSH_SECONDS", 0.0)
+    tracker = DiskTracker(MetricProperties())
+    tracker.start(paths, {})
+    for update in (1, 2):
+        tracker.log({"epoch": 0, "update": update, "sample": 8 * update, "x": 1.0})
+        assert [r["update"] for r in _lines_on_disk(paths)] == list(range(1, update + 1))
     tracker.close("completed")
 
 

@@ -16,6 +16,7 @@ from noether_core.cli import main
 from noether_core.config.loader import structure_config
 from noether_core.paths import RunPaths
 from noether_core.registry import PluginRegistry
+from noether_core.trackers import DiskTracker, read_metrics
 from noether_core.trainer import Trainer
 from noether_core.training import build_entries
 
@@ -481,3 +482,16 @@ def test_an_epoch_end_with_only_light_listeners_keeps_train_mode(tmp_path: Path)
         ("at_eval", 6, True),
         ("after_epoch", 8, True),
     ]
+
+
+def test_records_logged_before_a_checkpoint_reach_the_disk_before_it(tmp_path: Path) -> None:
+    """The on-disk tracker buffers its records for up to a second; a checkpoint flushes them first, so a
+    process killed after the checkpoint keeps every record a resume from it needs."""
+    tracker = DiskTracker()
+    trainer = make_trainer(tmp_path, base_config(), trackers=[tracker])
+    tracker.start(trainer.paths, {})
+    for update in (1, 2, 3):
+        tracker.log({"epoch": 0, "update": update, "sample": 16 * update, "loss/online/total/U1": 1.0})
+    trainer.save_checkpoint("latest")
+    assert [r["update"] for r in read_metrics(trainer.paths.metrics_jsonl)] == [1, 2, 3]
+    tracker.close("completed")
