@@ -9,12 +9,15 @@ sets a run up: the on-disk tracker writes ``metrics.jsonl`` and the ``noether`` 
 ``stand-ins`` has plugins with the defaults' hooks and intervals and empty bodies, which splits the
 overhead into the trainer's dispatch and the plugins' own work.
 
-How it is timed. The three trainers run in one process, each in a thread, and take turns: one block of
-``--block`` updates each (a multiple of both intervals, so every block holds the same ticks), then the
-next trainer, with a baton so only one runs at a time. Each block is timed with this thread's CPU time
-(``--clock wall`` for wall time). A round is three blocks timed within a few tens of milliseconds, so a
-machine that slows down for a while (the development machines are shared) slows all three alike; the
-overhead is the median over rounds of the per-round difference, and the quartiles show the spread.
+How it is timed. The three trainers run in one process, each in a thread, and take turns, ``--turn``
+updates each (10: a few milliseconds), with a baton so only one runs at a time. Each update is timed,
+from fetching its batch to the end of its tick, with this thread's CPU time (``--clock wall`` for wall
+time), and the times are added up per block of ``--block`` updates (a multiple of both intervals, so
+every block holds the same ticks). A round is the same block of all three trainers, run interleaved
+within a few tens of milliseconds, so a machine that slows down for a while (the development machines
+are shared) slows all three alike; the overhead is the median over rounds of the per-round difference,
+and the quartiles show the spread. Short turns keep the three close in time; a turn of one update
+would also put every update of the run after another trainer's, colder than in a real run.
 Warm-up blocks are left out, and so is everything outside the training loop (building the run,
 ``before_training``, ``after_training``); ticks (``at_eval``, records written, lines printed) are in.
 Target: at most 30 µs per update for all defaults together.
@@ -240,32 +243,39 @@ class Baton:
 
 
 class Blocks:
-    """Times one trainer's updates in blocks of ``size``, taking turns with the other variants' trainers:
-    at each block boundary it stops its clock, hands the baton on and waits for its next turn."""
+    """Times one trainer's updates, ``turn`` at a time in turns with the other variants' trainers, and
+    adds them up per block of ``size`` updates. Each update is timed from fetching its batch to the end
+    of its tick; between turns the trainer waits for the baton, untimed."""
 
-    def __init__(self, who: int, baton: Baton, size: int, blocks: int, clock: str) -> None:
+    def __init__(self, who: int, baton: Baton, args: argparse.Namespace) -> None:
         self.who = who
         self.baton = baton
-        self.size = size
-        self.blocks = blocks
-        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
+        self.size = args.block
+        self.turn = args.turn
+        self.updates = args.block * (args.warmup_blocks + args.blocks)
+        self.clock = time.thread_time if args.clock == "cpu" else time.perf_counter
         self.seconds: list[float] = []
 
     def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        clock, size, last = self.clock, self.size, self.size * self.blocks
-        start = 0.0
-        for i, item in enumerate(items):
-            if i % size == 0:
-                if i:
-                    self.seconds.append(clock() - start)
-                    self.baton.pass_on(self.who)
+        clock, size, turn, last = self.clock, self.size, self.turn, self.updates
+        it = iter(items)
+        spent = 0.0
+        for i in range(last):
+            if i % turn == 0:
                 self.baton.wait_for(self.who)
-                start = clock()
+            start = clock()
+            item = next(it, None)
+            if item is None:
+                return
             yield item
-            if i + 1 == last:
-                # the last block: timed to the end of its last update; the baton stays with this thread
-                # until fit() has returned, so no other block runs beside its after_training
-                self.seconds.append(clock() - start)
+            spent += clock() - start
+            if (i + 1) % size == 0:
+                self.seconds.append(spent)
+                spent = 0.0
+            # after the last update the baton stays with this thread until fit() has returned, so no
+            # other trainer runs beside its after_training
+            if (i + 1) % turn == 0 and i + 1 < last:
+                self.baton.pass_on(self.who)
 
 
 def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[str, list[float]]:
@@ -275,7 +285,7 @@ def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[str, lis
     of them alike, and the per-block differences cancel it."""
     size, blocks = args.block, args.warmup_blocks + args.blocks
     baton = Baton(len(VARIANTS))
-    timers = [Blocks(i, baton, size, blocks, args.clock) for i in range(len(VARIANTS))]
+    timers = [Blocks(i, baton, args) for i in range(len(VARIANTS))]
     errors: list[BaseException] = []
 
     def fit(who: int, trainer: Trainer) -> None:
@@ -341,7 +351,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     print(
         f"log every {log_every} updates, track every {track_every}; stdout: {mode}; "
         f"{args.blocks} timed blocks of {args.block} updates after {args.warmup_blocks} warm-up block(s), "
-        f"the three trainers taking turns block by block; "
+        f"the three trainers taking turns every {args.turn} update(s); "
         f"{'thread CPU time' if args.clock == 'cpu' else 'wall time'}"
     )
     print(
@@ -382,7 +392,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--block",
         type=int,
         default=None,
-        help="updates per turn (default: a multiple of both intervals, at least 50)",
+        help="updates per block, the unit of the statistics (default: a multiple of both intervals, "
+        "at least 50)",
+    )
+    p.add_argument(
+        "--turn",
+        type=int,
+        default=10,
+        help="updates a trainer runs before it hands over to the next (default 10)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dataset-size", type=int, default=4096, help="samples; an epoch is size/batch updates")

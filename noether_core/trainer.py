@@ -884,7 +884,7 @@ class Trainer:
         for row in summary[:10]:
             lines.append(
                 f"  {row['seconds']:9.4f}s {row['share_of_training']:6.1%}  {row['plugin']} {row['event']} "
-                f"({row['calls']} calls)"
+                f"({row['calls']} call{'' if row['calls'] == 1 else 's'})"
             )
         log.info("\n".join(lines))
         per_plugin: dict[str, float] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import sample_plugins
@@ -14,6 +14,7 @@ import yaml
 from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
 from noether_core.config.loader import structure_config
+from noether_core.datasets import Blobs
 from noether_core.paths import RunPaths
 from noether_core.registry import PluginRegistry
 from noether_core.trackers import DiskTracker, read_metrics
@@ -495,3 +496,33 @@ def test_records_logged_before_a_checkpoint_reach_the_disk_before_it(tmp_path: P
     trainer.save_checkpoint("latest")
     assert [r["update"] for r in read_metrics(trainer.paths.metrics_jsonl)] == [1, 2, 3]
     tracker.close("completed")
+
+
+class Sample(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class NamedTupleBlobs(torch.utils.data.Dataset[Sample]):
+    """The bundled blobs, each sample a :class:`Sample` namedtuple (collated into one per batch)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = Blobs(size=size, seed=0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Sample:
+        x, y = self.data[index]
+        return Sample(x, y)
+
+
+def test_a_namedtuple_batch_reaches_the_train_step_as_one(tmp_path: Path) -> None:
+    raw = base_config(max_updates=3, max_epochs=None)
+    raw["datasets"] = {"train": {"kind": "test_trainer:NamedTupleBlobs", "kwargs": {"size": 64}}}
+    trainer = make_trainer(tmp_path, raw)
+    seen: list[type] = []
+    step = trainer.train_step
+    trainer.train_step = lambda model, batch: (seen.append(type(batch)), step(model, batch))[1]
+    assert trainer.fit() == "completed"
+    assert seen == [Sample] * 3

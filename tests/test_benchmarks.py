@@ -1,0 +1,39 @@
+"""The benchmark scripts still run: one tiny run of the default-plugins benchmark (its numbers are not
+checked here; speed is measured by running the script, never asserted in a test)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """The benchmark sets the ``noether`` loggers up for its runs; later tests get them back as they were."""
+    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
+    saved = [list(logger.handlers) for logger in loggers]
+    yield
+    for logger, handlers in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_default_plugins_overhead_runs_and_prints_its_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import default_plugins_overhead
+
+    args = "--updates 40 --warmup 0 --log-every 10 --track-every 5 --block 10 --turn 5 --breakdown-runs 1"
+    status = default_plugins_overhead.main(args.split())
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "log every 10 updates, track every 5" in out
+    assert "4 timed blocks of 10 updates" in out
+    for row in ("no plugins, µs/update", "default plugins, µs/update", "OnlineLossCallback/U5"):
+        assert row in out
