@@ -115,12 +115,15 @@ def _lines_on_disk(paths: RunPaths) -> list[Any]:
     return [_strict_json(line) for line in paths.metrics_jsonl.read_text().splitlines()]
 
 
-def test_records_reach_the_file_on_flush_and_at_close(paths: RunPaths) -> None:
+def test_records_reach_the_file_on_flush_and_at_close(
+    paths: RunPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trackers_module, "FLUSH_SECONDS", 3600.0)  # no flush by the clock in this test
     tracker = DiskTracker(MetricProperties())
     tracker.start(paths, {"trainer": {"max_epochs": 1}})
     first = {"epoch": 0, "update": 1, "sample": 8, "loss/online/total/U1": 2.0}
     tracker.log(first)
-    assert _lines_on_disk(paths) == []  # within the second: still in the buffer
+    assert _lines_on_disk(paths) == []  # still in the buffer
     tracker.flush()
     assert _lines_on_disk(paths) == [first]
     second = {"epoch": 0, "update": 2, "sample": 16, "loss/online/total/U1": 1.0}
