@@ -18,14 +18,13 @@ It writes no metrics.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from noether_core import CallbackConfig, hookimpl
-from noether_plugins.progress import ProgressCallback, format_duration, format_per_update
+from noether_plugins.progress import LiveLineGuard, ProgressCallback, format_duration, format_per_update
 
 if TYPE_CHECKING:
     from noether_core import IntervalScheduler
@@ -36,18 +35,6 @@ if TYPE_CHECKING:
 #: Seconds between two redraws of the status line.
 REDRAW_SECONDS = 0.2
 ERASE_LINE = "\r\x1b[2K"
-
-
-class _EraseStatusLine(logging.Filter):
-    """Attached to the console handlers: erases the status line before a record is written."""
-
-    def __init__(self, eta: EtaCallback) -> None:
-        super().__init__()
-        self.eta = eta
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.eta.erase()
-        return True
 
 
 class EtaCallback:
@@ -70,8 +57,7 @@ class EtaCallback:
         self._start_update = 0
         self._shown = False
         self._progress: list[ProgressCallback] = []
-        self._filter = _EraseStatusLine(self)
-        self._filtered: list[logging.Handler] = []
+        self._guard = LiveLineGuard(self.erase)
 
     @staticmethod
     def produces(config: CallbackConfig, run_config: Any) -> list[str]:
@@ -92,10 +78,7 @@ class EtaCallback:
         # a progress bar of the same run, if any, shows the text instead of stderr (its bar is looked
         # up at each draw: it starts after this entry's before_training when listed after it)
         self._progress = [s.obj for s in trainer.plugins.slots if isinstance(s.obj, ProgressCallback)]
-        for handler in logging.getLogger("noether").handlers:
-            if type(handler) is logging.StreamHandler:
-                handler.addFilter(self._filter)
-                self._filtered.append(handler)
+        self._guard.attach()
 
     @hookimpl
     def after_update(self, counter: Counter) -> None:
@@ -113,9 +96,7 @@ class EtaCallback:
     @hookimpl
     def after_training(self) -> None:
         self.erase()
-        for handler in self._filtered:
-            handler.removeFilter(self._filter)
-        self._filtered.clear()
+        self._guard.detach()
         self.enabled = False
         self._next_draw = float("inf")
 

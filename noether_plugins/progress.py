@@ -77,17 +77,33 @@ def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float |
         raise ValueError(f"{attribute.name} must be > 0 (or unset), got {value!r}")
 
 
-class _EraseBar(logging.Filter):
-    """On the console handlers while the bar is up: erases the bar's line before a record is written,
-    so the record starts on a clean line (the bar comes back at the next redraw)."""
+class LiveLineGuard(logging.Filter):
+    """Keeps a live console line (the progress bar, ``EtaCallback``'s status line) out of log lines.
 
-    def __init__(self, bar: _Bar) -> None:
+    While attached to the ``noether`` logger's console handlers, it calls ``erase`` before each record
+    is written there, so the record starts on a clean line instead of being appended to the live one
+    (which comes back at its next redraw).
+    """
+
+    def __init__(self, erase: Callable[[], None]) -> None:
         super().__init__()
-        self.bar = bar
+        self._erase = erase
+        self._handlers: list[logging.Handler] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.bar.erase()
+        self._erase()
         return True
+
+    def attach(self) -> None:
+        for handler in log.handlers:
+            if type(handler) is logging.StreamHandler:  # the console, not log.txt
+                handler.addFilter(self)
+                self._handlers.append(handler)
+
+    def detach(self) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self)
+        self._handlers.clear()
 
 
 class _Bar:
@@ -134,17 +150,12 @@ class _Bar:
         #: Text for the bar's last column, asked for at each redraw (``EtaCallback`` sets it).
         self.status_provider: Callable[[Counter, float], str] | None = None
         self.shown = False
-        self._filter = _EraseBar(self)
-        self._filtered: list[logging.Handler] = []
+        self._guard = LiveLineGuard(self.erase)
 
     def start(self) -> None:
         _Bar.active = self
         self.progress.start()
-        # a log line written while the bar is up would be appended to it: erase the bar first
-        for handler in log.handlers:
-            if type(handler) is logging.StreamHandler:
-                handler.addFilter(self._filter)
-                self._filtered.append(handler)
+        self._guard.attach()
 
     def draw(self, counter: Counter, eta: str, now: float) -> None:
         provider = self.status_provider
@@ -165,9 +176,7 @@ class _Bar:
             self.stream.flush()
 
     def stop(self) -> None:
-        for handler in self._filtered:
-            handler.removeFilter(self._filter)
-        self._filtered.clear()
+        self._guard.detach()
         try:
             self.progress.stop()
         finally:
