@@ -148,6 +148,7 @@ def _compile_event(
         namespace[f"_config{i}"] = slot.config
         namespace[f"_seconds{i}"] = slot.seconds
         namespace[f"_calls{i}"] = slot.calls
+        namespace[f"_owner{i}"] = (slot.key, slot.is_default)
 
         def value(name: str, i: int = i) -> str:
             if name == "config":
@@ -158,7 +159,7 @@ def _compile_event(
         if i:
             lines.append(f"        _i = {i}")
         if sink is not None:
-            lines.append(f"        _sink.owner, _sink.owner_is_default = {slot.key!r}, {slot.is_default!r}")
+            lines.append(f"        _sink.owner, _sink.owner_is_default = _owner{i}")
         lines += [
             f"        _calls{i}[{index}] += 1",
             f"        _f{i}({', '.join(arguments)})",

@@ -144,8 +144,6 @@ def _plain(value: Any, where: str) -> Any:
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 #: Seconds :class:`DiskTracker` may hold written records before it hands them to the operating system.
 FLUSH_SECONDS = 1.0
-#: Records :class:`DiskTracker` writes before it counts them in its statistics, all at once.
-_FOLD_EVERY = 128
 
 
 class _Stats:
@@ -190,9 +188,6 @@ class DiskTracker:
         self._paths: RunPaths | None = None
         self._file: IO[str] | None = None
         self._stats: dict[str, _Stats] = {}
-        # records written but not yet counted in the statistics: folded in batches, so a record costs
-        # little more than its line (metric_summary and close fold the rest)
-        self._unfolded: list[dict[str, Any]] = []
         self._summary: dict[str, Any] = {}
         self._closed = False
         self._flush_at = 0.0
@@ -237,9 +232,7 @@ class DiskTracker:
         if now >= self._flush_at:
             self._file.flush()
             self._flush_at = now + FLUSH_SECONDS
-        self._unfolded.append(dict(record))
-        if len(self._unfolded) >= _FOLD_EVERY:
-            self._fold_stats()
+        self._update_stats(record)
 
     def flush(self) -> None:
         """Hand every record logged so far to the operating system (the trainer calls it before it
@@ -248,11 +241,6 @@ class DiskTracker:
             self._file.flush()
             self._flush_at = time.monotonic() + FLUSH_SECONDS
 
-    def _fold_stats(self) -> None:
-        for record in self._unfolded:
-            self._update_stats(record)
-        self._unfolded.clear()
-
     def set_summary(self, key: str, value: Any) -> None:
         """Record ``key: value`` under ``summary:`` in ``summary.yaml``; tensors and NumPy scalars become
         numbers. Raises ``TypeError`` for values YAML cannot hold."""
@@ -260,7 +248,6 @@ class DiskTracker:
 
     def metric_summary(self) -> dict[str, dict[str, float | None]]:
         """The per-metric statistics as written to ``summary.yaml`` (sorted by key)."""
-        self._fold_stats()
         out: dict[str, dict[str, float | None]] = {}
         for key in sorted(self._stats):
             stats = self._stats[key]

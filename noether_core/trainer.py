@@ -741,13 +741,9 @@ class Trainer:
                         for key, value in losses.items():
                             loss_sums[key] = loss_sums[key] + value if key in loss_sums else value
                 if to_accumulation:
-                    # plugins run without autograd; switched directly: torch.no_grad() costs 1-2 µs a use
-                    grad_mode = torch.is_grad_enabled()
-                    torch._C._set_grad_enabled(False)
-                    try:
-                        self.plugins.after_accumulation(self._core, batch, losses, out.outputs, step, steps)
-                    finally:
-                        torch._C._set_grad_enabled(grad_mode)
+                    self._without_grad(
+                        self.plugins.after_accumulation, batch, losses, out.outputs, step, steps
+                    )
         start = clock()
         grad_norm = self._optimizer_step(skip)
         times["update"] = clock() - start
@@ -757,12 +753,17 @@ class Trainer:
         self.counter.advance()
         if to_update:
             mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
-            grad_mode = torch.is_grad_enabled()
-            torch._C._set_grad_enabled(False)  # as for after_accumulation
-            try:
-                self.plugins.after_update(self._core, mean_losses, times, grad_norm)
-            finally:
-                torch._C._set_grad_enabled(grad_mode)
+            self._without_grad(self.plugins.after_update, mean_losses, times, grad_norm)
+
+    def _without_grad(self, event: Callable[..., None], *args: Any) -> None:
+        """Dispatch a per-update ``event`` with autograd off. The grad mode is switched directly:
+        ``torch.no_grad()`` builds two context objects, 1-2 µs a use, and this runs on every update."""
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            event(self._core, *args)
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
 
     def _register_nan(self) -> bool:
         self._nan_streak += 1

@@ -87,11 +87,7 @@ class OnlineLossCallback:
         keys = pending[0].keys()
         groups: dict[tuple[str, ...], list[torch.Tensor]]
         if all(losses.keys() == keys for losses in pending):  # the usual case: the same names throughout
-            if len(names) == 1:
-                (name,) = names
-                groups = {names: [losses[name] for losses in pending]}
-            else:
-                groups = {names: [losses[name] for losses in pending for name in names]}
+            groups = {names: [losses[name] for losses in pending for name in names]}
         else:
             groups = {}
             for losses in pending:
