@@ -438,20 +438,16 @@ SEED_EMA = """\
   name: EmaCallback
 """
 
-SEED_EMA_EVAL = """\
-- kind: noether.core.callbacks.EmaCallback
-  every_n_epochs: 10
-  save_weights: false
-  save_last_weights: false
-  save_latest_weights: true
-  target_factors:
-    - 0.9999
-  name: EmaCallback
+# the seed's second example: the first one with evaluation entries
+SEED_EMA_EVAL = (
+    SEED_EMA
+    + """\
   eval_callbacks:
     - kind: noether.training.callbacks.OfflineLossCallback
       every_n_epochs: 1
       dataset_key: val
 """
+)
 
 
 def test_seed_example_validates_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
