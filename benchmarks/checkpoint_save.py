@@ -39,8 +39,8 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.ema_update import SIZES, blocks
-from noether_core.checkpoint_writer import CheckpointWriter
-from noether_core.paths import RunPaths
+from noether_core.io.checkpoints import CheckpointWriter
+from noether_core.io.paths import RunPaths
 
 POSITION = {"epoch": 1, "update": 100, "sample": 3200}
 

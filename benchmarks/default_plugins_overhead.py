@@ -63,12 +63,12 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.default_plugi
 
 from noether_core import hookimpl
 from noether_core.config.loader import structure_config
-from noether_core.metric_properties import MetricProperties
-from noether_core.paths import RunPaths
-from noether_core.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
-from noether_core.trackers import DiskTracker
-from noether_core.trainer import Trainer
-from noether_core.training import build_entries, setup_logging
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import DiskTracker
+from noether_core.plugins.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
+from noether_core.run.launch import build_entries, setup_logging
+from noether_core.run.trainer import Trainer
 
 TARGET_US = 30.0
 FEATURES = 32

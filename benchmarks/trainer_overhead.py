@@ -59,10 +59,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.trainer_overh
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from noether_core.config.loader import structure_config
-from noether_core.paths import RunPaths
-from noether_core.registry import PluginRegistry
-from noether_core.trainer import Trainer
-from noether_core.training import build_entries
+from noether_core.io.paths import RunPaths
+from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.launch import build_entries
+from noether_core.run.trainer import Trainer
 
 TARGET_US = 30.0
 FEATURES = 32

@@ -1,7 +1,6 @@
 """noether: a PyTorch training framework whose callbacks are plugins."""
 
 from noether_core.config import CallbackConfig, RunConfig
-from noether_core.counter import Counter, RunEnd
 from noether_core.errors import (
     ConfigError,
     ConfigIssue,
@@ -11,8 +10,9 @@ from noether_core.errors import (
     TrainingError,
     UsageError,
 )
-from noether_core.markers import hookimpl, hookspec
-from noether_core.scheduling import Interval, IntervalScheduler
+from noether_core.plugins.markers import hookimpl, hookspec
+from noether_core.plugins.scheduling import Interval, IntervalScheduler
+from noether_core.run.counter import Counter, RunEnd
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 
-from noether_core import hookspecs
 from noether_core.config.loader import load_config
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import (
@@ -27,8 +26,9 @@ from noether_core.errors import (
     PluginLoadError,
     UsageError,
 )
-from noether_core.registry import PluginRegistry, UnknownKindError
-from noether_core.scheduling import INTERVAL_FIELDS, Interval
+from noether_core.plugins import hookspecs
+from noether_core.plugins.registry import PluginRegistry, UnknownKindError
+from noether_core.plugins.scheduling import INTERVAL_FIELDS, Interval
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "schedule":
         return _schedule(args)
     if args.command == "train":
-        from noether_core.training import train_from_cli
+        from noether_core.run.launch import train_from_cli
 
         return train_from_cli(
             config_path=args.config,
@@ -139,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             checkpoint=args.checkpoint,
         )
     if args.command == "eval":
-        from noether_core.training import eval_from_cli
+        from noether_core.run.launch import eval_from_cli
 
         return eval_from_cli(run_dir=args.run_dir, checkpoint=args.checkpoint)
     raise AssertionError(args.command)  # argparse only lets known commands through
@@ -147,8 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
 def _validate_runtime(config: RunConfig, source: str | None = None) -> None:
     """Checks that need the model and data factories (their kinds exist, their arguments fit)."""
-    from noether_core.building import check_buildable
-    from noether_core.metric_dependencies import check_metric_dependencies
+    from noether_core.run.building import check_buildable
+    from noether_core.run.metric_dependencies import check_metric_dependencies
 
     check_buildable(config, source)
     check_metric_dependencies(config, source=source)
@@ -272,7 +272,7 @@ def _hooks() -> int:
         print(textwrap.fill(doc, width=96, initial_indent="    ", subsequent_indent="    "))
     print(
         f"\nEvery event also passes: {', '.join(hookspecs.CORE_ARGUMENTS)}. "
-        "Details: noether_core/hookspecs.py"
+        "Details: noether_core/plugins/hookspecs.py"
     )
     return EXIT_OK
 
@@ -281,9 +281,9 @@ def _hooks() -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from noether_core.building import geometry
     from noether_core.example import example_yaml
-    from noether_core.scheduling import IntervalScheduler
+    from noether_core.plugins.scheduling import IntervalScheduler
+    from noether_core.run.building import geometry
 
     registry = PluginRegistry.from_environment()
     if args.config is None:
@@ -293,7 +293,7 @@ def _schedule(args: argparse.Namespace) -> int:
         _validate_runtime(config, str(args.config))
     upe, ebs, total = geometry(config)
     scheduler = IntervalScheduler(upe, ebs, total)
-    from noether_core.training import default_entries
+    from noether_core.run.launch import default_entries
 
     entries: list[tuple[str, CallbackConfig]] = [
         *((f"{e.key} (default)", e) for e in default_entries(config, registry)),

@@ -33,15 +33,15 @@ import attrs
 from attrs import validators as v
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.checkpoint_writer import load_checkpoint
-from noether_core.paths import tag_for_metric
+from noether_core.io.checkpoints import load_checkpoint
+from noether_core.io.paths import tag_for_metric
 from noether_plugins.checkpoint import select_parts
 
 if TYPE_CHECKING:
     from noether_core.config import RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval, RunStatus
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 
@@ -151,7 +151,7 @@ class BestCheckpointCallback:
     @classmethod
     def consumes(cls, config: Config) -> list[str]:
         """The metric keys an entry reads at its interval (checked against the producers before the run
-        starts, see :mod:`noether_core.metric_dependencies`)."""
+        starts, see :mod:`noether_core.run.metric_dependencies`)."""
         return [config.metric_key]
 
     @staticmethod

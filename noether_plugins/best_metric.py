@@ -23,8 +23,8 @@ from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
     from noether_core import RunConfig
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether.best_metric")
 

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from noether_core.config import RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval, RunStatus
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 
@@ -128,7 +128,7 @@ class CheckpointCallback:
 
     @staticmethod
     def produces(config: CallbackConfig, run_config: RunConfig) -> list[str]:
-        """It logs no metrics (see :mod:`noether_core.metric_dependencies`)."""
+        """It logs no metrics (see :mod:`noether_core.run.metric_dependencies`)."""
         return []
 
     @hookimpl

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from noether_core import hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.trainer import Trainer
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 

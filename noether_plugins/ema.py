@@ -50,15 +50,15 @@ from attrs import validators as v
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.checkpoint_writer import load_checkpoint
-from noether_core.paths import format_ema_factor
+from noether_core.io.checkpoints import load_checkpoint
+from noether_core.io.paths import format_ema_factor
 
 if TYPE_CHECKING:
     from noether_core.config import RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval, RunStatus
-    from noether_core.plugin_manager import Slot
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
+    from noether_core.plugins.manager import Slot
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 

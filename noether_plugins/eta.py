@@ -28,9 +28,9 @@ from noether_plugins.progress import LiveLineGuard, ProgressCallback, format_dur
 
 if TYPE_CHECKING:
     from noether_core import IntervalScheduler
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 #: Seconds between two redraws of the status line.
 REDRAW_SECONDS = 0.2

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 
 def _group_name(group: Mapping[str, Any], index: int, model_name: str, groups: int) -> str:

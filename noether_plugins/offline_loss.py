@@ -18,14 +18,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from noether_core.evaluation import PeriodicDataIteratorCallback, PeriodicDataIteratorConfig, batch_length
-from noether_core.train_step import as_step_output
+from noether_core.plugins.evaluation import (
+    PeriodicDataIteratorCallback,
+    PeriodicDataIteratorConfig,
+    batch_length,
+)
+from noether_core.run.train_step import as_step_output
 
 if TYPE_CHECKING:
     from noether_core import CallbackConfig, RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether.offline_loss")
 

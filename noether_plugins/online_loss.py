@@ -30,13 +30,13 @@ import attrs
 import torch
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.distributed import mean_over_ranks
-from noether_core.trainer import NonFiniteLossError
+from noether_core.run.distributed import mean_over_ranks
+from noether_core.run.trainer import NonFiniteLossError
 
 if TYPE_CHECKING:
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 

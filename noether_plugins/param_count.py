@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from noether_core import hookimpl
-from noether_core.models import CompositeModel
+from noether_core.run.models import CompositeModel
 
 if TYPE_CHECKING:
-    from noether_core.trainer import Trainer
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 

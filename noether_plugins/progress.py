@@ -34,9 +34,9 @@ from noether_core import CallbackConfig, hookimpl
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 file_log = logging.getLogger("noether.file")

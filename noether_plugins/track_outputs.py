@@ -1,6 +1,6 @@
 """TrackAdditionalOutputsCallback: log extra outputs of the train step.
 
-A train step may return ``outputs`` next to its losses (see :mod:`noether_core.train_step`). This entry
+A train step may return ``outputs`` next to its losses (see :mod:`noether_core.run.train_step`). This entry
 follows the outputs named in ``keys`` and those whose name contains one of ``patterns`` (each output
 once, however many of them it matches), and at its interval logs ``{name}/{I}`` (``I`` the short
 interval, e.g. ``U10``):
@@ -25,14 +25,14 @@ import torch
 from attrs import validators as v
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.checkpoint_writer import atomic_torch_save
-from noether_core.distributed import mean_over_ranks
+from noether_core.io.checkpoints import atomic_torch_save
+from noether_core.run.distributed import mean_over_ranks
 
 if TYPE_CHECKING:
     from noether_core import RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether.track_outputs")
 

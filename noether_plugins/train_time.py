@@ -22,8 +22,8 @@ import torch
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
 

@@ -197,7 +197,7 @@ class Sleepy:
 
 def nan_at_updates(model: torch.nn.Module, batch: Any) -> Any:
     """A train step whose loss is NaN on updates listed in ``NAN_UPDATES`` (counted by calls)."""
-    from noether_core.train_step import default_train_step
+    from noether_core.run.train_step import default_train_step
 
     nan_at_updates.calls += 1  # type: ignore[attr-defined]
     out = default_train_step(model, batch)

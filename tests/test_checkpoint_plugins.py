@@ -17,8 +17,8 @@ from conftest import noether_script
 from test_trainer import UPE, base_config, write_config
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
+from noether_core.io.checkpoints import load_checkpoint
 from noether_plugins.best_checkpoint import BestCheckpointCallback
 
 

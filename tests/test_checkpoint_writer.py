@@ -17,15 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from noether_core.checkpoint_writer import (
+from noether_core.errors import CheckpointLoadError, CheckpointWriteError, NoetherError
+from noether_core.io.checkpoints import (
     CheckpointWriter,
     atomic_torch_save,
     check_weights_only_safe,
     load_checkpoint,
 )
-from noether_core.counter import Counter, RunEnd
-from noether_core.errors import CheckpointLoadError, CheckpointWriteError, NoetherError
-from noether_core.paths import RunPaths
+from noether_core.io.paths import RunPaths
+from noether_core.run.counter import Counter, RunEnd
 
 POSITION = {"epoch": 1, "update": 10, "sample": 320}
 
@@ -150,7 +150,7 @@ def test_interrupt_during_save_cleans_up_and_propagates(tmp_path: Path) -> None:
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from noether_core.checkpoint_writer import atomic_torch_save
+    from noether_core.io.checkpoints import atomic_torch_save
     path, numel, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     big = torch.empty(numel)
     print("ready", flush=True)

@@ -29,10 +29,10 @@ import pytest
 import yaml
 
 import noether_core.cli
-from noether_core import hookspecs
 from noether_core.cli import main
 from noether_core.example import example_yaml
-from noether_core.registry import PluginRegistry, PluginSource
+from noether_core.plugins import hookspecs
+from noether_core.plugins.registry import PluginRegistry, PluginSource
 
 TESTS = Path(__file__).resolve().parent
 BAD_CONFIGS = TESTS / "bad_configs"

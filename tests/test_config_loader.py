@@ -31,8 +31,8 @@ from noether_core.config.loader import (
 from noether_core.config.schema import ScheduleConfig
 from noether_core.errors import EXIT_USAGE
 from noether_core.example import example_yaml
-from noether_core.registry import PluginRegistry, PluginSource
-from noether_core.scheduling import Interval
+from noether_core.plugins.registry import PluginRegistry, PluginSource
+from noether_core.plugins.scheduling import Interval
 
 DEFAULTS_MODULE = "noether_test_default_interval"
 

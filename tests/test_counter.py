@@ -1,4 +1,4 @@
-"""Tests for ``noether_core.counter``: RunEnd and Counter."""
+"""Tests for ``noether_core.run.counter``: RunEnd and Counter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noether_core.counter import Counter, RunEnd
+from noether_core.run.counter import Counter, RunEnd
 
 
 def make(end: RunEnd, upe: int = 10, ebs: int = 32, update: int = 0) -> Counter:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from noether_core.config.loader import structure_config
-from noether_core.registry import PluginRegistry, PluginSource
-from noether_core.scheduling import Interval
-from noether_core.training import default_entries
+from noether_core.plugins.registry import PluginRegistry, PluginSource
+from noether_core.plugins.scheduling import Interval
+from noether_core.run.launch import default_entries
 
 STAND_INS = {
     "DatasetStatsCallback": "sample_plugins:SaveAtEnd",  # not periodic

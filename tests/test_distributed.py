@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
+from noether_core.io.checkpoints import load_checkpoint
 
 TESTS = Path(__file__).parent
 

@@ -12,7 +12,7 @@ import yaml
 from test_evaluation import config, plugin, run, validate
 
 from noether_core.cli import main
-from noether_core.trackers import read_metrics
+from noether_core.io.trackers import read_metrics
 
 
 def recorder_events(trainer: Any) -> list[tuple[str, int, Any]]:

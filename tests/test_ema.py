@@ -15,10 +15,10 @@ from test_trainer import UPE, base_config, make_trainer, write_config
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
-from noether_core.plugin_manager import PluginFailure
-from noether_core.trainer import Trainer
+from noether_core.io.checkpoints import load_checkpoint
+from noether_core.plugins.manager import PluginFailure
+from noether_core.run.trainer import Trainer
 from noether_plugins.ema import EmaCallback
 
 
@@ -362,7 +362,7 @@ def test_model_paths_average_one_part_into_its_own_file(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
     assert files == ["clf.encoder_ema=0.9_cp=E1_U16_S256_model.th", "clf.encoder_ema=0.9_cp=last_model.th"]
     saved = load_checkpoint(tmp_path / "r" / "checkpoints" / files[1])["state_dict"]
-    from noether_core.models import MLP
+    from noether_core.run.models import MLP
 
     MLP(in_features=2, out_features=8, hidden=8, depth=1).load_state_dict(saved)  # fits the part exactly
 

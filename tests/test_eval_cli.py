@@ -9,9 +9,9 @@ import pytest
 import yaml
 from test_evaluation import config
 
-from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
-from noether_core.trackers import read_metrics
+from noether_core.io.checkpoints import load_checkpoint
+from noether_core.io.trackers import read_metrics
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from noether_core import CallbackConfig, ConfigError, hookimpl
-from noether_core.building import geometry
 from noether_core.cli import main
 from noether_core.config.loader import structure_config
-from noether_core.evaluation import (
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import read_metrics
+from noether_core.plugins.evaluation import (
     PeriodicDataIteratorCallback,
     batch_length,
     collate,
@@ -34,13 +35,12 @@ from noether_core.evaluation import (
     merge_rank_results,
     restore_dataset_order,
 )
-from noether_core.metric_dependencies import check_metric_dependencies
-from noether_core.paths import RunPaths
-from noether_core.registry import PluginRegistry
-from noether_core.trackers import read_metrics
-from noether_core.train_step import StepOutput
-from noether_core.trainer import Trainer
-from noether_core.training import build_entries
+from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.building import geometry
+from noether_core.run.launch import build_entries
+from noether_core.run.metric_dependencies import check_metric_dependencies
+from noether_core.run.train_step import StepOutput
+from noether_core.run.trainer import Trainer
 
 # ------------------------------------------------------------------ data, model, steps and plugins by path
 
@@ -266,7 +266,7 @@ def test_per_sample_rows_must_match_the_samples() -> None:
 
 
 def _no_dist() -> Any:
-    from noether_core.distributed import DistInfo
+    from noether_core.run.distributed import DistInfo
 
     return DistInfo()
 
@@ -726,7 +726,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
     )
-    from noether_core.distributed import shutdown
+    from noether_core.run.distributed import shutdown
 
     torch.set_num_threads(1)
     CALLS["n"] = 0  # a forked child starts with this process's count

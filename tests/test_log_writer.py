@@ -13,12 +13,12 @@ import torch
 # A dispatch mode records every aten op that runs: a real view of which syncs a flush performs.
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from noether_core.counter import Counter, RunEnd
 from noether_core.errors import DuplicateMetricError, NoetherError
-from noether_core.log_writer import LogWriter
-from noether_core.metric_properties import MetricProperties
-from noether_core.paths import RunPaths
-from noether_core.trackers import DiskTracker, Tracker, read_metrics
+from noether_core.io.log_writer import LogWriter
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import DiskTracker, Tracker, read_metrics
+from noether_core.run.counter import Counter, RunEnd
 
 
 class ListTracker:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from noether_core.errors import NoetherError, UnknownMetricDirectionError
-from noether_core.metric_properties import DEFAULT_PATTERNS, MetricProperties, Ordinality
+from noether_core.io.metric_properties import DEFAULT_PATTERNS, MetricProperties, Ordinality
 
 
 @pytest.mark.parametrize(

@@ -30,17 +30,17 @@ import torch.nn.functional as F
 import yaml
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.building import geometry
 from noether_core.cli import main
 from noether_core.config.loader import structure_config
-from noether_core.distributed import DistInfo
-from noether_core.optim import schedule_factor
-from noether_core.paths import RunPaths
-from noether_core.plugin_manager import PluginFailure
-from noether_core.registry import PluginRegistry
-from noether_core.train_step import StepOutput
-from noether_core.trainer import Trainer
-from noether_core.training import build_entries, default_entries, setup_logging
+from noether_core.io.paths import RunPaths
+from noether_core.plugins.manager import PluginFailure
+from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.building import geometry
+from noether_core.run.distributed import DistInfo
+from noether_core.run.launch import build_entries, default_entries, setup_logging
+from noether_core.run.optim import schedule_factor
+from noether_core.run.train_step import StepOutput
+from noether_core.run.trainer import Trainer
 from noether_plugins import eta, online_loss, progress
 from noether_plugins.eta import EtaCallback
 from noether_plugins.lr import LrCallback

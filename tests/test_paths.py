@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from noether_core.errors import UsageError
-from noether_core.paths import (
+from noether_core.io.paths import (
     RunPaths,
     find_checkpoint_tags,
     generate_run_id,

@@ -24,8 +24,9 @@ import pluggy
 import pytest
 import yaml
 
-from noether_core import CallbackConfig, hookspecs
-from noether_core.markers import PROJECT_NAME
+from noether_core import CallbackConfig
+from noether_core.plugins import hookspecs
+from noether_core.plugins.markers import PROJECT_NAME
 
 EXAMPLE = "noether-example-plugin"
 BROKEN = "noether-broken-plugin"

@@ -21,11 +21,11 @@ import sample_plugins
 import torch
 
 from noether_core import CallbackConfig, PluginLoadError, PluginValidationError, TrainingError, hookimpl
-from noether_core.counter import Counter, RunEnd
-from noether_core.log_writer import LogWriter
-from noether_core.plugin_manager import HOOKS, PluginFailure, PluginManager, Slot
-from noether_core.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
-from noether_core.scheduling import IntervalScheduler
+from noether_core.io.log_writer import LogWriter
+from noether_core.plugins.manager import HOOKS, PluginFailure, PluginManager, Slot
+from noether_core.plugins.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
+from noether_core.plugins.scheduling import IntervalScheduler
+from noether_core.run.counter import Counter, RunEnd
 
 UPDATES_PER_EPOCH = 10
 BATCH_SIZE = 4

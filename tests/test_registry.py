@@ -19,8 +19,9 @@ import pytest
 import sample_function_plugin
 import sample_plugins
 
-from noether_core import CallbackConfig, PluginLoadError, PluginValidationError, hookimpl, hookspecs
-from noether_core.registry import (
+from noether_core import CallbackConfig, PluginLoadError, PluginValidationError, hookimpl
+from noether_core.plugins import hookspecs
+from noether_core.plugins.registry import (
     ENTRY_POINT_GROUP,
     Plugin,
     PluginRegistry,

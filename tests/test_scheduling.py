@@ -1,4 +1,4 @@
-"""Tests for ``noether_core.scheduling``: Interval, IntervalScheduler and DueCursor.
+"""Tests for ``noether_core.plugins.scheduling``: Interval, IntervalScheduler and DueCursor.
 
 The property test checks the closed-form scheduler against a brute-force run simulated sample by sample,
 micro-batch by micro-batch, rank by rank, that derives due-ness from first principles.
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noether_core.counter import Counter, RunEnd
-from noether_core.scheduling import INTERVAL_FIELDS, DueCursor, Interval, IntervalScheduler
+from noether_core.plugins.scheduling import INTERVAL_FIELDS, DueCursor, Interval, IntervalScheduler
+from noether_core.run.counter import Counter, RunEnd
 
 
 @dataclass(eq=False)

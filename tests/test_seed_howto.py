@@ -9,7 +9,7 @@ import yaml
 
 from noether_core.config.loader import structure_config
 from noether_core.errors import ConfigError
-from noether_core.registry import PluginRegistry
+from noether_core.plugins.registry import PluginRegistry
 
 HOWTO = """\
 callbacks:

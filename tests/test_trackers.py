@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-import noether_core.trackers as trackers_module
+import noether_core.io.trackers as trackers_module
 from noether_core.config.schema import TrackerConfig
 from noether_core.errors import ConfigError, PluginLoadError
-from noether_core.metric_properties import MetricProperties
-from noether_core.paths import RunPaths
-from noether_core.trackers import (
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import (
     ENTRY_POINT_GROUP,
     DiskTracker,
     Tracker,

@@ -11,15 +11,15 @@ import sample_plugins
 import torch
 import yaml
 
-from noether_core.checkpoint_writer import load_checkpoint
 from noether_core.cli import main
 from noether_core.config.loader import structure_config
-from noether_core.datasets import Blobs
-from noether_core.paths import RunPaths
-from noether_core.registry import PluginRegistry
-from noether_core.trackers import DiskTracker, read_metrics
-from noether_core.trainer import Trainer
-from noether_core.training import build_entries
+from noether_core.io.checkpoints import load_checkpoint
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import DiskTracker, read_metrics
+from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.datasets import Blobs
+from noether_core.run.launch import build_entries
+from noether_core.run.trainer import Trainer
 
 UPE = 16  # 256 samples / batch 16
 
@@ -373,7 +373,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
 ) -> None:
     import errno
 
-    import noether_core.checkpoint_writer as writer
+    import noether_core.io.checkpoints as writer
 
     raw = base_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]

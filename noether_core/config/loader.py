@@ -38,8 +38,8 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
 
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UsageError
-from noether_core.registry import PluginRegistry, UnknownKindError
-from noether_core.scheduling import INTERVAL_FIELDS
+from noether_core.plugins.registry import PluginRegistry, UnknownKindError
+from noether_core.plugins.scheduling import INTERVAL_FIELDS
 
 
 def _origin(type_: Any) -> Any:

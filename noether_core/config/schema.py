@@ -8,8 +8,8 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-from noether_core.counter import RunEnd
-from noether_core.scheduling import Interval
+from noether_core.plugins.scheduling import Interval
+from noether_core.run.counter import RunEnd
 
 _pos_int = v.optional(v.ge(1))
 

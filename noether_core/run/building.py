@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from noether_core.config.schema import DatasetConfig, ModelConfig, RunConfig
-from noether_core.datasets import BUNDLED_DATASETS
 from noether_core.errors import ConfigError, ConfigIssue
-from noether_core.models import BUNDLED_MODELS, CompositeModel
-from noether_core.train_step import TrainStep, default_train_step
+from noether_core.run.datasets import BUNDLED_DATASETS
+from noether_core.run.models import BUNDLED_MODELS, CompositeModel
+from noether_core.run.train_step import TrainStep, default_train_step
 
 COMPOSITE = "composite"
 

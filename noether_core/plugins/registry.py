@@ -22,10 +22,10 @@ from typing import Any, cast
 
 import attrs
 
-from noether_core import hookspecs
 from noether_core.config.schema import CallbackConfig
 from noether_core.errors import PluginLoadError, PluginValidationError
-from noether_core.markers import PROJECT_NAME
+from noether_core.plugins import hookspecs
+from noether_core.plugins.markers import PROJECT_NAME
 
 ENTRY_POINT_GROUP = "noether.callbacks"
 #: Qualified spellings of the reference documents: ``noether.core.callbacks.EmaCallback`` is ``EmaCallback``.

@@ -1,6 +1,6 @@
 """The two pluggy markers of the ``noether`` project.
 
-``hookspec`` marks the event specifications in :mod:`noether_core.hookspecs`; plugin authors only ever
+``hookspec`` marks the event specifications in :mod:`noether_core.plugins.hookspecs`; plugin authors only ever
 need ``hookimpl``::
 
     from noether_core import hookimpl

@@ -1,6 +1,6 @@
 """The trainer: the run object plugins see as ``trainer``, and the loop that emits the events.
 
-The loop reads like the lifecycle in :mod:`noether_core.hookspecs`::
+The loop reads like the lifecycle in :mod:`noether_core.plugins.hookspecs`::
 
     fit():  before_training -> [ _update() -> _tick() ]* -> after_training
 
@@ -27,24 +27,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from noether_core.building import build_dataset, build_model, build_train_step, updates_per_epoch
-from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
-from noether_core.counter import Counter
-from noether_core.distributed import DistInfo, any_rank, barrier, init_from_env
 from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, TrainingError
-from noether_core.hookspecs import EvalInterval, RunStatus
-from noether_core.log_writer import LogWriter
-from noether_core.metric_properties import MetricProperties
-from noether_core.models import named_models
-from noether_core.optim import apply_schedules, build_optimizer
-from noether_core.paths import RunPaths
-from noether_core.plugin_manager import HOOKS, PluginFailure, PluginManager, Slot
-from noether_core.registry import Plugin, PluginRegistry
-from noether_core.sampling import EpochSampler
-from noether_core.scheduling import IntervalScheduler
-from noether_core.trackers import Tracker
-from noether_core.train_step import StepOutput, TrainStep, as_step_output
+from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.io.log_writer import LogWriter
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import Tracker
+from noether_core.plugins.hookspecs import EvalInterval, RunStatus
+from noether_core.plugins.manager import HOOKS, PluginFailure, PluginManager, Slot
+from noether_core.plugins.registry import Plugin, PluginRegistry
+from noether_core.plugins.scheduling import IntervalScheduler
+from noether_core.run.building import build_dataset, build_model, build_train_step, updates_per_epoch
+from noether_core.run.counter import Counter
+from noether_core.run.distributed import DistInfo, any_rank, barrier, init_from_env
+from noether_core.run.models import named_models
+from noether_core.run.optim import apply_schedules, build_optimizer
+from noether_core.run.sampling import EpochSampler
+from noether_core.run.train_step import StepOutput, TrainStep, as_step_output
 
 log = logging.getLogger("noether")
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from noether_core.counter import Counter
 from noether_core.errors import DuplicateMetricError
-from noether_core.trackers import POSITION_KEYS, Tracker
+from noether_core.io.trackers import POSITION_KEYS, Tracker
+from noether_core.run.counter import Counter
 
 Scalar = float | int
 ScalarLike = float | int | torch.Tensor | np.generic

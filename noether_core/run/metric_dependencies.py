@@ -43,8 +43,8 @@ import attrs
 from noether_core.config.loader import iter_entries
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.errors import ConfigError, ConfigIssue
-from noether_core.registry import Plugin, PluginRegistry
-from noether_core.scheduling import Interval, IntervalScheduler
+from noether_core.plugins.registry import Plugin, PluginRegistry
+from noether_core.plugins.scheduling import Interval, IntervalScheduler
 
 log = logging.getLogger("noether")
 
@@ -281,8 +281,8 @@ def check_metric_dependencies(
     """Raise :class:`ConfigError` (exit status 2) for every consumed metric no configured entry logs in
     time, and every ``dataset_key`` that names no dataset; return (and log) the warnings for keys that
     only undeclared entries might log."""
-    from noether_core.building import geometry
-    from noether_core.training import default_entries
+    from noether_core.run.building import geometry
+    from noether_core.run.launch import default_entries
 
     registry = registry or PluginRegistry.from_environment()
     issues: list[ConfigIssue] = []

@@ -1,6 +1,6 @@
 """The run's plugins: one object per config entry, registered with pluggy, called in list order and timed.
 
-pluggy checks the implementations against :mod:`noether_core.hookspecs` when each object is
+pluggy checks the implementations against :mod:`noether_core.plugins.hookspecs` when each object is
 registered. Dispatch does not go through ``pm.hook.<name>(...)``: noether calls each entry's
 implementation itself, because the order is the config's list order, ``at_eval`` reaches only the entries
 that are due, each entry gets its own ``config`` argument, and the time each entry spends in each
@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import pluggy
 
-from noether_core import hookspecs
 from noether_core.config.schema import CallbackConfig
 from noether_core.errors import PluginLoadError, PluginValidationError, TrainingError
-from noether_core.markers import PROJECT_NAME
-from noether_core.registry import Plugin
-from noether_core.scheduling import Interval
+from noether_core.plugins import hookspecs
+from noether_core.plugins.markers import PROJECT_NAME
+from noether_core.plugins.registry import Plugin
+from noether_core.plugins.scheduling import Interval
 
 if TYPE_CHECKING:
-    from noether_core.hookspecs import EvalInterval, RunStatus
+    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
 
 HOOKS = hookspecs.HOOK_NAMES
 _HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}

@@ -11,7 +11,7 @@ A tracker is any object with the four methods of :class:`Tracker`; it needs no b
 on rank 0 only and receive each record once, with rank 0's values (plugins that want a mean over ranks,
 like the online loss, reduce before they log).
 
-Files the disk tracker writes (see :mod:`noether_core.paths`):
+Files the disk tracker writes (see :mod:`noether_core.io.paths`):
 
 * ``metrics.jsonl``: one JSON object per flush, ``{"epoch", "update", "sample", <metric>: value...}``.
   Non-finite values are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` so every line
@@ -39,8 +39,8 @@ import torch
 import yaml
 
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError
-from noether_core.metric_properties import MetricProperties
-from noether_core.paths import RunPaths
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
 
 if TYPE_CHECKING:
     from noether_core.config.schema import TrackerConfig

@@ -16,11 +16,8 @@ from typing import Any
 import attrs
 import yaml
 
-from noether_core.building import check_buildable, geometry
-from noether_core.checkpoint_writer import CheckpointWriter, load_checkpoint
 from noether_core.config.loader import load_config, make_converter, unstructure_config
 from noether_core.config.schema import CallbackConfig, RunConfig
-from noether_core.distributed import init_from_env, shutdown
 from noether_core.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -30,13 +27,16 @@ from noether_core.errors import (
     UsageError,
 )
 from noether_core.example import example_yaml
-from noether_core.metric_dependencies import check_metric_dependencies
-from noether_core.metric_properties import MetricProperties
-from noether_core.paths import RunPaths
-from noether_core.registry import Plugin, PluginRegistry
-from noether_core.scheduling import Interval
-from noether_core.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
-from noether_core.trainer import Trainer, pick_device
+from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
+from noether_core.plugins.registry import Plugin, PluginRegistry
+from noether_core.plugins.scheduling import Interval
+from noether_core.run.building import check_buildable, geometry
+from noether_core.run.distributed import init_from_env, shutdown
+from noether_core.run.metric_dependencies import check_metric_dependencies
+from noether_core.run.trainer import Trainer, pick_device
 
 log = logging.getLogger("noether")
 
@@ -153,7 +153,7 @@ def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
         return run_id
     import torch.distributed as dist
 
-    from noether_core.paths import generate_run_id
+    from noether_core.io.paths import generate_run_id
 
     box: list[Any] = [generate_run_id() if info.is_main else None]
     dist.broadcast_object_list(box, src=0)

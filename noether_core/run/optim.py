@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from noether_core.config.schema import OptimizerConfig, ScheduleConfig
-from noether_core.models import named_models
+from noether_core.run.models import named_models
 
 
 def warmup_updates(cfg: ScheduleConfig, total_updates: int) -> int:

@@ -52,15 +52,15 @@ from attrs import validators as v
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.distributed import DistInfo
-from noether_core.markers import hookimpl
-from noether_core.trainer import sequential_loader
+from noether_core.plugins.markers import hookimpl
+from noether_core.run.distributed import DistInfo
+from noether_core.run.trainer import sequential_loader
 
 if TYPE_CHECKING:
     from noether_core.config.schema import RunConfig
-    from noether_core.counter import Counter
-    from noether_core.hookspecs import EvalInterval
-    from noether_core.trainer import Trainer
+    from noether_core.plugins.hookspecs import EvalInterval
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether.evaluation")
 
@@ -334,7 +334,7 @@ class PeriodicDataIteratorConfig(CallbackConfig):
 
 class PeriodicDataIteratorCallback:
     """Base for plugins that iterate a dataset when due: implement :meth:`process_data` (per batch) and
-    :meth:`process_results` (the collated whole). See :mod:`noether_core.evaluation`.
+    :meth:`process_results` (the collated whole). See :mod:`noether_core.plugins.evaluation`.
 
     A subclass that implements ``before_training`` itself calls ``super().before_training(trainer)`` to
     keep the early check of its dataset (otherwise it happens at the first evaluation).
@@ -369,7 +369,7 @@ class PeriodicDataIteratorCallback:
     def produces(config: CallbackConfig, run_config: RunConfig) -> list[str] | None:
         """Metric keys (``fnmatch`` patterns) this entry logs at its ticks; ``None``: not declared.
 
-        See :mod:`noether_core.metric_dependencies`.
+        See :mod:`noether_core.run.metric_dependencies`.
         """
         return None
 

@@ -50,14 +50,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from noether_core.markers import hookspec
+from noether_core.plugins.markers import hookspec
 
 if TYPE_CHECKING:
     import torch
 
     from noether_core.config import CallbackConfig
-    from noether_core.counter import Counter
-    from noether_core.trainer import Trainer
+    from noether_core.run.counter import Counter
+    from noether_core.run.trainer import Trainer
 
 EvalInterval = Literal["epoch", "update", "sample", "eval"]
 RunStatus = Literal["completed", "stopped", "interrupted", "failed"]

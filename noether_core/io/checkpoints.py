@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 
-from noether_core.counter import Counter
 from noether_core.errors import CheckpointLoadError, CheckpointWriteError
-from noether_core.paths import (
+from noether_core.io.paths import (
     CheckpointPart,
     RunPaths,
     checkpoint_file_name,
     find_checkpoint_tags,
     parse_position_tag,
 )
+from noether_core.run.counter import Counter
 
 Position = Mapping[str, int] | Counter
 """Where training was when a checkpoint was taken: ``{"epoch", "update", "sample"}`` or the counter."""
@@ -196,7 +196,7 @@ def _position_dict(position: Position) -> dict[str, int]:
 
 
 class CheckpointWriter:
-    """Writes a run's checkpoint files under ``paths.checkpoints`` (see :mod:`noether_core.paths` for
+    """Writes a run's checkpoint files under ``paths.checkpoints`` (see :mod:`noether_core.io.paths` for
     the names). Each ``save_*`` returns the path written; each write is atomic.
 
     File contents, all loadable with :func:`load_checkpoint`:
