@@ -55,6 +55,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import torch
 from torch.utils.data import TensorDataset
 
@@ -66,8 +67,9 @@ from noether_core.config.loader import structure_config
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import DiskTracker
-from noether_core.plugins.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
-from noether_core.run.launch import build_entries, setup_logging
+from noether_core.plugins.registry import PluginRegistry, PluginSource, inspect_plugin
+from noether_core.run.launch import setup_logging
+from noether_core.run.plan import PlannedEntry, RunPlan
 from noether_core.run.trainer import Trainer
 
 TARGET_US = 30.0
@@ -167,16 +169,17 @@ def _no_op_class(hooks: tuple[str, ...], needs_eval_mode: bool) -> type:
     return type("NoOp", (), namespace)
 
 
-def stand_ins(entries: list[tuple[Plugin, Any, bool]]) -> list[tuple[Plugin, Any, bool]]:
+def stand_ins(entries: tuple[PlannedEntry, ...]) -> tuple[PlannedEntry, ...]:
     """Each default entry with a plugin that implements the same hooks (and says the same about eval
     mode) and does nothing: the trainer's dispatch cost for the same events, intervals and entry count,
     without the plugins' work (and with nothing logged, so no metric records are written)."""
     out = []
-    for plugin, config, is_default in entries:
+    for entry in entries:
+        plugin = entry.plugin
         source = PluginSource(f"{plugin.kind}-no-op", f"{__name__}:NoOp")
         stand_in = _no_op_class(plugin.hooks, plugin.needs_eval_mode)
-        out.append((inspect_plugin(source, stand_in), config, is_default))
-    return out
+        out.append(attrs.evolve(entry, plugin=inspect_plugin(source, stand_in)))
+    return tuple(out)
 
 
 def build_trainer(args: argparse.Namespace, variant: str, output_dir: Path, total: int) -> Trainer:
@@ -186,17 +189,16 @@ def build_trainer(args: argparse.Namespace, variant: str, output_dir: Path, tota
     Call it, and ``fit`` the trainer, inside one :func:`console`: the defaults depend on stdout being a
     terminal (EtaCallback), and the ``noether`` logger keeps the stdout it was set up with."""
     registry = PluginRegistry.from_environment()
-    config = structure_config(raw_config(args, variant != "none", total), registry)
-    entries = build_entries(config, registry, total_updates=total)
-    assert bool(entries) == (variant != "none")
+    plan = RunPlan(structure_config(raw_config(args, variant != "none", total), registry), registry)
+    assert bool(plan.all_entries) == (variant != "none")
     if variant == "stand-ins":
-        entries = stand_ins(entries)
+        plan.default_entries = stand_ins(plan.default_entries)  # type: ignore[misc]
     paths = RunPaths.create(output_dir, f"{variant}-{time.monotonic_ns()}")
     setup_logging(paths)
     metrics = MetricProperties()
     tracker = DiskTracker(metrics)
     tracker.start(paths, {})
-    return Trainer(config, entries, paths, trackers=[tracker], metrics=metrics)
+    return Trainer(plan, paths, trackers=[tracker], metrics=metrics)
 
 
 def run_once(args: argparse.Namespace, variant: str, output_dir: Path) -> Trainer:
@@ -305,8 +307,9 @@ def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[str, lis
         trainers = []
         for variant, timer in zip(VARIANTS, timers, strict=True):
             trainer = build_trainer(args, variant, output_dir, size * blocks)
-            updates = trainer._updates
-            trainer._updates = lambda u=updates, t=timer: t.wrap(u())  # type: ignore[method-assign]
+            batches = trainer._train_batches()
+            updates = batches.updates
+            batches.updates = lambda c, u=updates, t=timer: t.wrap(u(c))  # type: ignore[method-assign]
             trainers.append(trainer)
         threads = [threading.Thread(target=fit, args=(i, t)) for i, t in enumerate(trainers)]
         for thread in threads:

@@ -61,7 +61,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.trainer_overh
 from noether_core.config.loader import structure_config
 from noether_core.io.paths import RunPaths
 from noether_core.plugins.registry import PluginRegistry
-from noether_core.run.launch import build_entries
+from noether_core.run.plan import RunPlan
 from noether_core.run.trainer import Trainer
 
 TARGET_US = 30.0
@@ -194,12 +194,10 @@ def raw_config(args: argparse.Namespace) -> dict[str, Any]:
 def build_trainer(args: argparse.Namespace, output_dir: Path) -> Trainer:
     """The Trainer as ``noether train`` builds it, minus trackers and log files (as in the tests)."""
     registry = PluginRegistry.from_environment()
-    config = structure_config(raw_config(args), registry)
-    total = args.warmup + args.updates
-    entries = build_entries(config, registry, total_updates=total)
+    plan = RunPlan(structure_config(raw_config(args), registry), registry)
     # plugins only when asked for with --set (e.g. trainer.add_default_callbacks=true)
-    assert args.set or not entries, "the benchmark measures the Trainer without plugins"
-    return Trainer(config, entries, RunPaths.create(output_dir, "bench"))
+    assert args.set or not plan.all_entries, "the benchmark measures the Trainer without plugins"
+    return Trainer(plan, RunPaths.create(output_dir, "bench"))
 
 
 def time_trainer(
@@ -209,8 +207,9 @@ def time_trainer(
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
         trainer = build_trainer(args, Path(tmp))
         window = Window(args.warmup, trainer.device, probe)
-        updates = trainer._updates
-        trainer._updates = lambda: window.wrap(updates())  # type: ignore[method-assign]
+        batches = trainer._train_batches()
+        updates = batches.updates
+        batches.updates = lambda counter: window.wrap(updates(counter))  # type: ignore[method-assign]
         status = trainer.fit()
         assert status == "completed", status
         assert trainer.counter.update == args.warmup + args.updates

@@ -13,22 +13,26 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from noether_core.config.loader import load_config
-from noether_core.config.schema import CallbackConfig, RunConfig
+from noether_core.config.schema import RunConfig
 from noether_core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     NoetherError,
     PluginLoadError,
+    UnknownKindError,
     UsageError,
 )
 from noether_core.plugins import hookspecs
-from noether_core.plugins.registry import PluginRegistry, UnknownKindError
+from noether_core.plugins.registry import PluginRegistry
 from noether_core.plugins.scheduling import INTERVAL_FIELDS, Interval
+
+if TYPE_CHECKING:
+    from noether_core.run.plan import RunPlan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             return EXIT_OK
         registry = PluginRegistry.from_environment()
         config = load_config(args.config, registry, args.overrides)
-        _validate_runtime(config, str(args.config))
+        _plan_checked(config, registry, str(args.config))
         n = len(config.callbacks)
         print(f"{args.config}: valid ({n} callback entr{'y' if n == 1 else 'ies'}, {config.trainer.end})")
         return EXIT_OK
@@ -145,13 +149,15 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 
-def _validate_runtime(config: RunConfig, source: str | None = None) -> None:
-    """Checks that need the model and data factories (their kinds exist, their arguments fit)."""
-    from noether_core.run.building import check_buildable
+def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | None) -> RunPlan:
+    """The run plan of ``config``, with the checks that need the model and data factories (their kinds
+    exist, their arguments fit) and the metric dependencies between entries."""
     from noether_core.run.metric_dependencies import check_metric_dependencies
+    from noether_core.run.plan import RunPlan
 
-    check_buildable(config, source)
-    check_metric_dependencies(config, source=source)
+    plan = RunPlan(config, registry, source=source)
+    check_metric_dependencies(plan)
+    return plan
 
 
 # -------------------------------------------------------------------------------------------- plugins
@@ -282,45 +288,29 @@ def _hooks() -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from noether_core.example import example_yaml
-    from noether_core.plugins.scheduling import IntervalScheduler
-    from noether_core.run.building import geometry
+    from noether_core.run.plan import RunPlan
 
     registry = PluginRegistry.from_environment()
     if args.config is None:
-        config = load_config(None, registry, args.overrides, text=example_yaml())
+        plan = RunPlan(load_config(None, registry, args.overrides, text=example_yaml()), registry)
     else:
-        config = load_config(args.config, registry, args.overrides)
-        _validate_runtime(config, str(args.config))
-    upe, ebs, total = geometry(config)
-    scheduler = IntervalScheduler(upe, ebs, total)
-    from noether_core.run.launch import default_entries
-
-    entries: list[tuple[str, CallbackConfig]] = [
-        *((f"{e.key} (default)", e) for e in default_entries(config, registry)),
-        *((e.key, e) for e in config.callbacks),
-    ]
-
-    @attrs.frozen
-    class Row:
-        label: str
-        entry: CallbackConfig
-
-        @property
-        def interval(self) -> Any:
-            return self.entry.interval
-
-    rows = [Row(label, e) for label, e in entries]
+        plan = _plan_checked(load_config(args.config, registry, args.overrides), registry, str(args.config))
+    geometry, scheduler = plan.geometry, plan.scheduler
+    labels = {id(e): f"{e.key} (default)" for e in plan.default_entries}
+    rows = plan.all_entries
     timeline = scheduler.timeline(rows)
-    print(f"{config.trainer.end}: {total} updates, {upe} per epoch, effective batch size {ebs}")
+    upe, ebs, total = geometry.updates_per_epoch, geometry.effective_batch_size, geometry.total_updates
+    print(f"{geometry.end}: {total} updates, {upe} per epoch, effective batch size {ebs}")
     for row in rows:
         if row.interval is not None:
             n = sum(1 for _ in scheduler.due_updates(row.interval))
-            print(f"  {row.label}: {row.interval.verbose}, fires {n} time{'s' if n != 1 else ''}")
+            times = f"{n} time{'s' if n != 1 else ''}"
+            print(f"  {labels.get(id(row), row.key)}: {row.interval.verbose}, fires {times}")
     print()
     width = len(str(total))
     for update, due in timeline.items():
         epoch_end = f"  end of epoch {update // upe}" if update % upe == 0 else ""
-        print(f"U{update:<{width}}  {', '.join(r.label for r in due)}{epoch_end}")
+        print(f"U{update:<{width}}  {', '.join(labels.get(id(r), r.key) for r in due)}{epoch_end}")
     return EXIT_OK
 
 

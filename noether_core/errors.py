@@ -1,5 +1,5 @@
-"""Error types. Each carries what it concerns (a config path, a plugin kind) so the CLI can print one
-clear paragraph and pick the exit status, instead of a traceback."""
+"""Every error type noether raises. Each carries what it concerns (a config path, a plugin kind, a file)
+so the CLI can print one clear paragraph and pick the exit status, instead of a traceback."""
 
 from __future__ import annotations
 
@@ -81,24 +81,34 @@ class PluginValidationError(PluginLoadError):
     """A plugin that imports but breaks the hook contract (a misspelled hook, an unknown argument)."""
 
 
+class UnknownKindError(PluginLoadError):
+    """A kind no installed distribution provides: a config mistake (exit status 2), not a broken plugin."""
+
+    exit_status = EXIT_USAGE
+
+
 class TrainingError(NoetherError):
     """A run that failed after it started (exit status 1)."""
 
 
-__all__ = [
-    "EXIT_FAILED",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_PLUGIN",
-    "EXIT_USAGE",
-    "ConfigError",
-    "ConfigIssue",
-    "NoetherError",
-    "PluginLoadError",
-    "PluginValidationError",
-    "TrainingError",
-    "UsageError",
-]
+class PluginFailure(TrainingError):
+    """A plugin raised during an event. ``entry`` is the entry's name (its state key), ``kind`` its
+    plugin, ``hook`` the event."""
+
+    def __init__(self, entry: str, kind: str, hook: str, exc: BaseException) -> None:
+        self.entry = entry
+        self.kind = kind
+        self.hook = hook
+        super().__init__(f"plugin {entry!r} ({kind}) failed in {hook}: {type(exc).__name__}: {exc}")
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite (and ``trainer.skip_nan_loss`` does not allow skipping it)."""
+
+
+class ImmediateStop(KeyboardInterrupt):
+    """A second SIGINT: the run stops where it is, without a checkpoint (exit status 1). A
+    ``KeyboardInterrupt`` so that nothing on the way (a plugin's ``except Exception``) swallows it."""
 
 
 class CheckpointWriteError(NoetherError):
@@ -167,9 +177,25 @@ class UnknownMetricDirectionError(NoetherError):
         )
 
 
-__all__ += [
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PLUGIN",
+    "EXIT_USAGE",
     "CheckpointLoadError",
     "CheckpointWriteError",
+    "ConfigError",
+    "ConfigIssue",
     "DuplicateMetricError",
+    "ImmediateStop",
+    "NoetherError",
+    "NonFiniteLossError",
+    "PluginFailure",
+    "PluginLoadError",
+    "PluginValidationError",
+    "TrainingError",
+    "UnknownKindError",
     "UnknownMetricDirectionError",
+    "UsageError",
 ]

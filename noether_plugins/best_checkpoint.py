@@ -32,16 +32,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from attrs import validators as v
 
-from noether_core import CallbackConfig, hookimpl
-from noether_core.io.checkpoints import load_checkpoint
-from noether_core.io.paths import tag_for_metric
+from noether_core import CallbackConfig, hookimpl, load_checkpoint, tag_for_metric
 from noether_plugins.checkpoint import select_parts
 
 if TYPE_CHECKING:
-    from noether_core.config import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run, RunConfig, RunStatus
 
 log = logging.getLogger("noether")
 
@@ -73,9 +68,7 @@ def _producer_hint(key: str) -> str:
     return "the entry that logs it"
 
 
-def _missing_metric(
-    trainer: Trainer, counter: Counter, config: CallbackConfig, key: str
-) -> MissingMetricError:
+def _missing_metric(trainer: Run, counter: Counter, config: CallbackConfig, key: str) -> MissingMetricError:
     prefix = trainer.writer.prefix
     available = [k for k in trainer.writer.keys() if k.startswith(prefix)]  # noqa: SIM118 (a writer, not a dict)
     interval = config.interval.verbose if config.interval else "this entry's interval"
@@ -171,7 +164,7 @@ class BestCheckpointCallback:
         self._tracks = {str(p): _Track.from_state(s) for p, s in state["tracks"].items()}
 
     @hookimpl
-    def before_training(self, trainer: Trainer, config: Config) -> None:
+    def before_training(self, trainer: Run, config: Config) -> None:
         self._higher = trainer.metrics.higher_is_better(config.metric_key)  # unknown direction: an error now
         select_parts(trainer, config.model_names)  # a misspelled part: an error now, not at the first best
 
@@ -183,7 +176,7 @@ class BestCheckpointCallback:
         return value > best if self._higher else value < best
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, config: Config, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:
         if interval == "eval":  # one evaluation of a finished run: nothing to compare across
             return
         if self._higher is None:
@@ -219,7 +212,7 @@ class BestCheckpointCallback:
                 self._save_tolerance(trainer, config, key, track, t, f"patience {t} ran out at {counter.tag}")
 
     def _save_tolerance(
-        self, trainer: Trainer, config: Config, key: str, track: _Track, t: int, why: str
+        self, trainer: Run, config: Config, key: str, track: _Track, t: int, why: str
     ) -> None:
         """Copy the ``best_model`` files of ``key`` to its tolerance-``t`` tag (the best so far, not the
         current weights, which are past it)."""
@@ -240,7 +233,7 @@ class BestCheckpointCallback:
             )
 
     @hookimpl
-    def after_training(self, trainer: Trainer, config: Config, status: RunStatus) -> None:
+    def after_training(self, trainer: Run, config: Config, status: RunStatus) -> None:
         if status not in ("completed", "stopped"):  # not over (interrupted), or not trustworthy (failed)
             return
         # inside EmaCallback this runs once per factor, under that factor's prefix

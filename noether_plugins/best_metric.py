@@ -22,9 +22,7 @@ from attrs import validators as v
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.trainer import Trainer
+    from noether_core import EvalInterval, Run, RunConfig
 
 log = logging.getLogger("noether.best_metric")
 
@@ -53,7 +51,7 @@ class BestMetricCallback:
         self.at_best: dict[str, float] = {}
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, interval: EvalInterval) -> None:
         cfg = self.config
         writer = trainer.writer
         source = writer.get(cfg.source_metric_key)

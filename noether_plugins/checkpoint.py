@@ -35,10 +35,7 @@ from noether_core import CallbackConfig, hookimpl
 if TYPE_CHECKING:
     from torch import nn
 
-    from noether_core.config import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run, RunConfig, RunStatus
 
 log = logging.getLogger("noether")
 
@@ -56,7 +53,7 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def select_parts(trainer: Trainer, model_names: list[str] | None) -> list[tuple[str, nn.Module]]:
+def select_parts(trainer: Run, model_names: list[str] | None) -> list[tuple[str, nn.Module]]:
     """The model parts ``model_names`` selects (a part's full name, ``classifier.encoder``, or its last
     component, ``encoder``), as ``trainer.save_checkpoint`` selects them; all parts for ``None``.
 
@@ -73,7 +70,7 @@ def select_parts(trainer: Trainer, model_names: list[str] | None) -> list[tuple[
     return [(name, part) for name, part in parts if name in model_names or name.split(".")[-1] in model_names]
 
 
-def _optimizer_bytes(trainer: Trainer) -> int:
+def _optimizer_bytes(trainer: Run) -> int:
     """Bytes of the optimizer state: measured when it has state (a resumed run), else estimated from
     the optimizer's kind (Adam keeps two tensors per trainable parameter, SGD with momentum one)."""
     optimizer = trainer.optimizer
@@ -132,7 +129,7 @@ class CheckpointCallback:
         return []
 
     @hookimpl
-    def before_training(self, trainer: Trainer, counter: Counter, config: Config) -> None:
+    def before_training(self, trainer: Run, counter: Counter, config: Config) -> None:
         if trainer.writer.prefix:
             raise ValueError(
                 "CheckpointCallback cannot run inside EmaCallback's eval_callbacks: it would overwrite the "
@@ -166,7 +163,7 @@ class CheckpointCallback:
             message += "; only latest is saved"
         log.info("%s", message)
 
-    def _save_position(self, trainer: Trainer, tag: str, config: Config) -> None:
+    def _save_position(self, trainer: Run, tag: str, config: Config) -> None:
         if config.save_weights or config.save_optim:
             trainer.save_checkpoint(
                 tag,
@@ -176,7 +173,7 @@ class CheckpointCallback:
                 model_names=config.model_names,
             )
 
-    def _save_latest(self, trainer: Trainer, counter: Counter, config: Config) -> None:
+    def _save_latest(self, trainer: Run, counter: Counter, config: Config) -> None:
         if (config.save_latest_weights or config.save_latest_optim) and self._latest_at != counter.update:
             trainer.save_checkpoint(
                 "latest",
@@ -187,14 +184,14 @@ class CheckpointCallback:
             self._latest_at = counter.update
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, config: Config, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:
         if interval == "eval":  # an evaluation-only run trains nothing: nothing new to save
             return
         # saved once every entry has run at this update, so the trainer state holds the state of the
         # entries listed after this one too (a best-checkpoint patience, an early stopper's count)
         trainer.after_this_step(lambda: self._save_step(trainer, counter, config))
 
-    def _save_step(self, trainer: Trainer, counter: Counter, config: Config) -> None:
+    def _save_step(self, trainer: Run, counter: Counter, config: Config) -> None:
         self._save_position(trainer, counter.tag, config)
         self._save_latest(trainer, counter, config)
         if config.keep_last_n is not None and trainer.is_main:
@@ -204,7 +201,7 @@ class CheckpointCallback:
                     log.debug("keep_last_n=%d: deleted %s", config.keep_last_n, path.name)
 
     @hookimpl
-    def after_training(self, trainer: Trainer, counter: Counter, config: Config, status: RunStatus) -> None:
+    def after_training(self, trainer: Run, counter: Counter, config: Config, status: RunStatus) -> None:
         if status == "failed":  # the state is whatever the failure left: never make it a resume point
             return
         self._save_position(trainer, "last", config)

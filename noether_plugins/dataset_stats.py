@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from noether_core import hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.run.trainer import Trainer
+    from noether_core import Run
 
 log = logging.getLogger("noether")
 
@@ -25,7 +25,7 @@ def produces(config: object, run_config: object) -> list[str]:
 
 
 @hookimpl
-def before_training(trainer: Trainer) -> None:
+def before_training(trainer: Run) -> None:
     lengths = trainer.data.lengths()
     for name, length in lengths.items():
         trainer.writer.add_summary(f"ds_stats/{name}/len", length)

@@ -25,10 +25,7 @@ from attrs import validators as v
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run, RunConfig
 
 log = logging.getLogger("noether.early_stopping")
 
@@ -59,7 +56,7 @@ class FixedEarlyStopper:
         self.config = config
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, interval: EvalInterval) -> None:
         if interval == "eval" or counter.is_finished:  # at the configured end the run completes anyway
             return
         cfg = self.config
@@ -93,7 +90,7 @@ class MetricEarlyStopper:
         self.stagnant = 0
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, interval: EvalInterval) -> None:
         if interval == "eval":
             return
         cfg = self.config

@@ -49,16 +49,10 @@ import torch
 from attrs import validators as v
 from torch import nn
 
-from noether_core import CallbackConfig, hookimpl
-from noether_core.io.checkpoints import load_checkpoint
-from noether_core.io.paths import format_ema_factor
+from noether_core import CallbackConfig, format_ema_factor, hookimpl, load_checkpoint
 
 if TYPE_CHECKING:
-    from noether_core.config import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval, RunStatus
-    from noether_core.plugins.manager import Slot
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, Entry, EvalInterval, Run, RunConfig, RunStatus
 
 log = logging.getLogger("noether")
 
@@ -164,7 +158,7 @@ class EmaCallback:
         self._targets: list[_Target] = []
         self._steps: list[tuple[list[torch.Tensor], list[torch.Tensor], float | list[float]]] = []
         self._pending: Mapping[str, Any] | None = None
-        self._children: list[Slot] = []
+        self._children: list[Entry] = []
         self._forward_updates = False
 
     @staticmethod
@@ -196,7 +190,7 @@ class EmaCallback:
 
     # ------------------------------------------------------------------------------------ setup
 
-    def _resolve(self, trainer: Trainer, model: nn.Module, path: str | None) -> _Target:
+    def _resolve(self, trainer: Run, model: nn.Module, path: str | None) -> _Target:
         if path is None:
             return _Target.of(model, None, trainer.model_name)
         module = None
@@ -213,7 +207,7 @@ class EmaCallback:
         names = {id(part): name for name, part in trainer.named_models()}
         return _Target.of(module, path, names.get(id(module), f"{trainer.model_name}.{path}"))
 
-    def _restore(self, trainer: Trainer, counter: Counter, target: _Target, factor: float) -> str:
+    def _restore(self, trainer: Run, counter: Counter, target: _Target, factor: float) -> str:
         """Fill ``target``'s averages of ``factor``; returns where they came from (for the log)."""
         for entry in (self._pending or {}).get("averages", ()):
             if entry["path"] == target.path and float(entry["factor"]) == factor:
@@ -273,20 +267,20 @@ class EmaCallback:
 
     def _check_children(self) -> None:
         for child in self._children:
-            if "after_accumulation" in child.plugin.hooks:
+            if "after_accumulation" in child.hooks:
                 raise ValueError(
-                    f"eval_callbacks entry {child.key!r} ({child.plugin.kind}) watches micro-batches "
+                    f"eval_callbacks entry {child.key!r} ({child.kind}) watches micro-batches "
                     "(after_accumulation), which entries evaluated on EMA weights do not receive"
                 )
             if child.config.eval_at_end:
                 raise ValueError(
                     f"eval_callbacks entry {child.key!r}: eval_at_end is not supported inside eval_callbacks"
                 )
-        self._forward_updates = any("after_update" in c.plugin.hooks for c in self._children)
+        self._forward_updates = any("after_update" in c.hooks for c in self._children)
 
     @hookimpl
-    def before_training(self, trainer: Trainer, model: nn.Module, counter: Counter, config: Config) -> None:
-        self._children = trainer.plugins.children_of(config)
+    def before_training(self, trainer: Run, model: nn.Module, counter: Counter, config: Config) -> None:
+        self._children = list(trainer.children(config))
         self._check_children()
         paths = config.model_paths if config.model_paths is not None else [None]
         self._targets = [self._resolve(trainer, model, path) for path in paths]
@@ -310,7 +304,7 @@ class EmaCallback:
     @hookimpl
     def after_update(
         self,
-        trainer: Trainer,
+        trainer: Run,
         losses: Mapping[str, torch.Tensor],
         times: Mapping[str, float],
         grad_norm: torch.Tensor | None,
@@ -321,19 +315,18 @@ class EmaCallback:
             self._forward(trainer, "after_update", losses=losses, times=times, grad_norm=grad_norm)
 
     @hookimpl
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer: Run) -> None:
         self._forward(trainer, "after_epoch")
 
     # ------------------------------------------------------------------------------------ children
 
-    def _forward(self, trainer: Trainer, hook: str, **extra: Any) -> None:
+    def _forward(self, trainer: Run, hook: str, **extra: Any) -> None:
         """Call ``hook`` on the children once per factor, under the factor's prefix, on live weights."""
         if not self._children:
             return
-        core = trainer.hook_arguments
         for factor in self.config.target_factors:
             with trainer.writer.prefixed(ema_prefix(factor)):
-                trainer.plugins.call_slots(hook, self._children, core, **extra)
+                trainer.dispatch(hook, self._children, **extra)
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[Any]:
@@ -357,17 +350,16 @@ class EmaCallback:
         finally:
             torch._foreach_copy_(live, backup)
 
-    def _evaluate(self, trainer: Trainer, due: list[Slot]) -> None:
-        core = trainer.hook_arguments
+    def _evaluate(self, trainer: Run, due: list[Entry]) -> None:
         with self.swapped() as use:
             for factor in self.config.target_factors:
                 use(factor)
                 with trainer.writer.prefixed(ema_prefix(factor)):
-                    trainer.plugins.at_eval(core, due)
+                    trainer.dispatch("at_eval", due)
 
     # ------------------------------------------------------------------------------------ saving
 
-    def _save(self, trainer: Trainer, counter: Counter, tag: str) -> None:
+    def _save(self, trainer: Run, counter: Counter, tag: str) -> None:
         if not trainer.is_main:
             return
         for target in self._targets:
@@ -377,7 +369,7 @@ class EmaCallback:
                 )
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, config: Config, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:
         if interval == "eval":  # no averages are kept in an evaluation-only run
             return
         # called when this entry or one of its children is due: each part checks its own interval
@@ -391,7 +383,7 @@ class EmaCallback:
             self._evaluate(trainer, due)
 
     @hookimpl
-    def after_training(self, trainer: Trainer, counter: Counter, config: Config, status: RunStatus) -> None:
+    def after_training(self, trainer: Run, counter: Counter, config: Config, status: RunStatus) -> None:
         if status != "failed" and config.save_last_weights and self._targets:
             self._save(trainer, counter, "last")
         self._forward(trainer, "after_training", status=status)

@@ -27,10 +27,7 @@ from noether_core import CallbackConfig, hookimpl
 from noether_plugins.progress import LiveLineGuard, ProgressCallback, format_duration, format_per_update
 
 if TYPE_CHECKING:
-    from noether_core import IntervalScheduler
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, IntervalScheduler, Run
 
 #: Seconds between two redraws of the status line.
 REDRAW_SECONDS = 0.2
@@ -65,7 +62,7 @@ class EtaCallback:
         return []
 
     @hookimpl
-    def before_training(self, trainer: Trainer, counter: Counter) -> None:
+    def before_training(self, trainer: Run, counter: Counter) -> None:
         self.enabled = trainer.is_main
         if not self.enabled:
             return
@@ -77,7 +74,7 @@ class EtaCallback:
         self._next_draw = self._start_time
         # a progress bar of the same run, if any, shows the text instead of stderr (its bar is looked
         # up at each draw: it starts after this entry's before_training when listed after it)
-        self._progress = [s.obj for s in trainer.plugins.slots if isinstance(s.obj, ProgressCallback)]
+        self._progress = [e.instance for e in trainer.entries if isinstance(e.instance, ProgressCallback)]
         self._guard.attach()
 
     @hookimpl

@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run
 
 
 def _group_name(group: Mapping[str, Any], index: int, model_name: str, groups: int) -> str:
@@ -46,10 +44,10 @@ class LrCallback:
         self.config = config
         # (group index, "lr"/"weight_decay", metric key), worked out once per run
         self._keys: list[tuple[int, str, str]] | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: Run | None = None
         self._log_first_update = False
 
-    def _plan(self, trainer: Trainer) -> list[tuple[int, str, str]]:
+    def _plan(self, trainer: Run) -> list[tuple[int, str, str]]:
         optimizer = trainer.optimizer
         if optimizer is None:  # every part is frozen: nothing is optimized
             return []
@@ -64,7 +62,7 @@ class LrCallback:
                 keys.append((i, "weight_decay", f"optim/wd/{name}"))
         return keys
 
-    def _log(self, trainer: Trainer) -> None:
+    def _log(self, trainer: Run) -> None:
         if self._keys is None:
             self._keys = self._plan(trainer)
         optimizer = trainer.optimizer
@@ -81,7 +79,7 @@ class LrCallback:
         return ["optim/lr/*", "optim/wd/*"]
 
     @hookimpl
-    def before_training(self, trainer: Trainer, config: CallbackConfig) -> None:
+    def before_training(self, trainer: Run, config: CallbackConfig) -> None:
         self._trainer = trainer
         # update 1 is logged whatever the interval; where the interval is due there, at_eval does it
         interval = config.interval
@@ -94,7 +92,7 @@ class LrCallback:
             self._log(self._trainer)
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, interval: EvalInterval) -> None:
         if interval == "eval":  # no update happened: there is no learning rate to report
             return
         self._log(trainer)

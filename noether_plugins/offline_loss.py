@@ -18,18 +18,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from noether_core.plugins.evaluation import (
+from noether_core import (
     PeriodicDataIteratorCallback,
     PeriodicDataIteratorConfig,
+    as_step_output,
     batch_length,
 )
-from noether_core.run.train_step import as_step_output
 
 if TYPE_CHECKING:
-    from noether_core import CallbackConfig, RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import CallbackConfig, Counter, EvalInterval, Run, RunConfig
 
 log = logging.getLogger("noether.offline_loss")
 
@@ -57,7 +54,7 @@ class OfflineLossCallback(PeriodicDataIteratorCallback):
 
     config: Config
 
-    def process_data(self, batch: Any, *, model: torch.nn.Module, trainer: Trainer) -> Any:
+    def process_data(self, batch: Any, *, model: torch.nn.Module, trainer: Run) -> Any:
         n = batch_length(batch)
         if n is None:
             raise ValueError(f"cannot tell how many samples a batch of {self.config.dataset_key!r} holds")
@@ -76,7 +73,7 @@ class OfflineLossCallback(PeriodicDataIteratorCallback):
         self,
         results: Any,
         *,
-        trainer: Trainer,
+        trainer: Run,
         model: torch.nn.Module,
         counter: Counter,
         interval: EvalInterval,

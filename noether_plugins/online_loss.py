@@ -29,14 +29,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from noether_core import CallbackConfig, hookimpl
-from noether_core.run.distributed import mean_over_ranks
-from noether_core.run.trainer import NonFiniteLossError
+from noether_core import CallbackConfig, NonFiniteLossError, hookimpl, mean_over_ranks
 
 if TYPE_CHECKING:
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run
 
 log = logging.getLogger("noether")
 
@@ -135,7 +131,7 @@ class OnlineLossCallback:
         return tuple(per_name), means, [count for _, count in per_name.values()]
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, config: Config, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:
         if interval == "eval":
             return
         chunks = self._chunks()

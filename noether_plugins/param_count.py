@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from noether_core import hookimpl
-from noether_core.run.models import CompositeModel
+from noether_core import CompositeModel, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.run.trainer import Trainer
+    from noether_core import Run
 
 log = logging.getLogger("noether")
 
@@ -51,7 +50,7 @@ def produces(config: object, run_config: object) -> list[str]:
 
 
 @hookimpl
-def before_training(trainer: Trainer, model: nn.Module) -> None:
+def before_training(trainer: Run, model: nn.Module) -> None:
     for name, trainable, frozen in parameter_rows(model, trainer.model_name):
         trainer.writer.add_summary(f"param_count/{name}/trainable", trainable)
         trainer.writer.add_summary(f"param_count/{name}/frozen", frozen)

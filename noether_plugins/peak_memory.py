@@ -22,8 +22,7 @@ import torch
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.trainer import Trainer
+    from noether_core import EvalInterval, Run
 
 GIB = float(2**30)
 
@@ -56,7 +55,7 @@ class PeakMemoryCallback:
         return ["peak_memory/*"]
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, interval: EvalInterval) -> None:
         if interval == "eval":
             return
         values: dict[str, float] = {}

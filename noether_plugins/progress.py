@@ -34,9 +34,7 @@ from noether_core import CallbackConfig, hookimpl
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run
 
 log = logging.getLogger("noether")
 file_log = logging.getLogger("noether.file")
@@ -218,7 +216,7 @@ class ProgressCallback:
         return []
 
     @hookimpl
-    def before_training(self, trainer: Trainer, counter: Counter, config: Config) -> None:
+    def before_training(self, trainer: Run, counter: Counter, config: Config) -> None:
         now = self._clock()
         self._start_time = self._last_time = self._ref_time = now
         self._start_update = self._last_update = self._ref_update = counter.update
@@ -248,7 +246,7 @@ class ProgressCallback:
             self._report(counter, now)
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, interval: EvalInterval) -> None:
         if interval == "eval" or not trainer.is_main:
             return
         # with the bar, the lines go to log.txt; the bar itself is redrawn by after_update, on time

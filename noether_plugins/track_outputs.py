@@ -24,15 +24,10 @@ import attrs
 import torch
 from attrs import validators as v
 
-from noether_core import CallbackConfig, hookimpl
-from noether_core.io.checkpoints import atomic_torch_save
-from noether_core.run.distributed import mean_over_ranks
+from noether_core import CallbackConfig, atomic_torch_save, hookimpl, mean_over_ranks
 
 if TYPE_CHECKING:
-    from noether_core import RunConfig
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core import Counter, EvalInterval, Run, RunConfig
 
 log = logging.getLogger("noether.track_outputs")
 
@@ -85,7 +80,7 @@ class TrackAdditionalOutputsCallback:
             self._counts[name] = self._counts.get(name, 0) + 1
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, counter: Counter, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, counter: Counter, interval: EvalInterval) -> None:
         if interval == "eval" or not self._sums:
             return
         cfg = self.config

@@ -22,8 +22,7 @@ import torch
 from noether_core import CallbackConfig, hookimpl
 
 if TYPE_CHECKING:
-    from noether_core.plugins.hookspecs import EvalInterval
-    from noether_core.run.trainer import Trainer
+    from noether_core import EvalInterval, Run
 
 log = logging.getLogger("noether")
 
@@ -94,7 +93,7 @@ class TrainTimeCallback:
         pending.clear()
 
     @hookimpl
-    def at_eval(self, trainer: Trainer, interval: EvalInterval) -> None:
+    def at_eval(self, trainer: Run, interval: EvalInterval) -> None:
         if interval == "eval":
             return
         self._fold()
@@ -127,7 +126,7 @@ class TrainTimeCallback:
 
 
 def _reduce_over_ranks(
-    means: list[float], maxima: list[float], trainer: Trainer
+    means: list[float], maxima: list[float], trainer: Run
 ) -> tuple[list[float], list[float]]:
     import torch.distributed as dist
 

@@ -1,5 +1,6 @@
 """Shared test set-up: the quick switch for slow tests, the plugin distributions of
-``tests/plugin_dists`` installed into throwaway folders, and a runner for the real ``noether`` CLI.
+``tests/plugin_dists`` installed into throwaway folders, and a fixture for the real ``noether`` CLI.
+The tiny runs tests share, and the helpers that run them, are in :mod:`tiny_runs`.
 
 ``NOETHER_QUICK=1`` (set by ``.ci/run``) asks tests marked ``slow`` for their quick variant: they read
 the ``quick`` fixture and shrink their sizes, they are not skipped.
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -126,42 +127,9 @@ def plugin_dists(tmp_path_factory: pytest.TempPathFactory) -> PluginDists:
     return PluginDists(base / "plugin_dists")
 
 
-def noether_script() -> Path:
-    """The ``noether`` console script of the environment running the tests."""
-    script = Path(sys.executable).parent / ("noether.exe" if os.name == "nt" else "noether")
-    if not script.exists():
-        pytest.fail(f"{script} is missing; install the project: pip install -c constraints.txt -e '.[test]'")
-    return script
-
-
-def run_noether(
-    args: Sequence[str | os.PathLike[str]],
-    *,
-    pythonpath: str = "",
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 300,
-) -> subprocess.CompletedProcess[str]:
-    """Run the real ``noether`` CLI in a subprocess, with ``pythonpath`` in front of ``PYTHONPATH`` so
-    that ``importlib.metadata`` finds the distributions installed there. Never raises on exit status."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, full_env.get("PYTHONPATH", "")) if p)
-    # plain, unwrapped output so assertions see whole names
-    full_env.update(NO_COLOR="1", COLUMNS="200", TERM="dumb")
-    return subprocess.run(
-        [str(noether_script()), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture(scope="session")
 def noether_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """:func:`run_noether`, for tests that run the CLI."""
+    """:func:`tiny_runs.run_noether`, for tests that run the CLI."""
+    from tiny_runs import run_noether  # imports torch: after OMP_NUM_THREADS is set above
+
     return run_noether

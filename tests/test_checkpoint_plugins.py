@@ -13,8 +13,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from conftest import noether_script
-from test_trainer import UPE, base_config, write_config
+from tiny_runs import UPE, noether_script, tiny_config, train, write_config
 
 from noether_core import CallbackConfig, hookimpl
 from noether_core.cli import main
@@ -74,11 +73,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), (a.name, b.name, key)
 
 
-def train(tmp_path: Path, raw: dict[str, Any], run_id: str, *extra: str) -> int:
-    cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
-    return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id, *extra])
-
-
 def composite(frozen_encoder: bool = False) -> dict[str, Any]:
     return {
         "kind": "composite",
@@ -100,7 +94,7 @@ def composite(frozen_encoder: bool = False) -> dict[str, Any]:
 def test_default_entry_writes_positions_latest_and_last(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config()  # 2 epochs of 16 updates
+    raw = tiny_config()  # 2 epochs of 16 updates
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1}]
     assert train(tmp_path, raw, "r") == 0
     run = tmp_path / "r"
@@ -125,7 +119,7 @@ def test_default_entry_writes_positions_latest_and_last(
 
 
 def test_save_optim_adds_optimizer_files_to_positions_and_last(tmp_path: Path) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [
         {
             "kind": "CheckpointCallback",
@@ -144,7 +138,7 @@ def test_save_optim_adds_optimizer_files_to_positions_and_last(tmp_path: Path) -
 
 
 def test_all_four_flags_false_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [
         {
             "kind": "CheckpointCallback",
@@ -166,7 +160,7 @@ def test_all_four_flags_false_is_a_config_error(tmp_path: Path, capsys: pytest.C
 
 
 def test_keep_last_n_prunes_old_position_tags(tmp_path: Path) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [
         {"kind": "CheckpointCallback", "every_n_updates": 4, "keep_last_n": 2, "save_optim": True}
     ]
@@ -178,7 +172,7 @@ def test_keep_last_n_prunes_old_position_tags(tmp_path: Path) -> None:
 
 
 def test_model_names_restrict_positions_but_latest_keeps_every_part(tmp_path: Path) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["model"] = composite()
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1, "model_names": ["head"]}]
     assert train(tmp_path, raw, "r") == 0
@@ -195,7 +189,7 @@ def test_model_names_restrict_positions_but_latest_keeps_every_part(tmp_path: Pa
 
 
 def test_unknown_model_name_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["model"] = composite()
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1, "model_names": ["decoder"]}]
     assert train(tmp_path, raw, "r") == 1
@@ -204,7 +198,7 @@ def test_unknown_model_name_fails_before_training(tmp_path: Path, capsys: pytest
 
 
 def test_evaluation_only_runs_save_nothing(tmp_path: Path) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1}]
     assert train(tmp_path, raw, "r") == 0
     run = tmp_path / "r"
@@ -216,7 +210,7 @@ def test_evaluation_only_runs_save_nothing(tmp_path: Path) -> None:
 def test_failed_run_saves_no_last_and_default_resume_continues_exactly(tmp_path: Path) -> None:
     """Only a default CheckpointCallback entry: after a crash at update 20 the run resumes from its
     ``latest`` (update 16: weights, optimizer and trainer state) and ends bit-identical."""
-    raw = base_config()
+    raw = tiny_config()
     entry = {"kind": "CheckpointCallback", "every_n_epochs": 1}
     raw["callbacks"] = [entry, {"kind": "sample_plugins:Crash", "update": 0}]
     assert train(tmp_path, raw, "a") == 0
@@ -233,7 +227,7 @@ def test_failed_run_saves_no_last_and_default_resume_continues_exactly(tmp_path:
 
 
 def test_interrupted_run_saves_last(tmp_path: Path) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [
         {"kind": "CheckpointCallback", "every_n_epochs": 1},
         {"kind": "sample_plugins:SignalAt", "update": 5},
@@ -340,7 +334,7 @@ SCRIPT = [5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.6, 3.7, 2.0, 2.5]
 
 
 def tolerance_config(**trainer: Any) -> dict[str, Any]:
-    raw = base_config(max_updates=len(SCRIPT), max_epochs=None, **trainer)
+    raw = tiny_config(max_updates=len(SCRIPT), max_epochs=None, **trainer)
     raw["callbacks"] = [
         {"kind": "test_checkpoint_plugins:Scripted", "every_n_updates": 1, "values": SCRIPT},
         {"kind": "CheckpointCallback", "every_n_updates": 1},
@@ -415,7 +409,7 @@ def test_tolerances_continue_across_a_resume(tmp_path: Path, stopper: dict[str, 
 
 
 def test_higher_is_better_comes_from_the_metric_properties(tmp_path: Path) -> None:
-    raw = base_config(max_updates=4, max_epochs=None)
+    raw = tiny_config(max_updates=4, max_epochs=None)
     raw["callbacks"] = [
         {
             "kind": "test_checkpoint_plugins:Scripted",
@@ -433,7 +427,7 @@ def test_higher_is_better_comes_from_the_metric_properties(tmp_path: Path) -> No
 def test_missing_metric_names_what_was_logged_and_the_producer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [
         {"kind": "test_checkpoint_plugins:ValLoss", "every_n_epochs": 1, "dataset_key": "train"},
         {"kind": "BestCheckpointCallback", "every_n_epochs": 1, "metric_key": "loss/val/total"},
@@ -448,7 +442,7 @@ def test_missing_metric_names_what_was_logged_and_the_producer(
 
 
 def test_a_metric_nobody_logs_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [
         {"kind": "BestCheckpointCallback", "every_n_epochs": 1, "metric_key": "loss/val/total"}
     ]
@@ -462,7 +456,7 @@ def test_a_metric_nobody_logs_is_a_config_error(tmp_path: Path, capsys: pytest.C
 def test_metric_without_a_direction_fails_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_updates=2, max_epochs=None)
+    raw = tiny_config(max_updates=2, max_epochs=None)
     raw["callbacks"] = [
         {
             "kind": "test_checkpoint_plugins:Scripted",
@@ -480,7 +474,7 @@ def test_metric_without_a_direction_fails_before_training(
 
 @pytest.mark.parametrize("save_frozen", [True, False])
 def test_save_frozen_weights_is_honoured(tmp_path: Path, save_frozen: bool) -> None:
-    raw = base_config(max_updates=2, max_epochs=None)
+    raw = tiny_config(max_updates=2, max_epochs=None)
     raw["model"] = composite(frozen_encoder=True)
     raw["callbacks"] = [
         {"kind": "test_checkpoint_plugins:Scripted", "every_n_updates": 1, "values": [2.0, 1.0]},
@@ -507,7 +501,7 @@ def test_consumes_declares_the_metric_key() -> None:
 
 
 def test_bad_tolerances_are_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [
         {
             "kind": "BestCheckpointCallback",

@@ -25,7 +25,7 @@ from noether_core.io.checkpoints import (
     load_checkpoint,
 )
 from noether_core.io.paths import RunPaths
-from noether_core.run.counter import Counter, RunEnd
+from noether_core.run.counter import Counter, RunEnd, seek
 
 POSITION = {"epoch": 1, "update": 10, "sample": 320}
 
@@ -364,7 +364,7 @@ def test_save_model_ema_and_extra(writer: CheckpointWriter) -> None:
 
 def test_save_accepts_counter_as_position(writer: CheckpointWriter) -> None:
     counter = Counter(end=RunEnd("epoch", 4), updates_per_epoch=10, effective_batch_size=32)
-    counter.seek(25)
+    seek(counter, 25)
     path = writer.save_model("model", counter.tag, {"w": torch.ones(1)}, position=counter)
     assert load_checkpoint(path)["training_iteration"] == {"epoch": 2, "update": 25, "sample": 800}
     with pytest.raises(ValueError, match="missing sample"):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noether_core.run.counter import Counter, RunEnd
+from noether_core.run.counter import Counter, RunEnd, advance, seek
 
 
 def make(end: RunEnd, upe: int = 10, ebs: int = 32, update: int = 0) -> Counter:
@@ -96,7 +96,7 @@ def test_counter_start_and_advance() -> None:
     assert not c.is_finished
     seen = []
     while not c.is_finished:
-        c.advance()
+        advance(c)
         seen.append((c.update, c.epoch, c.sample, c.update_in_epoch, c.is_epoch_end, c.tag))
     assert seen == [
         (1, 0, 5, 1, False, "E0_U1_S5"),
@@ -114,9 +114,9 @@ def test_counter_ends() -> None:
     assert c.max_samples == 1024
     assert c.max_samples >= 1000
     assert c.max_epochs == 4
-    c.seek(31)
+    seek(c, 31)
     assert not c.is_finished
-    c.advance()
+    advance(c)
     assert c.is_finished
     assert c.sample == 1024
 
@@ -128,7 +128,7 @@ def test_counter_ends() -> None:
     c = make(RunEnd("epoch", 2), upe=7, ebs=3)
     assert c.total_updates == 14
     assert c.max_epochs == 2
-    c.seek(14)
+    seek(c, 14)
     assert c.is_finished
     assert c.is_epoch_end
     assert c.tag == "E2_U14_S42"
@@ -143,16 +143,16 @@ def test_counter_zero_length_run_is_finished() -> None:
 
 def test_counter_seek_bounds() -> None:
     c = make(RunEnd("update", 20), upe=10, ebs=4)
-    c.seek(20)
+    seek(c, 20)
     assert c.update == 20
-    c.seek(0)
+    seek(c, 0)
     assert c.update == 0
-    c.seek(7)
+    seek(c, 7)
     assert c.tag == "E0_U7_S28"
     with pytest.raises(ValueError, match=r"update 21 is outside this run \(0\.\.20\)"):
-        c.seek(21)
+        seek(c, 21)
     with pytest.raises(ValueError, match=r"update -1 is outside this run \(0\.\.20\)"):
-        c.seek(-1)
+        seek(c, -1)
     assert c.update == 7  # a failed seek leaves the position alone
 
 
@@ -179,6 +179,9 @@ def test_counter_is_read_only() -> None:
         c.update = 3  # type: ignore[misc]
     with pytest.raises(AttributeError):
         c.extra = 1  # type: ignore[attr-defined]
+    # what a plugin gets cannot move the run: only the trainer's functions do
+    assert not hasattr(c, "advance")
+    assert not hasattr(c, "seek")
 
 
 @settings(max_examples=100, deadline=None)
@@ -194,7 +197,7 @@ def test_counter_fields_are_functions_of_update(
 ) -> None:
     c = make(RunEnd(end_unit, end_value), upe=upe, ebs=ebs)  # type: ignore[arg-type]
     u = data.draw(st.integers(0, c.total_updates))
-    c.seek(u)
+    seek(c, u)
     assert c.epoch * upe + c.update_in_epoch == u
     assert 0 <= c.update_in_epoch < upe
     assert c.sample == u * ebs

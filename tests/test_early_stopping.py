@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 import yaml
-from test_evaluation import config, plugin, run, validate
+from test_evaluation import validate
+from tiny_runs import entry, fit, ramp_config
 
 from noether_core.cli import main
 from noether_core.io.trackers import read_metrics
 
 
 def recorder_events(trainer: Any) -> list[tuple[str, int, Any]]:
-    return plugin(trainer, "sample_plugins:Recorder").events  # type: ignore[no-any-return]
+    return entry(trainer, "sample_plugins:Recorder").events  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------------- fixed
@@ -33,12 +34,12 @@ def recorder_events(trainer: Any) -> list[tuple[str, int, Any]]:
 def test_fixed_stopper_stops_at_the_expected_update(
     tmp_path: Path, field: str, value: int, stops_at: int
 ) -> None:
-    raw = config(max_updates=20)
+    raw = ramp_config(max_updates=20)
     raw["callbacks"] = [
         {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
         {"kind": "FixedEarlyStopper", field: value},  # no interval: its Config checks after every update
     ]
-    trainer, _ = run(tmp_path, raw)
+    trainer, _ = fit(tmp_path, raw)
     assert trainer.counter.update == stops_at
     events = recorder_events(trainer)
     assert events[-1] == ("after_training", stops_at, "stopped")
@@ -48,17 +49,17 @@ def test_fixed_stopper_stops_at_the_expected_update(
 
 
 def test_fixed_stopper_at_or_past_the_end_lets_the_run_complete(tmp_path: Path) -> None:
-    raw = config(max_updates=4)
+    raw = ramp_config(max_updates=4)
     raw["callbacks"] = [
         {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
         {"kind": "FixedEarlyStopper", "stop_at_update": 4},
     ]
-    trainer, _ = run(tmp_path, raw)
+    trainer, _ = fit(tmp_path, raw)
     assert recorder_events(trainer)[-1] == ("after_training", 4, "completed")
 
 
 def test_early_stop_exits_0_with_status_stopped(tmp_path: Path) -> None:
-    raw = config(max_updates=20)
+    raw = ramp_config(max_updates=20)
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 3},
         {"kind": "FixedEarlyStopper", "stop_at_update": 7, "every_n_updates": 1},
@@ -88,7 +89,7 @@ def test_early_stop_exits_0_with_status_stopped(tmp_path: Path) -> None:
 def test_fixed_stopper_config_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: dict[str, Any], message: str
 ) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [{"kind": "FixedEarlyStopper", **fields}]
     status, err = validate(tmp_path, raw, capsys)
     assert status == 2
@@ -96,9 +97,9 @@ def test_fixed_stopper_config_errors(
 
 
 def test_fixed_stopper_with_an_interval_of_its_own(tmp_path: Path) -> None:
-    raw = config(max_updates=20)
+    raw = ramp_config(max_updates=20)
     raw["callbacks"] = [{"kind": "FixedEarlyStopper", "stop_at_update": 5, "every_n_epochs": 1}]
-    trainer, _ = run(tmp_path, raw)
+    trainer, _ = fit(tmp_path, raw)
     assert trainer.counter.update == 6  # checked at epoch ends only: the first one at or past update 5
 
 
@@ -106,7 +107,7 @@ def test_fixed_stopper_with_an_interval_of_its_own(tmp_path: Path) -> None:
 
 
 def metric_config(values: list[float], tolerance: int, **fields: Any) -> dict[str, Any]:
-    raw = config(max_updates=len(values) + 2)
+    raw = ramp_config(max_updates=len(values) + 2)
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
@@ -137,30 +138,30 @@ def metric_config(values: list[float], tolerance: int, **fields: Any) -> dict[st
 def test_metric_stopper_counts_evaluations_without_improvement(
     tmp_path: Path, values: list[float], tolerance: int, stops_at: int
 ) -> None:
-    trainer, _ = run(tmp_path, metric_config(values, tolerance))
+    trainer, _ = fit(tmp_path, metric_config(values, tolerance))
     assert trainer.counter.update == stops_at
     assert recorder_events(trainer)[-1] == ("after_training", stops_at, "stopped")
 
 
 def test_metric_stopper_higher_is_better(tmp_path: Path) -> None:
     raw = metric_config([0.5, 0.6, 0.55, 0.7, 0.65, 0.6], 2)
-    for entry in raw["callbacks"]:
-        entry.update({"metric": "val/accuracy"} if "metric" in entry else {})
+    for item in raw["callbacks"]:
+        item.update({"metric": "val/accuracy"} if "metric" in item else {})
     raw["callbacks"][2]["metric_key"] = "val/accuracy"
-    trainer, _ = run(tmp_path, raw)
+    trainer, _ = fit(tmp_path, raw)
     assert trainer.counter.update == 6
 
 
 @pytest.mark.parametrize(("policy", "stops_at"), [("stagnate", 4), ("stop", 3)])
 def test_metric_stopper_nan_policy(tmp_path: Path, policy: str, stops_at: int) -> None:
     values = [3.0, 2.0, math.nan, math.nan, 1.0]
-    trainer, _ = run(tmp_path, metric_config(values, 2, on_nan=policy))
+    trainer, _ = fit(tmp_path, metric_config(values, 2, on_nan=policy))
     assert trainer.counter.update == stops_at
 
 
 def test_metric_stopper_nan_policy_fail(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"'loss/val/total' is NaN \(on_nan: fail\)"):
-        run(tmp_path, metric_config([3.0, math.nan], 2, on_nan="fail"))
+        fit(tmp_path, metric_config([3.0, math.nan], 2, on_nan="fail"))
 
 
 def test_metric_stopper_patience_survives_resume(tmp_path: Path) -> None:
@@ -190,7 +191,7 @@ def test_seed_metric_stopper_example_is_rejected_for_its_fractional_tolerance(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The seed's example writes ``tolerance: 0.10``; tolerance counts evaluations, so it must be an int."""
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_epochs": 1},
         *yaml.safe_load(SEED_METRIC_STOPPER),
@@ -209,7 +210,7 @@ def test_seed_metric_stopper_example_is_rejected_for_its_fractional_tolerance(
 def test_metric_without_producer_fails_train_and_validate_with_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "MetricEarlyStopper", "every_n_epochs": 1, "metric_key": "loss/val/total", "tolerance": 3}
     ]

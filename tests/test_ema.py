@@ -11,13 +11,14 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from test_trainer import UPE, base_config, make_trainer, write_config
+from tiny_runs import UPE, entry, make_trainer, tiny_config, train, write_config
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
 from noether_core.cli import main
+from noether_core.errors import PluginFailure
 from noether_core.io.checkpoints import load_checkpoint
-from noether_core.plugins.manager import PluginFailure
+from noether_core.run.counter import seek
 from noether_core.run.trainer import Trainer
 from noether_plugins.ema import EmaCallback
 
@@ -62,12 +63,12 @@ class Vandal:
 def ema_trainer(
     tmp_path: Path, ema: dict[str, Any], *, model: dict[str, Any] | None = None
 ) -> tuple[Trainer, EmaCallback]:
-    raw = base_config()
+    raw = tiny_config()
     if model is not None:
         raw["model"] = model
     raw["callbacks"] = [{"kind": "EmaCallback", "every_n_epochs": 1, **ema}]
     trainer = make_trainer(tmp_path, raw)
-    obj = trainer.plugins.slots[0].obj
+    obj = entry(trainer, 0)
     assert isinstance(obj, EmaCallback)
     return trainer, obj
 
@@ -138,7 +139,7 @@ def test_files_hold_the_averages_and_the_live_buffers(tmp_path: Path) -> None:
         for t in (*trainer.model.parameters(), *trainer.model.buffers()):
             t.add_(1)
         update(trainer, ema)
-    trainer.counter.seek(UPE)
+    seek(trainer.counter, UPE)
     call(trainer, ema, "at_eval", interval="epoch")
     file = trainer.paths.checkpoint_file("model", "E1_U16_S256", "model", ema=0.9)
     payload = load_checkpoint(file)
@@ -172,7 +173,7 @@ def test_children_see_the_averages_and_live_weights_come_back_bit_for_bit(tmp_pa
             t.copy_(torch.randn_like(t.float()).to(t.dtype))
         update(trainer, ema)
     live = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer.counter.seek(1)
+    seek(trainer.counter, 1)
     with torch.no_grad():
         if fail:
             with pytest.raises(PluginFailure, match="child evaluation failed"):
@@ -181,7 +182,7 @@ def test_children_see_the_averages_and_live_weights_come_back_bit_for_bit(tmp_pa
             call(trainer, ema, "at_eval", interval="epoch")
     for key, value in model.state_dict().items():
         assert torch.equal(value, live[key]), key
-    probe = trainer.plugins.slots[1].obj
+    probe = entry(trainer, 1)
     assert isinstance(probe, WeightProbe)
     expected = averages(ema)
     factors = [0.9] if fail else [0.9, 0.5]
@@ -192,7 +193,7 @@ def test_children_see_the_averages_and_live_weights_come_back_bit_for_bit(tmp_pa
 
 
 def test_children_keys_are_prefixed_and_keep_their_own_intervals(tmp_path: Path) -> None:
-    raw = base_config()  # 2 epochs of 16 updates
+    raw = tiny_config()  # 2 epochs of 16 updates
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_epochs": 1},
         {
@@ -215,8 +216,7 @@ def test_children_keys_are_prefixed_and_keep_their_own_intervals(tmp_path: Path)
             ],
         },
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, raw, "r") == 0
     run = tmp_path / "r"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for factor in ("0.9", "0.99"):
@@ -237,7 +237,7 @@ def test_children_keys_are_prefixed_and_keep_their_own_intervals(tmp_path: Path)
 def test_children_that_watch_micro_batches_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_updates=2, max_epochs=None)
+    raw = tiny_config(max_updates=2, max_epochs=None)
     raw["callbacks"] = [
         {
             "kind": "EmaCallback",
@@ -246,8 +246,7 @@ def test_children_that_watch_micro_batches_are_refused(
             "eval_callbacks": [{"kind": "sample_plugins:Recorder", "every_n_updates": 1}],
         }
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert train(tmp_path, raw, "r") == 1
     assert "watches micro-batches (after_accumulation)" in capsys.readouterr().err
 
 
@@ -255,7 +254,7 @@ def test_children_that_watch_micro_batches_are_refused(
 
 
 def ema_run_config(**ema: Any) -> dict[str, Any]:
-    raw = base_config(max_epochs=2)
+    raw = tiny_config(max_epochs=2)
     raw["callbacks"] = [{"kind": "EmaCallback", "every_n_epochs": 1, "target_factors": [0.9, 0.99], **ema}]
     return raw
 
@@ -283,14 +282,12 @@ def resume_renamed(run: Path) -> int:
 
 def interrupted(tmp_path: Path, run_id: str, raw: dict[str, Any], at: int = UPE + 5) -> Path:
     raw = dict(raw, callbacks=[*raw["callbacks"], {"kind": "sample_plugins:SignalAt", "update": at}])
-    cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id]) == 130
+    assert train(tmp_path, raw, run_id) == 130
     return tmp_path / run_id
 
 
 def uninterrupted(tmp_path: Path, raw: dict[str, Any]) -> Path:
-    cfg = write_config(tmp_path / "a.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "a"]) == 0
+    assert train(tmp_path, raw, "a") == 0
     return tmp_path / "a"
 
 
@@ -352,13 +349,12 @@ def composite() -> dict[str, Any]:
 
 
 def test_model_paths_average_one_part_into_its_own_file(tmp_path: Path) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["model"] = composite()
     raw["callbacks"] = [
         {"kind": "EmaCallback", "every_n_epochs": 1, "target_factors": [0.9], "model_paths": ["encoder"]}
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, raw, "r") == 0
     files = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
     assert files == ["clf.encoder_ema=0.9_cp=E1_U16_S256_model.th", "clf.encoder_ema=0.9_cp=last_model.th"]
     saved = load_checkpoint(tmp_path / "r" / "checkpoints" / files[1])["state_dict"]
@@ -370,13 +366,12 @@ def test_model_paths_average_one_part_into_its_own_file(tmp_path: Path) -> None:
 def test_a_model_path_that_resolves_to_nothing_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["model"] = composite()
     raw["callbacks"] = [
         {"kind": "EmaCallback", "every_n_epochs": 1, "target_factors": [0.9], "model_paths": ["decoder"]}
     ]
-    cfg = write_config(tmp_path / "c.yaml", raw)
-    assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "r"]) == 1
+    assert train(tmp_path, raw, "r") == 1
     assert (
         "model_paths: 'decoder' did not resolve to a torch.nn.Module of the model "
         "(its top-level modules: parts)" in capsys.readouterr().err
@@ -411,7 +406,7 @@ def test_evaluation_only_runs_leave_ema_files_alone(tmp_path: Path) -> None:
 def test_bad_ema_configs(
     tmp_path: Path, ema: dict[str, Any], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [{"kind": "EmaCallback", "every_n_epochs": 1, **ema}]
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["config", "validate", str(cfg)]) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_evaluation import config
+from tiny_runs import ramp_config, train
 
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
@@ -17,8 +17,8 @@ from noether_core.io.trackers import read_metrics
 @pytest.fixture
 def trained_run(tmp_path: Path) -> Path:
     """A run of a trainable ``y = w x`` model, stopped early at update 3, with checkpoints."""
-    raw = config(max_updates=6, train_step="test_evaluation:two_losses")
-    raw["model"] = {"kind": "test_evaluation:doubler"}
+    raw = ramp_config(max_updates=6, train_step="test_evaluation:two_losses")
+    raw["model"] = {"kind": "tiny_runs:doubler"}
     raw["optimizer"] = {"kind": "sgd", "lr": 0.001}
     raw["callbacks"] = [
         {"kind": "CheckpointCallback", "every_n_updates": 2},
@@ -31,9 +31,7 @@ def trained_run(tmp_path: Path) -> Path:
         },
         {"kind": "FixedEarlyStopper", "stop_at_update": 3},
     ]
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(path), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    assert train(tmp_path, raw, "r") == 0
     return tmp_path / "r"
 
 

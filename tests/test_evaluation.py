@@ -19,13 +19,12 @@ import attrs
 import pytest
 import torch
 import yaml
+from tiny_runs import entry, fit, plan, ramp_config
 from torch import nn
-from torch.utils.data import DistributedSampler, TensorDataset
+from torch.utils.data import DistributedSampler
 
 from noether_core import CallbackConfig, ConfigError, hookimpl
 from noether_core.cli import main
-from noether_core.config.loader import structure_config
-from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import read_metrics
 from noether_core.plugins.evaluation import (
     PeriodicDataIteratorCallback,
@@ -35,19 +34,10 @@ from noether_core.plugins.evaluation import (
     merge_rank_results,
     restore_dataset_order,
 )
-from noether_core.plugins.registry import PluginRegistry
-from noether_core.run.building import geometry
-from noether_core.run.launch import build_entries
 from noether_core.run.metric_dependencies import check_metric_dependencies
 from noether_core.run.train_step import StepOutput
-from noether_core.run.trainer import Trainer
 
 # ------------------------------------------------------------------ data, model, steps and plugins by path
-
-
-def ramp(size: int = 10) -> TensorDataset:
-    x = torch.arange(size, dtype=torch.float32).unsqueeze(1)
-    return TensorDataset(x, torch.zeros(size, 1))
 
 
 class PropertyRamp(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
@@ -66,13 +56,6 @@ class PropertyRamp(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     def with_properties(self, properties: frozenset[str]) -> PropertyRamp:
         return PropertyRamp(self.size, properties)
-
-
-def doubler() -> nn.Module:
-    model = nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(2.0)
-    return model
 
 
 def two_losses(model: nn.Module, batch: Any) -> StepOutput:
@@ -143,68 +126,6 @@ class Collector(PeriodicDataIteratorCallback):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-class Records:
-    """A tracker that keeps the flushed records in memory."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def start(self, paths: Any, config: Any) -> None:
-        pass
-
-    def log(self, record: Any) -> None:
-        self.rows.append(dict(record))
-
-    def set_summary(self, key: str, value: Any) -> None:
-        pass
-
-    def close(self, status: str) -> None:
-        pass
-
-    def at(self, key: str) -> dict[int, float]:
-        """``{update: value}`` of ``key`` (the last one when an update was flushed twice)."""
-        return {r["update"]: r[key] for r in self.rows if key in r}
-
-
-def config(max_updates: int = 4, batch_size: int = 4, **trainer: Any) -> dict[str, Any]:
-    return {
-        "trainer": {
-            "max_updates": max_updates,
-            "batch_size": batch_size,
-            "seed": 0,
-            "num_threads": 1,
-            "add_default_callbacks": False,
-            **trainer,
-        },
-        "model": {"kind": "test_evaluation:doubler", "frozen": True},
-        "datasets": {
-            "train": {"kind": "test_evaluation:ramp", "kwargs": {"size": 8}},
-            "val": {"kind": "test_evaluation:ramp", "kwargs": {"size": 10}},
-        },
-        "callbacks": [],
-    }
-
-
-def run(tmp_path: Path, raw: dict[str, Any], run_id: str = "run") -> tuple[Trainer, Records]:
-    registry = PluginRegistry.from_environment()
-    cfg = structure_config(raw, registry)
-    check_metric_dependencies(cfg, registry)
-    records = Records()
-    trainer = Trainer(
-        cfg,
-        build_entries(cfg, registry, geometry(cfg)[2]),
-        RunPaths.create(tmp_path, run_id),
-        trackers=[records],
-        plugin_registry=registry,
-    )
-    trainer.fit()
-    return trainer, records
-
-
-def plugin(trainer: Trainer, key: str) -> Any:
-    return next(s.obj for s in trainer.plugins.slots if s.key == key)
 
 
 def validate(tmp_path: Path, raw: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -308,7 +229,7 @@ def test_batch_length_finds_the_first_tensor_with_rows() -> None:
 
 
 def test_offline_loss_weights_samples_not_batches(tmp_path: Path) -> None:
-    raw = config(train_step="test_evaluation:two_losses")
+    raw = ramp_config(train_step="test_evaluation:two_losses")
     raw["callbacks"] = [
         {
             "kind": "OfflineLossCallback",
@@ -317,20 +238,22 @@ def test_offline_loss_weights_samples_not_batches(tmp_path: Path) -> None:
             "output_patterns_to_log": ["pred"],
         }
     ]
-    trainer, records = run(tmp_path, raw)
-    loader = plugin(trainer, "OfflineLossCallback").loader(trainer)
+    trainer, records = fit(tmp_path, raw)
+    loader = entry(trainer, "OfflineLossCallback").loader(trainer)
     assert loader.batch_size == trainer.micro_batch_size == 4  # batches of 4, 4 and 2
     assert loader is trainer.data.eval_loader("val", 4)  # the run's loader, kept alive
-    assert records.at("loss/val/a") == {2: pytest.approx(EXPECTED_A), 4: pytest.approx(EXPECTED_A)}
-    assert records.at("loss/val/b")[2] == pytest.approx(EXPECTED_B)
-    assert records.at("loss/val/total")[4] == pytest.approx(EXPECTED_A + EXPECTED_B)
-    assert records.at("pred_mean/val")[2] == pytest.approx(9.0)  # mean prediction 2x
-    assert "other/val" not in records.rows[0]  # no pattern matches it
-    assert not any(k.startswith("lossdiff/") for r in records.rows for k in r)  # no online loss in this run
+    assert records.values("loss/val/a") == {2: pytest.approx(EXPECTED_A), 4: pytest.approx(EXPECTED_A)}
+    assert records.values("loss/val/b")[2] == pytest.approx(EXPECTED_B)
+    assert records.values("loss/val/total")[4] == pytest.approx(EXPECTED_A + EXPECTED_B)
+    assert records.values("pred_mean/val")[2] == pytest.approx(9.0)  # mean prediction 2x
+    assert "other/val" not in records.records[0]  # no pattern matches it
+    assert not any(
+        k.startswith("lossdiff/") for r in records.records for k in r
+    )  # no online loss in this run
 
 
 def test_offline_loss_own_batch_size_max_size_and_properties(tmp_path: Path) -> None:
-    raw = config(train_step="test_evaluation:two_losses")
+    raw = ramp_config(train_step="test_evaluation:two_losses")
     raw["datasets"]["props"] = {"kind": "test_evaluation:PropertyRamp"}
     raw["callbacks"] = [
         {
@@ -350,25 +273,25 @@ def test_offline_loss_own_batch_size_max_size_and_properties(tmp_path: Path) -> 
         },
         {"kind": "test_evaluation:Collector", "dataset_key": "val", "every_n_updates": 4, "batch_size": 3},
     ]
-    trainer, records = run(tmp_path, raw)
-    assert [records.at(f"collected/{k}")[4] for k in ("rows", "in_order", "batches")] == [10, 1, 10]
-    assert records.at("loss/val/a") == {4: pytest.approx(sum(SQ[:5]) / 5)}
-    assert records.at("loss/props/a") == {4: pytest.approx(EXPECTED_A)}
-    first = next(iter(plugin(trainer, "props").loader(trainer)))
+    trainer, records = fit(tmp_path, raw)
+    assert [records.values(f"collected/{k}")[4] for k in ("rows", "in_order", "batches")] == [10, 1, 10]
+    assert records.values("loss/val/a") == {4: pytest.approx(sum(SQ[:5]) / 5)}
+    assert records.values("loss/props/a") == {4: pytest.approx(EXPECTED_A)}
+    first = next(iter(entry(trainer, "props").loader(trainer)))
     assert set(first) == {"x", "y"}
 
 
 def test_properties_on_a_dataset_without_support_is_a_clear_error(tmp_path: Path) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 1, "properties": ["x"]}
     ]
     with pytest.raises(Exception, match="has no with_properties"):
-        run(tmp_path, raw)
+        fit(tmp_path, raw)
 
 
 def test_lossdiff_uses_the_online_loss_of_the_same_step(tmp_path: Path) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
@@ -378,8 +301,8 @@ def test_lossdiff_uses_the_online_loss_of_the_same_step(tmp_path: Path) -> None:
         },
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2},
     ]
-    _, records = run(tmp_path, raw)
-    assert records.at("lossdiff/val/total") == {
+    _, records = fit(tmp_path, raw)
+    assert records.values("lossdiff/val/total") == {
         2: pytest.approx(EXPECTED_A - 100),
         4: pytest.approx(EXPECTED_A - 50),
     }
@@ -387,41 +310,43 @@ def test_lossdiff_uses_the_online_loss_of_the_same_step(tmp_path: Path) -> None:
 
 def test_lossdiff_in_the_default_set_up(tmp_path: Path) -> None:
     """The trainer's default online-loss entries run first, so intervals that align give a lossdiff."""
-    raw = config(max_updates=6, add_default_callbacks=True, log_every_n_updates=2, track_every_n_updates=1)
+    raw = ramp_config(
+        max_updates=6, add_default_callbacks=True, log_every_n_updates=2, track_every_n_updates=1
+    )
     raw["callbacks"] = [{"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2}]
-    _, records = run(tmp_path, raw)
-    diffs = records.at("lossdiff/val/total")
-    online = records.at("loss/online/total/U2")
+    _, records = fit(tmp_path, raw)
+    diffs = records.values("lossdiff/val/total")
+    online = records.values("loss/online/total/U2")
     assert sorted(diffs) == [2, 4, 6]
     for update, diff in diffs.items():
         assert diff == pytest.approx(EXPECTED_A - online[update], rel=1e-5)
 
 
 def test_final_evaluation_with_eval_at_end(tmp_path: Path) -> None:
-    raw = config(max_updates=4)
-    raw["datasets"]["v1"] = {"kind": "test_evaluation:ramp", "kwargs": {"size": 1}}
-    raw["datasets"]["v2"] = {"kind": "test_evaluation:ramp", "kwargs": {"size": 2}}
+    raw = ramp_config(max_updates=4)
+    raw["datasets"]["v1"] = {"kind": "tiny_runs:ramp", "kwargs": {"size": 1}}
+    raw["datasets"]["v2"] = {"kind": "tiny_runs:ramp", "kwargs": {"size": 2}}
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 3, "eval_at_end": True},
         {"kind": "OfflineLossCallback", "dataset_key": "v1", "every_n_updates": 3},
         {"kind": "OfflineLossCallback", "dataset_key": "v2", "every_n_updates": 2, "eval_at_end": True},
     ]
-    _, records = run(tmp_path, raw)
+    _, records = fit(tmp_path, raw)
     # the final evaluation is a step of its own at the last update, after the regular one
-    assert [(r["update"], sorted(k for k in r if k.endswith("/total"))) for r in records.rows] == [
+    assert [(r["update"], sorted(k for k in r if k.endswith("/total"))) for r in records.records] == [
         (2, ["loss/v2/total"]),
         (3, ["loss/v1/total", "loss/val/total"]),
         (4, ["loss/v2/total"]),  # due at the last update anyway: not run again
         (4, ["loss/val/total"]),
     ]
-    assert records.rows[-1]["loss/val/total"] == pytest.approx(EXPECTED_A)
+    assert records.records[-1]["loss/val/total"] == pytest.approx(EXPECTED_A)
 
 
 # ----------------------------------------------------------------------------------------- best metric
 
 
 def best_metric_config(values: list[float], targets: list[float]) -> dict[str, Any]:
-    raw = config(max_updates=len(values), batch_size=4)
+    raw = ramp_config(max_updates=len(values), batch_size=4)
     raw["callbacks"] = [
         {
             "kind": "test_evaluation:Scripted",
@@ -450,12 +375,12 @@ def best_metric_config(values: list[float], targets: list[float]) -> dict[str, A
 
 def test_best_metric_logs_targets_at_the_best_step(tmp_path: Path) -> None:
     raw = best_metric_config([3.0, 2.0, 2.5, 1.0, math.nan, 1.0], [30.0, 20.0, 25.0, 10.0, 0.0, 5.0])
-    trainer, records = run(tmp_path, raw)
-    at_best = records.at("loss/test/total/at_best/loss/val/total")
+    trainer, records = fit(tmp_path, raw)
+    at_best = records.values("loss/test/total/at_best/loss/val/total")
     assert list(at_best.values()) == [30.0, 20.0, 20.0, 10.0, 10.0, 10.0]  # NaN and a tie are no improvement
-    assert records.at("loss/val/total/at_best/loss/val/total")[6] == 1.0
-    assert not any("acc/none" in k for r in records.rows for k in r)
-    assert plugin(trainer, "BestMetricCallback").state_dict() == {
+    assert records.values("loss/val/total/at_best/loss/val/total")[6] == 1.0
+    assert not any("acc/none" in k for r in records.records for k in r)
+    assert entry(trainer, "BestMetricCallback").state_dict() == {
         "best": 1.0,
         "at_best": {"loss/test/total": 10.0, "loss/val/total": 1.0},
     }
@@ -476,7 +401,7 @@ def test_best_metric_state_survives_resume(tmp_path: Path) -> None:
 
 
 def test_best_metric_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "BestMetricCallback", "every_n_epochs": 1, "source_metric_key": "loss/val/total"}
     ]
@@ -501,7 +426,7 @@ def test_best_metric_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_track_outputs_mean_and_last_under_accumulation(tmp_path: Path) -> None:
     CALLS["n"] = 0
-    raw = config(max_updates=4, accumulation_steps=2, train_step="test_evaluation:counting_step")
+    raw = ramp_config(max_updates=4, accumulation_steps=2, train_step="test_evaluation:counting_step")
     raw["callbacks"] = [
         {
             "kind": "TrackAdditionalOutputsCallback",
@@ -520,13 +445,13 @@ def test_track_outputs_mean_and_last_under_accumulation(tmp_path: Path) -> None:
             "save_output": True,
         },
     ]
-    trainer, records = run(tmp_path, raw)
+    trainer, records = fit(tmp_path, raw)
     # 2 updates per epoch, 2 micro-batches each: calls 1-4 in epoch 1, 5-8 in epoch 2
-    assert records.at("calls/E1") == {2: 2.5, 4: 6.5}
-    assert records.at("call_rank/E1") == {2: 2.5, 4: 6.5}
-    assert records.at("xsum/E1") == {2: 7.0, 4: 7.0}  # each epoch sees x = 0..7 once, in 4 micro-batches
-    assert records.at("calls/U2") == {2: 3.5, 4: 7.5}  # the last update's two micro-batches
-    assert plugin(trainer, "last")._counts == {"calls": 2}  # one value per micro-batch, even if matched twice
+    assert records.values("calls/E1") == {2: 2.5, 4: 6.5}
+    assert records.values("call_rank/E1") == {2: 2.5, 4: 6.5}
+    assert records.values("xsum/E1") == {2: 7.0, 4: 7.0}  # each epoch sees x = 0..7 once, in 4 micro-batches
+    assert records.values("calls/U2") == {2: 3.5, 4: 7.5}  # the last update's two micro-batches
+    assert entry(trainer, "last")._counts == {"calls": 2}  # one value per micro-batch, even if matched twice
     saved = sorted(p.name for p in (tmp_path / "run" / "update_outputs").iterdir())
     assert saved == ["calls_U2_E1_U2_S8.th", "calls_U2_E2_U4_S16.th"]
     assert torch.load(tmp_path / "run" / "update_outputs" / saved[1]).item() == 7.5  # calls 7 and 8
@@ -535,15 +460,15 @@ def test_track_outputs_mean_and_last_under_accumulation(tmp_path: Path) -> None:
 def test_track_outputs_needs_keys_or_patterns_and_names_missing_outputs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [{"kind": "TrackAdditionalOutputsCallback", "every_n_updates": 1}]
     status, err = validate(tmp_path, raw, capsys)
     assert status == 2
     assert "set keys or patterns" in err
-    raw = config(train_step="test_evaluation:counting_step")
+    raw = ramp_config(train_step="test_evaluation:counting_step")
     raw["callbacks"] = [{"kind": "TrackAdditionalOutputsCallback", "every_n_updates": 1, "keys": ["nope"]}]
     with pytest.raises(Exception, match="returned no output 'nope'; it returned calls, call_rank, xsum"):
-        run(tmp_path, raw)
+        fit(tmp_path, raw)
 
 
 # ------------------------------------------------------------------------------- declared dependencies
@@ -552,7 +477,7 @@ def test_track_outputs_needs_keys_or_patterns_and_names_missing_outputs(
 def test_missing_producer_fails_validation_with_the_consumer_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "train", "every_n_epochs": 1},
         {
@@ -582,7 +507,7 @@ def test_producer_at_another_interval_or_after_the_consumer(
         "source_metric_key": "loss/val/total",
         "optional_target_metric_keys": ["x"],
     }
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [{"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 4}, best]
     status, err = validate(tmp_path, raw, capsys)
     assert status == 2
@@ -598,7 +523,7 @@ def test_producer_at_another_interval_or_after_the_consumer(
 def test_eval_at_end_consumer_needs_a_producer_in_the_final_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(max_updates=4, train_step="test_evaluation:two_losses")
+    raw = ramp_config(max_updates=4, train_step="test_evaluation:two_losses")
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 3},
         {
@@ -613,8 +538,8 @@ def test_eval_at_end_consumer_needs_a_producer_in_the_final_evaluation(
     assert status == 2
     assert "set eval_at_end: true and every_n_updates=3 on its producer" in err
     raw["callbacks"][0]["eval_at_end"] = True
-    _, records = run(tmp_path, raw)
-    assert records.at("loss/val/a/at_best/loss/val/total") == {
+    _, records = fit(tmp_path, raw)
+    assert records.values("loss/val/a/at_best/loss/val/total") == {
         3: pytest.approx(EXPECTED_A),
         4: pytest.approx(EXPECTED_A),
     }
@@ -631,7 +556,7 @@ def test_best_checkpoint_and_ema_children_take_part(
         "target_metric_keys": ["loss/val/total"],
         "name": "child_best",
     }
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {
             "kind": "EmaCallback",
@@ -654,25 +579,23 @@ def test_best_checkpoint_and_ema_children_take_part(
 
 
 def test_undeclared_entries_turn_errors_into_warnings() -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [
         {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
         {"kind": "MetricEarlyStopper", "every_n_updates": 1, "metric_key": "rec/U1", "tolerance": 1},
     ]
-    registry = PluginRegistry.from_environment()
-    warnings = check_metric_dependencies(structure_config(raw, registry), registry)
+    warnings = check_metric_dependencies(plan(raw))
     assert len(warnings) == 1
     assert "unless callbacks[0] sample_plugins:Recorder" in warnings[0]
 
 
 def test_unknown_dataset_key_is_a_config_error(tmp_path: Path) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["callbacks"] = [{"kind": "OfflineLossCallback", "dataset_key": "vall", "every_n_epochs": 1}]
-    registry = PluginRegistry.from_environment()
     with pytest.raises(
         ConfigError, match=r"callbacks\[0\].dataset_key: no dataset 'vall'; did you mean 'val'\?"
     ):
-        check_metric_dependencies(structure_config(raw, registry), registry)
+        plan(raw, check=True)
 
 
 SEED_ENTRIES = """
@@ -701,7 +624,7 @@ callbacks:
 
 
 def test_seed_examples_validate_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = config()
+    raw = ramp_config()
     raw["datasets"]["test"] = raw["datasets"]["val"]
     raw.update(yaml.safe_load(SEED_ENTRIES))
     status, err = validate(tmp_path, raw, capsys)
@@ -730,15 +653,15 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 
     torch.set_num_threads(1)
     CALLS["n"] = 0  # a forked child starts with this process's count
-    raw = config(max_updates=2, batch_size=4, train_step="test_evaluation:counting_step")
+    raw = ramp_config(max_updates=2, batch_size=4, train_step="test_evaluation:counting_step")
     raw["datasets"]["val"]["kwargs"]["size"] = 9  # 5 samples per rank: one of them padding
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2, "batch_size": 2},
         {"kind": "test_evaluation:Collector", "dataset_key": "val", "every_n_updates": 2, "batch_size": 2},
         {"kind": "TrackAdditionalOutputsCallback", "every_n_updates": 2, "keys": ["calls"], "reduce": "last"},
     ]
-    trainer, records = run(Path(out) / f"rank{rank}", raw)
-    Path(out, f"rank{rank}.json").write_text(json.dumps(records.rows))
+    trainer, records = fit(Path(out) / f"rank{rank}", raw)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(records.records))
     shutdown(trainer.dist)
 
 

@@ -18,7 +18,7 @@ from noether_core.io.log_writer import LogWriter
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import DiskTracker, Tracker, read_metrics
-from noether_core.run.counter import Counter, RunEnd
+from noether_core.run.counter import Counter, RunEnd, advance, seek
 
 
 class ListTracker:
@@ -78,11 +78,11 @@ def test_list_tracker_is_a_tracker() -> None:
 def test_flush_builds_one_record_from_counter_at_flush_time(
     writer: LogWriter, counter: Counter, sink: ListTracker
 ) -> None:
-    counter.seek(3)
+    seek(counter, 3)
     writer.add_scalar("loss/online/total/U1", torch.tensor(0.5))
     writer.add_scalar("optim/lr/model", 1e-3)
     writer.add_scalar("count", 7)
-    counter.advance()  # the epoch ends before the flush: the record carries the flush-time position
+    advance(counter)  # the epoch ends before the flush: the record carries the flush-time position
     record = writer.flush()
     expected = {
         "epoch": 1,
@@ -107,7 +107,7 @@ def test_flush_with_nothing_pending_does_not_call_sinks(writer: LogWriter, sink:
 
 
 def test_flush_twice_at_same_update(writer: LogWriter, counter: Counter, sink: ListTracker) -> None:
-    counter.seek(40)
+    seek(counter, 40)
     writer.add_scalar("loss/online/total/U1", 1.0)
     writer.flush()
     writer.add_scalar("loss/online/total/U1", 2.0)  # e.g. logged in after_training after the last flush
@@ -196,7 +196,7 @@ def test_contains_and_keys(writer: LogWriter) -> None:
 
 
 def test_duplicate_key_names_key_update_and_owners(writer: LogWriter, counter: Counter) -> None:
-    counter.seek(12)
+    seek(counter, 12)
     with writer.owned_by("BestMetricCallback"):
         writer.add_scalar("val/loss/at_best", 1.0)
     with writer.owned_by("my_metric"), pytest.raises(DuplicateMetricError) as info:
@@ -339,7 +339,7 @@ def test_writer_with_disk_tracker(tmp_path: Path, counter: Counter) -> None:
     disk.start(paths, {})
     writer = LogWriter(counter, [disk])
     for update, loss in ((1, 2.0), (2, float("nan")), (3, 1.0)):
-        counter.seek(update)
+        seek(counter, update)
         writer.add_scalar("loss/online/total/U1", torch.tensor(loss))
         writer.flush()
     disk.close("completed")

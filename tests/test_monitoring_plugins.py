@@ -28,19 +28,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny_runs import fit, make_trainer, plan, train
 
 from noether_core import CallbackConfig, hookimpl
-from noether_core.cli import main
 from noether_core.config.loader import structure_config
-from noether_core.io.paths import RunPaths
-from noether_core.plugins.manager import PluginFailure
+from noether_core.errors import PluginFailure
 from noether_core.plugins.registry import PluginRegistry
-from noether_core.run.building import geometry
 from noether_core.run.distributed import DistInfo
-from noether_core.run.launch import build_entries, default_entries, setup_logging
+from noether_core.run.launch import setup_logging
 from noether_core.run.optim import schedule_factor
 from noether_core.run.train_step import StepOutput
-from noether_core.run.trainer import Trainer
 from noether_plugins import eta, online_loss, progress
 from noether_plugins.eta import EtaCallback
 from noether_plugins.lr import LrCallback
@@ -54,30 +51,6 @@ TOTAL_UPDATES = 10
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-class Sink:
-    """A tracker that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
-
-    def start(self, paths: Any, config: Any) -> None:
-        pass
-
-    def log(self, record: Any) -> None:
-        self.records.append(dict(record))
-
-    def set_summary(self, key: str, value: Any) -> None:
-        self.summary[key] = value
-
-    def close(self, status: str) -> None:
-        pass
-
-    def at(self, update: int) -> dict[str, Any]:
-        (record,) = [r for r in self.records if r["update"] == update]
-        return record
 
 
 class Seen:
@@ -161,27 +134,6 @@ def plain_config(*callbacks: dict[str, Any], **trainer: Any) -> dict[str, Any]:
     return raw
 
 
-def build(tmp_path: Path, raw: dict[str, Any], run_id: str = "run", sink: Sink | None = None) -> Trainer:
-    registry = PluginRegistry.from_environment()
-    config = structure_config(raw, registry)
-    entries = build_entries(config, registry, geometry(config)[2])
-    trackers = [sink] if sink is not None else []
-    return Trainer(config, entries, RunPaths.create(tmp_path, run_id), trackers=trackers)
-
-
-def train(tmp_path: Path, raw: dict[str, Any], run_id: str = "run") -> tuple[Trainer, Sink]:
-    sink = Sink()
-    trainer = build(tmp_path, raw, run_id, sink)
-    assert trainer.fit() == "completed"
-    return trainer, sink
-
-
-def cli_train(tmp_path: Path, raw: dict[str, Any], run_id: str = "r") -> int:
-    cfg = tmp_path / f"{run_id}.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id])
-
-
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -209,7 +161,7 @@ class Run:
     micro_losses: list[dict[str, float]]
     times: list[dict[str, float]]
 
-    def at(self, update: int) -> dict[str, Any]:
+    def record_at(self, update: int) -> dict[str, Any]:
         (record,) = [r for r in self.records if r["update"] == update]
         return record
 
@@ -223,7 +175,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     Seen.micro_losses, Seen.times = [], []
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = cli_train(tmp, raw)
+        status = train(tmp, raw)
     root = tmp / "r"
     records = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     summary = yaml.safe_load((root / "summary.yaml").read_text())
@@ -263,15 +215,15 @@ def test_lr_and_wd_per_part_at_update_one_and_on_the_track_interval(example_run:
     raw = composite_config()["optimizer"]
     config = structure_config(composite_config(), PluginRegistry.from_environment()).optimizer
     for update in (1, 3, 6, 9):
-        record = example_run.at(update)
+        record = example_run.record_at(update)
         # the values the update that just finished used: its 0-based index is update - 1
         lr = raw["lr"] * schedule_factor(config.lr_schedule, update - 1, TOTAL_UPDATES)
         wd = raw["weight_decay"] * schedule_factor(config.wd_schedule, update - 1, TOTAL_UPDATES)
         for part in ("classifier.encoder", "classifier.head"):
             assert record[f"optim/lr/{part}"] == pytest.approx(lr, rel=1e-12)
             assert record[f"optim/wd/{part}"] == pytest.approx(wd, rel=1e-12)
-    assert example_run.at(1)["optim/lr/classifier.encoder"] == pytest.approx(0.01 / 3)  # warmup 1/3
-    assert set(example_run.at(1)) == {"epoch", "update", "sample"} | {
+    assert example_run.record_at(1)["optim/lr/classifier.encoder"] == pytest.approx(0.01 / 3)  # warmup 1/3
+    assert set(example_run.record_at(1)) == {"epoch", "update", "sample"} | {
         f"optim/{v}/classifier.{p}" for v in ("lr", "wd") for p in ("encoder", "head")
     }
     assert not [k for r in example_run.records if r["update"] in (4, 8) for k in r if k.startswith("optim/")]
@@ -283,26 +235,26 @@ def test_online_loss_is_the_mean_of_the_micro_batches_since_the_last_log(example
     def mean(first_update: int, last_update: int) -> float:
         return sum(losses[2 * (first_update - 1) : 2 * last_update]) / (2 * (last_update - first_update + 1))
 
-    assert example_run.at(3)["loss/online/total/U3"] == pytest.approx(mean(1, 3), rel=1e-6)
-    assert example_run.at(6)["loss/online/total/U3"] == pytest.approx(mean(4, 6), rel=1e-6)
-    assert example_run.at(9)["loss/online/total/U3"] == pytest.approx(mean(7, 9), rel=1e-6)
-    assert example_run.at(4)["loss/online/total/U4"] == pytest.approx(mean(1, 4), rel=1e-6)
-    assert example_run.at(8)["loss/online/total/U4"] == pytest.approx(mean(5, 8), rel=1e-6)
+    assert example_run.record_at(3)["loss/online/total/U3"] == pytest.approx(mean(1, 3), rel=1e-6)
+    assert example_run.record_at(6)["loss/online/total/U3"] == pytest.approx(mean(4, 6), rel=1e-6)
+    assert example_run.record_at(9)["loss/online/total/U3"] == pytest.approx(mean(7, 9), rel=1e-6)
+    assert example_run.record_at(4)["loss/online/total/U4"] == pytest.approx(mean(1, 4), rel=1e-6)
+    assert example_run.record_at(8)["loss/online/total/U4"] == pytest.approx(mean(5, 8), rel=1e-6)
     # the log-interval entry echoes its values, the track-interval one does not
-    value = example_run.at(8)["loss/online/total/U4"]
+    value = example_run.record_at(8)["loss/online/total/U4"]
     assert f"loss/online/total/U4: {value:.6f}\n" in example_run.stdout
     assert "loss/online/total/U3:" not in example_run.stdout
 
 
 def test_train_time_mean_and_max_per_phase(example_run: Run) -> None:
     for update, first in ((4, 1), (8, 5)):
-        record = example_run.at(update)
+        record = example_run.record_at(update)
         window = example_run.times[first - 1 : update]
         for phase in PHASES:
             values = [t[phase] for t in window]
             assert record[f"train_time/{phase}/mean/U4"] == pytest.approx(sum(values) / len(values), rel=1e-9)
             assert record[f"train_time/{phase}/max/U4"] == pytest.approx(max(values), rel=1e-12)
-    assert not [k for k in example_run.at(3) if k.startswith("train_time/")]
+    assert not [k for k in example_run.record_at(3) if k.startswith("train_time/")]
     assert "train time by phase: data_wait=" in example_run.stdout
 
 
@@ -311,10 +263,10 @@ def test_peak_memory_on_cpu_is_the_peak_rss(example_run: Run) -> None:
 
     now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     for update in (4, 8):
-        record = example_run.at(update)
+        record = example_run.record_at(update)
         assert 0.01 < record["peak_memory/rss_gib"] <= now
         assert "peak_memory/cuda_gib" not in record
-    assert example_run.at(4)["peak_memory/rss_gib"] <= example_run.at(8)["peak_memory/rss_gib"]
+    assert example_run.record_at(4)["peak_memory/rss_gib"] <= example_run.record_at(8)["peak_memory/rss_gib"]
 
 
 def test_progress_lines_without_a_terminal(example_run: Run) -> None:
@@ -335,7 +287,7 @@ def test_progress_lines_without_a_terminal(example_run: Run) -> None:
 def test_defaults_in_producer_first_order_then_the_users_entries(tmp_path: Path) -> None:
     raw = composite_config()
     raw["callbacks"] = [{"kind": "LrCallback", "every_n_updates": 5, "name": "mine"}]
-    trainer = build(tmp_path, raw)
+    trainer = make_trainer(tmp_path, raw)
     slots = [(s.key, s.is_default, s.interval.short if s.interval else None) for s in trainer.plugins.slots]
     assert slots == [
         ("DatasetStatsCallback", True, None),
@@ -357,23 +309,23 @@ def test_defaults_in_producer_first_order_then_the_users_entries(tmp_path: Path)
 
 
 def test_eta_is_a_default_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = PluginRegistry.from_environment()
-    config = structure_config(composite_config(), registry)
-    assert "EtaCallback" not in [e.kind for e in default_entries(config, registry, TOTAL_UPDATES)]
+    assert "EtaCallback" not in [e.config.kind for e in plan(composite_config()).default_entries]
     monkeypatch.setattr(sys, "stdout", FakeTerminal())
-    kinds = [e.kind for e in default_entries(config, registry, TOTAL_UPDATES)]
+    kinds = [e.config.kind for e in plan(composite_config()).default_entries]
     assert kinds[-1] == "EtaCallback"
 
 
 def test_add_default_callbacks_false_opts_out(tmp_path: Path) -> None:
-    trainer, sink = train(tmp_path, composite_config(add_default_callbacks=False))
+    trainer, sink = fit(tmp_path, composite_config(add_default_callbacks=False), expect="completed")
     assert trainer.plugins.slots == []
     assert sink.records == []
     assert list(sink.summary) == ["durations"]  # the trainer's own
 
 
 def test_equal_log_and_track_intervals_give_one_online_loss_key(tmp_path: Path) -> None:
-    trainer, sink = train(tmp_path, composite_config(log_every_n_updates=2, track_every_n_updates=2))
+    trainer, sink = fit(
+        tmp_path, composite_config(log_every_n_updates=2, track_every_n_updates=2), expect="completed"
+    )
     assert [s.key for s in trainer.plugins.slots if s.plugin.kind == "OnlineLossCallback"] == [
         "OnlineLossCallback/U2"
     ]
@@ -393,7 +345,7 @@ def test_online_loss_pinned_on_a_frozen_model_over_one_epoch(tmp_path: Path) -> 
         max_updates=8,
     )
     raw["model"]["frozen"] = True
-    trainer, sink = train(tmp_path, raw)
+    trainer, sink = fit(tmp_path, raw, expect="completed")
     assert trainer.optimizer is None
     data = trainer.data["train"]
     x, y = data.x, data.y  # type: ignore[attr-defined]
@@ -412,7 +364,7 @@ def test_online_loss_by_hand_with_accumulation_and_named_losses(tmp_path: Path) 
         max_updates=7,
         train_step="test_monitoring_plugins:counting_step",
     )
-    _, sink = train(tmp_path, raw)
+    _, sink = fit(tmp_path, raw, expect="completed")
     # micro-batches are numbered 1, 2, ...; two per update; update 7 is after the last log
     assert sink.records == [
         {"epoch": 0, "update": 3, "sample": 48, "loss/online/total/U3": 3.5, "loss/online/double/U3": 7.0},
@@ -431,7 +383,7 @@ def test_online_loss_keeps_exact_means_over_long_intervals(
         max_updates=100,
         train_step="test_monitoring_plugins:counting_step",
     )
-    _, sink = train(tmp_path, raw)
+    _, sink = fit(tmp_path, raw, expect="completed")
     assert [r["loss/online/total/U50"] for r in sink.records] == [50.5, 150.5]
 
 
@@ -442,7 +394,7 @@ def test_nan_online_loss_fails_the_run_clearly(tmp_path: Path) -> None:
         max_updates=6,
         train_step="test_monitoring_plugins:counting_step",
     )
-    trainer = build(tmp_path, raw)
+    trainer = make_trainer(tmp_path, raw)
     with pytest.raises(
         PluginFailure, match=r"loss/online/total/U3 is NaN at update 3: a loss of the 3 update\(s\)"
     ):
@@ -457,9 +409,9 @@ def test_nan_online_loss_is_logged_with_skip_nan_loss(tmp_path: Path) -> None:
         skip_nan_loss=True,
         train_step="test_monitoring_plugins:counting_step",
     )
-    _, sink = train(tmp_path, raw)
-    assert math.isnan(sink.at(3)["loss/online/total/U3"])
-    assert sink.at(6)["loss/online/total/U3"] == 9.5
+    _, sink = fit(tmp_path, raw, expect="completed")
+    assert math.isnan(sink.record_at(3)["loss/online/total/U3"])
+    assert sink.record_at(6)["loss/online/total/U3"] == 9.5
 
 
 # ----------------------------------------------------------------------------------------------- LR
@@ -468,7 +420,7 @@ def test_nan_online_loss_is_logged_with_skip_nan_loss(tmp_path: Path) -> None:
 def test_lr_of_a_plain_model_is_named_after_it_and_logged_once_at_update_one(tmp_path: Path) -> None:
     raw = plain_config({"kind": "LrCallback", "every_n_updates": 1}, max_updates=3)
     raw["optimizer"].pop("wd_schedule")
-    _, sink = train(tmp_path, raw)
+    _, sink = fit(tmp_path, raw, expect="completed")
     schedule = structure_config(raw, PluginRegistry.from_environment()).optimizer.lr_schedule
     assert [sorted(k for k in r if k.startswith("optim/")) for r in sink.records] == [["optim/lr/model"]] * 3
     for record in sink.records:
@@ -479,7 +431,7 @@ def test_lr_of_a_plain_model_is_named_after_it_and_logged_once_at_update_one(tmp
 def test_lr_without_schedules_logs_nothing(tmp_path: Path) -> None:
     raw = plain_config({"kind": "LrCallback", "every_n_updates": 2}, max_updates=4)
     raw["optimizer"] = {"kind": "sgd", "lr": 0.1}
-    _, sink = train(tmp_path, raw)
+    _, sink = fit(tmp_path, raw, expect="completed")
     assert sink.records == []
 
 
@@ -496,7 +448,7 @@ def test_param_count_of_nested_composites_with_frozen_parts(tmp_path: Path) -> N
             "head": mlp(8, 4, frozen=True),
         },
     }
-    trainer, sink = train(tmp_path, raw)
+    trainer, sink = fit(tmp_path, raw, expect="completed")
     parts = trainer.model.parts  # type: ignore[union-attr]
     enc = sum(p.numel() for p in parts["backbone"].parts["enc"].parameters())
     mid = sum(p.numel() for p in parts["backbone"].parts["mid"].parameters())
@@ -530,7 +482,7 @@ def test_progress_heartbeat_and_a_log_in_the_same_update_do_not_divide_by_zero(
     raw = plain_config(
         {"kind": "ProgressCallback", "every_n_updates": 2, "heartbeat_seconds": 1e-9}, max_updates=4
     )
-    assert cli_train(tmp_path, raw) == 0
+    assert train(tmp_path, raw) == 0
     out = capsys.readouterr().out
     assert out.count("% done.") == 4 + 2  # a heartbeat after every update, the interval at 2 and 4
     assert out.count("50.0% done. Epoch 0/1 (update 2/4, sample 32/64)\n") == 2
@@ -551,7 +503,7 @@ def test_progress_bar_on_a_terminal(
         {"kind": "EtaCallback", "every_n_updates": 5},
         {"kind": "OnlineLossCallback", "every_n_updates": 5},
     )
-    trainer, _sink = train(tmp_path, raw)
+    trainer, _sink = fit(tmp_path, raw, expect="completed")
     assert sys.stdout is terminal
     assert handler.stream is terminal
     out = terminal.getvalue()
@@ -578,7 +530,7 @@ def test_a_second_progress_bar_prints_lines_instead(
         {"kind": "ProgressCallback", "every_n_updates": 5, "bar": True},
         {"kind": "ProgressCallback", "every_n_updates": 5, "bar": True, "name": "second"},
     )
-    trainer, _ = train(tmp_path, raw)
+    trainer, _ = fit(tmp_path, raw, expect="completed")
     out = terminal.getvalue()
     assert "second: another progress bar is on the terminal; printing progress lines" in out
     assert out.count("% done.") == 2
@@ -595,7 +547,7 @@ def test_progress_bar_is_taken_down_when_the_run_fails(
         {"kind": "sample_plugins:Crash", "update": 3},
     )
     with pytest.raises(PluginFailure, match="crash at update 3"):
-        build(tmp_path, raw).fit()
+        make_trainer(tmp_path, raw).fit()
     assert sys.stdout is terminal
 
 
@@ -613,7 +565,7 @@ def test_eta_status_line_on_a_terminal_stays_out_of_log_lines(
     raw = plain_config(
         {"kind": "EtaCallback", "every_n_updates": 4}, {"kind": "OnlineLossCallback", "every_n_updates": 4}
     )
-    _trainer, _ = train(tmp_path, raw)
+    _trainer, _ = fit(tmp_path, raw, expect="completed")
     out = terminal.getvalue()
     assert "\r\x1b[2KE 0/3 | U 1/10 | S 16/160 | next log in 3 updates, " in out
     assert "E 1/3 | U 4/10 | S 64/160 | next log in 4 updates, " in out
@@ -628,7 +580,7 @@ def test_eta_status_line_on_a_terminal_stays_out_of_log_lines(
 
 def test_eta_writes_nothing_without_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = plain_config({"kind": "EtaCallback", "every_n_updates": 4})
-    train(tmp_path, raw)
+    fit(tmp_path, raw, expect="completed")
     captured = capsys.readouterr()
     assert "\r" not in captured.err
     assert "\r" not in captured.out

@@ -10,69 +10,23 @@ import pytest
 import sample_plugins
 import torch
 import yaml
+from tiny_runs import UPE, entry, make_trainer, tiny_config, train, write_config
 
 from noether_core.cli import main
-from noether_core.config.loader import structure_config
 from noether_core.io.checkpoints import load_checkpoint
-from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import DiskTracker, read_metrics
-from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.datasets import Blobs
-from noether_core.run.launch import build_entries
 from noether_core.run.trainer import Trainer
-
-UPE = 16  # 256 samples / batch 16
-
-
-def base_config(**trainer: Any) -> dict[str, Any]:
-    return {
-        "trainer": {
-            "max_epochs": 2,
-            "batch_size": 16,
-            "seed": 3,
-            "num_threads": 1,
-            "add_default_callbacks": False,
-            **trainer,
-        },
-        "model": {
-            "kind": "mlp",
-            "kwargs": {"in_features": 2, "out_features": 4, "hidden": 16, "dropout": 0.1},
-        },
-        "optimizer": {"kind": "adamw", "lr": 0.01, "lr_schedule": {"kind": "cosine", "warmup_updates": 3}},
-        "datasets": {
-            "train": {"kind": "blobs", "kwargs": {"size": 256, "seed": 0}},
-            "val": {"kind": "blobs", "kwargs": {"size": 64, "seed": 1}},
-        },
-        "callbacks": [],
-    }
-
-
-def make_trainer(tmp_path: Path, raw: dict[str, Any], run_id: str = "run", **kwargs: Any) -> Trainer:
-    registry = PluginRegistry.from_environment()
-    config = structure_config(raw, registry)
-    entries = build_entries(config, registry, total_updates=10**6)
-    return Trainer(config, entries, RunPaths.create(tmp_path, run_id), **kwargs)
 
 
 def recorder(trainer: Trainer, index: int = 0) -> sample_plugins.Recorder:
-    obj = trainer.plugins.slots[index].obj
+    obj = entry(trainer, index)
     assert isinstance(obj, sample_plugins.Recorder)
     return obj
 
 
-def write_config(path: Path, raw: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def train(tmp_path: Path, raw: dict[str, Any], run_id: str = "r") -> int:
-    """``noether train`` of ``raw`` (written to ``{run_id}.yaml``) into ``tmp_path/run_id``, in-process."""
-    cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
-    return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id])
-
-
 def test_events_fire_in_lifecycle_order(tmp_path: Path) -> None:
-    raw = base_config(max_updates=6, max_epochs=None, accumulation_steps=2, clip_grad_norm=1.0)
+    raw = tiny_config(max_updates=6, max_epochs=None, accumulation_steps=2, clip_grad_norm=1.0)
     raw["datasets"]["train"]["kwargs"]["size"] = 64  # 4 updates per epoch
     raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 3}]
     trainer = make_trainer(tmp_path, raw)
@@ -92,7 +46,7 @@ def test_events_fire_in_lifecycle_order(tmp_path: Path) -> None:
 
 
 def test_end_part_way_through_an_epoch_finishes_cleanly(tmp_path: Path) -> None:
-    raw = base_config(max_updates=UPE + 5, max_epochs=None)
+    raw = tiny_config(max_updates=UPE + 5, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_epochs": 1}]
     trainer = make_trainer(tmp_path, raw)
     assert trainer.fit() == "completed"
@@ -103,14 +57,14 @@ def test_end_part_way_through_an_epoch_finishes_cleanly(tmp_path: Path) -> None:
 
 
 def test_sample_end_rounds_up_to_whole_updates(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, base_config(max_samples=100, max_epochs=None))
+    trainer = make_trainer(tmp_path, tiny_config(max_samples=100, max_epochs=None))
     trainer.fit()
     assert trainer.counter.update == 7  # 7 * 16 = 112 >= 100
     assert trainer.counter.sample == 112
 
 
 def test_stop_request_ends_the_run_with_status_stopped(tmp_path: Path) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [
         {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
         {"kind": "sample_plugins:StopAt", "update": 5},
@@ -124,7 +78,7 @@ def test_stop_request_ends_the_run_with_status_stopped(tmp_path: Path) -> None:
 def test_plugin_failure_runs_after_training_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["callbacks"] = [{"kind": "sample_plugins:Crash", "update": 4, "name": "crasher"}]
     assert train(tmp_path, raw, "r") == 1
     err = capsys.readouterr().err
@@ -138,7 +92,7 @@ def test_plugin_failure_runs_after_training_and_exits_1(
 
 
 def test_metrics_and_summary_are_written(tmp_path: Path) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [
         {"kind": "sample_function_plugin:", "every_n_updates": 4},
         {"kind": "sample_plugins:Recorder", "every_n_epochs": 1},
@@ -164,7 +118,7 @@ def test_metrics_and_summary_are_written(tmp_path: Path) -> None:
 def test_same_key_from_two_entries_is_an_error_naming_both(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_epochs=1)
+    raw = tiny_config(max_epochs=1)
     raw["callbacks"] = [
         {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "a"},
         {"kind": "sample_function_plugin:", "every_n_updates": 2, "name": "b"},
@@ -177,7 +131,7 @@ def test_same_key_from_two_entries_is_an_error_naming_both(
 
 
 def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config(max_updates=10, max_epochs=None, slow_plugin_share=0.2)
+    raw = tiny_config(max_updates=10, max_epochs=None, slow_plugin_share=0.2)
     raw["callbacks"] = [{"kind": "sample_plugins:Sleepy", "seconds": 0.02, "name": "sleepy"}]
     assert train(tmp_path, raw, "r") == 0
     out = capsys.readouterr().out
@@ -188,7 +142,7 @@ def test_slow_plugin_is_named_in_a_warning(tmp_path: Path, capsys: pytest.Captur
 
 def test_grad_norm_reaches_plugins_only_when_clipping(tmp_path: Path) -> None:
     for clip, expected in ((None, False), (0.5, True)):
-        raw = base_config(max_updates=2, max_epochs=None, clip_grad_norm=clip)
+        raw = tiny_config(max_updates=2, max_epochs=None, clip_grad_norm=clip)
         raw["callbacks"] = [{"kind": "sample_plugins:Recorder", "every_n_updates": 1}]
         trainer = make_trainer(tmp_path, raw, run_id=f"clip{clip}")
         trainer.fit()
@@ -197,7 +151,7 @@ def test_grad_norm_reaches_plugins_only_when_clipping(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_on_cpu(tmp_path: Path, precision: str) -> None:
-    trainer = make_trainer(tmp_path, base_config(max_updates=20, max_epochs=None, precision=precision))
+    trainer = make_trainer(tmp_path, tiny_config(max_updates=20, max_epochs=None, precision=precision))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     assert trainer.fit() == "completed"
     after = list(trainer.model.parameters())
@@ -209,7 +163,7 @@ def test_reduced_precision_trains_on_cpu(tmp_path: Path, precision: str) -> None
 def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
     weights = []
     for steps in (1, 4):
-        raw = base_config(max_updates=8, max_epochs=None, accumulation_steps=steps)
+        raw = tiny_config(max_updates=8, max_epochs=None, accumulation_steps=steps)
         raw["model"]["kwargs"]["dropout"] = 0.0
         trainer = make_trainer(tmp_path, raw, run_id=f"acc{steps}")
         trainer.fit()
@@ -222,7 +176,7 @@ def test_skip_nan_skips_the_update_and_gives_up_after_the_limit(tmp_path: Path) 
     sample_plugins.NAN_UPDATES.clear()
     sample_plugins.NAN_UPDATES.update({3})
     sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
-    raw = base_config(
+    raw = tiny_config(
         max_updates=5, max_epochs=None, skip_nan_loss=True, train_step="sample_plugins:nan_at_updates"
     )
     trainer = make_trainer(tmp_path, raw, run_id="skip")
@@ -231,7 +185,7 @@ def test_skip_nan_skips_the_update_and_gives_up_after_the_limit(tmp_path: Path) 
 
     sample_plugins.NAN_UPDATES.update({1, 2, 3, 4})
     sample_plugins.nan_at_updates.calls = 0  # type: ignore[attr-defined]
-    raw = base_config(
+    raw = tiny_config(
         max_updates=5,
         max_epochs=None,
         skip_nan_loss=True,
@@ -244,9 +198,9 @@ def test_skip_nan_skips_the_update_and_gives_up_after_the_limit(tmp_path: Path) 
 
 
 def test_same_seed_same_weights(tmp_path: Path) -> None:
-    a = make_trainer(tmp_path, base_config(max_updates=10, max_epochs=None), run_id="a")
+    a = make_trainer(tmp_path, tiny_config(max_updates=10, max_epochs=None), run_id="a")
     a.fit()
-    b = make_trainer(tmp_path, base_config(max_updates=10, max_epochs=None), run_id="b")
+    b = make_trainer(tmp_path, tiny_config(max_updates=10, max_epochs=None), run_id="b")
     b.fit()
     for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(va, vb), ka
@@ -256,7 +210,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 def test_interrupted_and_resumed_run_is_bit_identical(
     tmp_path: Path, interrupt_at: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_epochs=3, accumulation_steps=2)
+    raw = tiny_config(max_epochs=3, accumulation_steps=2)
     raw["datasets"]["train"]["kwargs"]["size"] = 200  # 12 updates per epoch, 8 samples left over
     uninterrupted = dict(
         raw,
@@ -293,7 +247,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(
 def test_resume_without_checkpoint_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 0
+    assert train(tmp_path, tiny_config(max_updates=2, max_epochs=None), "r") == 0
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint 'latest'" in err
@@ -305,7 +259,7 @@ def test_resume_without_checkpoint_is_a_clear_error(
 def test_resume_from_corrupt_checkpoint_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_updates=6, max_epochs=None)
+    raw = tiny_config(max_updates=6, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
     assert train(tmp_path, raw, "r") == 130
     trainer_file = tmp_path / "r" / "checkpoints" / "model_cp=latest_trainer.th"
@@ -318,7 +272,7 @@ def test_resume_from_corrupt_checkpoint_is_a_clear_error(
 
 
 def test_dataset_smaller_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["datasets"]["train"]["kwargs"]["size"] = 10
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
@@ -327,7 +281,7 @@ def test_dataset_smaller_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_model_that_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config()
+    raw = tiny_config()
     raw["model"]["kwargs"]["hidden"] = -3
     cfg = write_config(tmp_path / "c.yaml", raw)
     assert main(["train", str(cfg), "--output-dir", str(tmp_path)]) == 2
@@ -340,7 +294,7 @@ def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for run, at in (("r3", 3), ("r5", 5)):
-        raw = base_config(max_updates=8, max_epochs=None)
+        raw = tiny_config(max_updates=8, max_epochs=None)
         raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": at}]
         assert train(tmp_path, raw, run) == 130
     name = "model_cp=latest_model.th"
@@ -354,7 +308,7 @@ def test_resume_refuses_a_checkpoint_whose_parts_come_from_different_updates(
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> None:
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [
         {"kind": "sample_function_plugin:", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 5},
@@ -375,7 +329,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
 
     import noether_core.io.checkpoints as writer
 
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [{"kind": "sample_plugins:SignalAt", "update": 3}]
     assert train(tmp_path, raw, "r") == 130
     latest = tmp_path / "r" / "checkpoints" / "model_cp=latest_model.th"
@@ -401,7 +355,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
 
 
 def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [
         {"kind": "sample_function_plugin:", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 5},
@@ -422,15 +376,15 @@ def test_a_refused_resume_changes_nothing_on_disk(tmp_path: Path, capsys: pytest
 
 
 def test_an_existing_run_directory_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 0
-    assert train(tmp_path, base_config(max_updates=2, max_epochs=None), "r") == 2
+    assert train(tmp_path, tiny_config(max_updates=2, max_epochs=None), "r") == 0
+    assert train(tmp_path, tiny_config(max_updates=2, max_epochs=None), "r") == 2
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
 
 
 def test_a_second_sigint_stops_at_once_without_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["callbacks"] = [
         {"kind": "sample_plugins:Recorder", "every_n_updates": 1},
         {"kind": "sample_plugins:SignalAt", "update": 3, "signal": "SIGINT", "times": 2},
@@ -444,7 +398,7 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(
 def test_the_model_stays_in_train_mode_when_only_entries_that_never_run_it_are_called(
     tmp_path: Path,
 ) -> None:
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["datasets"]["train"]["kwargs"]["size"] = 64  # 4 updates per epoch
     raw["callbacks"] = [
         {"kind": "sample_plugins:TrainModeProbe", "every_n_updates": 2, "name": "light"},
@@ -472,7 +426,7 @@ def test_the_model_stays_in_train_mode_when_only_entries_that_never_run_it_are_c
 
 
 def test_an_epoch_end_with_only_light_listeners_keeps_train_mode(tmp_path: Path) -> None:
-    raw = base_config(max_updates=8, max_epochs=None)
+    raw = tiny_config(max_updates=8, max_epochs=None)
     raw["datasets"]["train"]["kwargs"]["size"] = 64
     raw["callbacks"] = [{"kind": "sample_plugins:TrainModeProbe", "every_n_updates": 3}]
     trainer = make_trainer(tmp_path, raw)
@@ -489,7 +443,7 @@ def test_records_logged_before_a_checkpoint_reach_the_disk_before_it(tmp_path: P
     """The on-disk tracker buffers its records for up to a second; a checkpoint flushes them first, so a
     process killed after the checkpoint keeps every record a resume from it needs."""
     tracker = DiskTracker()
-    trainer = make_trainer(tmp_path, base_config(), trackers=[tracker])
+    trainer = make_trainer(tmp_path, tiny_config(), trackers=[tracker])
     tracker.start(trainer.paths, {})
     for update in (1, 2, 3):
         tracker.log({"epoch": 0, "update": update, "sample": 16 * update, "loss/online/total/U1": 1.0})
@@ -518,7 +472,7 @@ class NamedTupleBlobs(torch.utils.data.Dataset[Sample]):
 
 
 def test_a_namedtuple_batch_reaches_the_train_step_as_one(tmp_path: Path) -> None:
-    raw = base_config(max_updates=3, max_epochs=None)
+    raw = tiny_config(max_updates=3, max_epochs=None)
     raw["datasets"] = {"train": {"kind": "test_trainer:NamedTupleBlobs", "kwargs": {"size": 64}}}
     trainer = make_trainer(tmp_path, raw)
     seen: list[type] = []

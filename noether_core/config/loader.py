@@ -8,8 +8,8 @@ validators (attrs) run in a second pass so that all of them report, not only the
 
 from __future__ import annotations
 
-import difflib
 import re
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -36,9 +36,10 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
         return converter._structure_dict
 
 
-from noether_core.config.schema import CallbackConfig, RunConfig
-from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UsageError
-from noether_core.plugins.registry import PluginRegistry, UnknownKindError
+from noether_core.config.schema import CallbackConfig, RunConfig, nested_entries
+from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UnknownKindError, UsageError
+from noether_core.lookup import did_you_mean
+from noether_core.plugins.registry import PluginRegistry
 from noether_core.plugins.scheduling import INTERVAL_FIELDS
 
 
@@ -102,22 +103,29 @@ def _strict_bool(value: Any, _: type) -> bool:
 def _structure_literal(value: Any, type_: Any) -> Any:
     allowed = get_args(type_)
     if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        close = (
-            difflib.get_close_matches(value, [str(a) for a in allowed], n=1) if isinstance(value, str) else []
-        )
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = did_you_mean(value, [str(a) for a in allowed]) if isinstance(value, str) else ""
+        hint = f"; {close}" if close else ""
         raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {_show(value)}{hint}")
     return value
 
 
-class _EntryConverter(cattrs.Converter):
-    registry: PluginRegistry
+_CONVERTERS: weakref.WeakKeyDictionary[PluginRegistry, cattrs.Converter] = weakref.WeakKeyDictionary()
 
 
 def make_converter(registry: PluginRegistry) -> cattrs.Converter:
-    """The converter for run configs; each ``callbacks`` entry's ``kind`` is looked up in ``registry``."""
-    conv = _EntryConverter(detailed_validation=True, forbid_extra_keys=True)
-    conv.registry = registry
+    """The converter for run configs; each ``callbacks`` entry's ``kind`` is looked up in ``registry``.
+
+    Built once per registry (a process has one: the CLI's); building one generates a structuring
+    function per config class, which is worth doing once.
+    """
+    conv = _CONVERTERS.get(registry)
+    if conv is None:
+        conv = _CONVERTERS[registry] = _build_converter(registry)
+    return conv
+
+
+def _build_converter(registry: PluginRegistry) -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
@@ -240,9 +248,8 @@ def _walk(
     elif isinstance(exc, ForbiddenExtraKeysError):
         known = _field_names(exc.cl)
         for extra in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(extra, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
-            issues.append(ConfigIssue(_join(path, extra), f"unknown field{hint}"))
+            hint = did_you_mean(extra, known) or f"known fields: {', '.join(known)}"
+            issues.append(ConfigIssue(_join(path, extra), f"unknown field; {hint}"))
     elif isinstance(exc, UnknownKindError):
         issues.append(ConfigIssue(_join(path, "kind"), f"unknown kind {exc.kind!r}: {exc.reason}"))
     elif isinstance(exc, PluginLoadError):
@@ -290,25 +297,7 @@ def _run_validators(obj: Any, path: str, issues: list[ConfigIssue]) -> None:
 
 def iter_entries(config: RunConfig) -> Iterator[tuple[str, CallbackConfig]]:
     """Every callback entry with its path, nested ones (e.g. ``eval_callbacks``) included."""
-
-    return _nested_entries(enumerate(config.callbacks))
-
-
-def _nested_entries(callbacks: Iterable[tuple[int, CallbackConfig]]) -> Iterator[tuple[str, CallbackConfig]]:
-    """``callbacks`` entries (with their list indices) and the entries nested in them, with paths."""
-
-    def visit(obj: Any, path: str) -> Iterator[tuple[str, CallbackConfig]]:
-        if isinstance(obj, CallbackConfig):
-            yield path, obj
-        if attrs.has(type(obj)):
-            for field in attrs.fields(type(obj)):
-                yield from visit(getattr(obj, field.name), _join(path, field.name))
-        elif isinstance(obj, (list, tuple)):
-            for i, item in enumerate(obj):
-                yield from visit(item, _join(path, i))
-
-    for i, entry in callbacks:
-        yield from visit(entry, _join("callbacks", i))
+    return config.entries()
 
 
 def _check_entries(
@@ -434,7 +423,6 @@ def structure_config(
     registry: PluginRegistry,
     *,
     source: str | None = None,
-    converter: cattrs.Converter | None = None,
 ) -> RunConfig:
     """Structure a YAML document into a :class:`RunConfig`, or raise with every problem listed.
 
@@ -448,7 +436,7 @@ def structure_config(
         k: ([] if v is None and k in ("callbacks", "tracker") else {} if v is None and k == "datasets" else v)
         for k, v in raw.items()
     }
-    conv = converter or make_converter(registry)
+    conv = make_converter(registry)
     issues: list[ConfigIssue] = []
     plugin_errors: list[PluginLoadError] = []
     config: RunConfig | None = None
@@ -463,7 +451,7 @@ def structure_config(
         with attrs.validators.disabled():
             _check_parts(raw, RunConfig, "", conv, issues)
             entries = _structured_entries(raw, conv)
-        _check_entries(_nested_entries(entries), registry, issues)
+        _check_entries(nested_entries((f"callbacks[{i}]", e) for i, e in entries), registry, issues)
     else:
         _run_validators(config, "", issues)
         _check_entries(iter_entries(config), registry, issues)

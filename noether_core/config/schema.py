@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import attrs
@@ -12,6 +13,9 @@ from noether_core.plugins.scheduling import Interval
 from noether_core.run.counter import RunEnd
 
 _pos_int = v.optional(v.ge(1))
+
+#: Numeric precision of the forward pass: full, bfloat16 autocast, or float16 autocast with a grad scaler.
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 def _exactly_one_end(inst: TrainerConfig) -> RunEnd:
@@ -60,14 +64,22 @@ class CallbackConfig:
         return self.name or self.id or self.kind
 
 
-def child_entries(config: CallbackConfig) -> list[CallbackConfig]:
-    """Entries nested in an entry's config (fields holding lists of entries, e.g. ``eval_callbacks``)."""
-    out: list[CallbackConfig] = []
+def child_entries(config: CallbackConfig) -> Iterator[tuple[str, CallbackConfig]]:
+    """The entries nested in an entry (EmaCallback's ``eval_callbacks``): the items of its fields that hold
+    lists of entries, each with its path relative to the entry (``eval_callbacks[0]``)."""
     for field in attrs.fields(type(config)):
         value = getattr(config, field.name)
         if isinstance(value, (list, tuple)):
-            out.extend(v for v in value if isinstance(v, CallbackConfig))
-    return out
+            for i, item in enumerate(value):
+                if isinstance(item, CallbackConfig):
+                    yield f"{field.name}[{i}]", item
+
+
+def nested_entries(entries: Iterable[tuple[str, CallbackConfig]]) -> Iterator[tuple[str, CallbackConfig]]:
+    """Each of ``entries`` (with its path), followed by the entries nested in it, depth first."""
+    for path, entry in entries:
+        yield path, entry
+        yield from nested_entries((f"{path}.{sub}", child) for sub, child in child_entries(entry))
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +92,7 @@ class TrainerConfig:
     max_samples: int | None = attrs.field(default=None, validator=_pos_int)
     batch_size: int = attrs.field(default=32, validator=v.ge(1))
     accumulation_steps: int = attrs.field(default=1, validator=v.ge(1))
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     device: str = "auto"
     seed: int = 0
     clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)))
@@ -197,14 +209,21 @@ class RunConfig:
     callbacks: list[CallbackConfig] = attrs.Factory(list)
     tracker: list[TrackerConfig] = attrs.Factory(list)
 
+    def entries(self) -> Iterator[tuple[str, CallbackConfig]]:
+        """Every ``callbacks`` entry with its path, the nested ones (``eval_callbacks``) included."""
+        return nested_entries((f"callbacks[{i}]", e) for i, e in enumerate(self.callbacks))
+
 
 __all__ = [
     "CallbackConfig",
     "DatasetConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "Precision",
     "RunConfig",
     "ScheduleConfig",
     "TrackerConfig",
     "TrainerConfig",
+    "child_entries",
+    "nested_entries",
 ]

@@ -22,10 +22,6 @@ Files the disk tracker writes (see :mod:`noether_core.io.paths`):
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.metadata
-import inspect
 import json
 import math
 import os
@@ -41,6 +37,14 @@ import yaml
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
+from noether_core.lookup import (
+    ImportPathError,
+    claims_by_kind,
+    did_you_mean,
+    entry_point_sources,
+    import_object,
+    kwargs_problem,
+)
 
 if TYPE_CHECKING:
     from noether_core.config.schema import TrackerConfig
@@ -305,77 +309,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _tracker_entry_points() -> dict[str, list[importlib.metadata.EntryPoint]]:
-    by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        claims = by_name.setdefault(entry_point.name, [])
-        # One distribution can be visible twice on sys.path (an editable install); count it once.
-        if not any(_origin(c) == _origin(entry_point) and c.value == entry_point.value for c in claims):
-            claims.append(entry_point)
-    return by_name
-
-
-def _origin(entry_point: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
-    dist = entry_point.dist
-    return (dist.name, dist.version) if dist is not None else (None, None)
-
-
 def available_tracker_kinds() -> list[str]:
     """The names registered in the ``noether.trackers`` entry-point group, sorted."""
-    return sorted(_tracker_entry_points())
-
-
-def _import_path(kind: str) -> object:
-    module_name, _, attribute = kind.partition(":")
-    try:
-        target: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
-            raise LookupError(f"module {module_name!r} not found") from error
-        raise
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError as error:
-            raise LookupError(f"module {module_name!r} has no attribute {attribute!r}") from error
-    return target
+    return sorted(claims_by_kind(entry_point_sources(ENTRY_POINT_GROUP)))
 
 
 def _unknown_kind_issue(index: int, kind: str, available: Sequence[str]) -> ConfigIssue:
     if available:
-        listing = f"available: {', '.join(available)}"
-        close = difflib.get_close_matches(kind, available, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(kind, available)
+        listing = f"available: {', '.join(available)}{'; ' + hint if hint else ''}"
     else:
         listing = f"no trackers are installed (entry-point group {ENTRY_POINT_GROUP!r})"
-        hint = ""
     return ConfigIssue(
         f"tracker[{index}].kind",
-        f"unknown tracker {kind!r}; {listing}{hint} (an import path 'pkg.module:Name' also works)",
+        f"unknown tracker {kind!r}; {listing} (an import path 'pkg.module:Name' also works)",
     )
-
-
-def _kwargs_issue(index: int, factory: object, kwargs: Mapping[str, Any]) -> ConfigIssue | None:
-    try:
-        signature = inspect.signature(factory)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    try:
-        signature.bind(**kwargs)
-    except TypeError as error:
-        accepted = [
-            name
-            for name, parameter in signature.parameters.items()
-            if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-        ]
-        unknown = [name for name in kwargs if name not in signature.parameters]
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, accepted, n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        detail = f"unknown argument {', '.join(hints)}" if hints else str(error)
-        return ConfigIssue(f"tracker[{index}].kwargs", f"{detail}; accepted: {', '.join(accepted) or 'none'}")
-    return None
 
 
 def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
@@ -388,7 +336,7 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
     :class:`~noether_core.errors.PluginLoadError` for a tracker whose import or constructor fails, a name
     two distributions both claim, or an object that is not a :class:`Tracker`.
     """
-    registered = _tracker_entry_points()
+    registered = claims_by_kind(entry_point_sources(ENTRY_POINT_GROUP))
     issues: list[ConfigIssue] = []
     factories: list[tuple[TrackerConfig, object, str | None, str | None]] = []
     for index, config in enumerate(configs):
@@ -397,8 +345,8 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
         version: str | None = None
         if ":" in kind:
             try:
-                factory = _import_path(kind)
-            except LookupError as error:
+                factory = import_object(kind)
+            except ImportPathError as error:
                 issues.append(ConfigIssue(f"tracker[{index}].kind", f"cannot import {kind!r}: {error}"))
                 continue
             except Exception as error:
@@ -408,9 +356,9 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
         elif kind in registered:
             claims = registered[kind]
             if len(claims) > 1:
-                owners = " and ".join(sorted(f"{name} {version}" for name, version in map(_origin, claims)))
+                owners = " and ".join(sorted(c.describe() for c in claims))
                 raise PluginLoadError(kind, f"the tracker name is claimed by {owners}; uninstall one")
-            name, version = _origin(claims[0])
+            name, version = claims[0].distribution, claims[0].version
             try:
                 factory = claims[0].load()
             except Exception as error:
@@ -426,9 +374,9 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
         if not callable(factory):
             issues.append(ConfigIssue(f"tracker[{index}].kind", f"{kind!r} is not a class or factory"))
             continue
-        issue = _kwargs_issue(index, factory, config.kwargs)
-        if issue is not None:
-            issues.append(issue)
+        problem = kwargs_problem(factory, config.kwargs)
+        if problem is not None:
+            issues.append(ConfigIssue(f"tracker[{index}].kwargs", problem))
             continue
         factories.append((config, factory, name, version))
     if issues:

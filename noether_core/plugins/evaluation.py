@@ -53,14 +53,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from noether_core.config.schema import CallbackConfig
 from noether_core.plugins.markers import hookimpl
+from noether_core.run.device import to_device
 from noether_core.run.distributed import DistInfo
-from noether_core.run.trainer import sequential_loader
 
 if TYPE_CHECKING:
     from noether_core.config.schema import RunConfig
     from noether_core.plugins.hookspecs import EvalInterval
     from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core.run.protocol import Run
 
 log = logging.getLogger("noether.evaluation")
 
@@ -68,17 +68,6 @@ _LeafKind = Literal["sample", "batch", "object", "none"]
 
 
 # ---------------------------------------------------------------------------------------- batches
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor in it (nested in dicts, lists, tuples) moved to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(x, device) for k, x in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(x, device) for x in batch)
-    return batch
 
 
 def batch_length(batch: Any) -> int | None:
@@ -350,7 +339,7 @@ class PeriodicDataIteratorCallback:
 
     # the methods a subclass implements
 
-    def process_data(self, batch: Any, *, model: torch.nn.Module, trainer: Trainer) -> Any:
+    def process_data(self, batch: Any, *, model: torch.nn.Module, trainer: Run) -> Any:
         """Process one batch (already on the trainer's device) and return what to collate."""
         raise NotImplementedError(f"{type(self).__name__} must implement process_data")
 
@@ -358,7 +347,7 @@ class PeriodicDataIteratorCallback:
         self,
         results: Any,
         *,
-        trainer: Trainer,
+        trainer: Run,
         model: torch.nn.Module,
         counter: Counter,
         interval: EvalInterval,
@@ -376,19 +365,17 @@ class PeriodicDataIteratorCallback:
     # hooks
 
     @hookimpl
-    def before_training(self, trainer: Trainer) -> None:
+    def before_training(self, trainer: Run) -> None:
         self.loader(trainer)
 
     @hookimpl
-    def at_eval(
-        self, trainer: Trainer, model: torch.nn.Module, counter: Counter, interval: EvalInterval
-    ) -> None:
+    def at_eval(self, trainer: Run, model: torch.nn.Module, counter: Counter, interval: EvalInterval) -> None:
         results = self.iterate(trainer, model)
         self.process_results(results, trainer=trainer, model=model, counter=counter, interval=interval)
 
     # the machinery
 
-    def dataset(self, trainer: Trainer) -> Dataset[Any]:
+    def dataset(self, trainer: Run) -> Dataset[Any]:
         """The dataset this entry iterates: ``dataset_key`` with ``properties`` and ``max_size`` applied."""
         cfg = self.config
         if cfg.dataset_key not in trainer.data:
@@ -409,7 +396,7 @@ class PeriodicDataIteratorCallback:
             dataset = Subset(dataset, range(cfg.max_size))
         return dataset
 
-    def loader(self, trainer: Trainer) -> DataLoader[Any]:
+    def loader(self, trainer: Run) -> DataLoader[Any]:
         """This entry's evaluation loader, built once and reused at every evaluation."""
         if self._loader is None:
             cfg = self.config
@@ -417,10 +404,10 @@ class PeriodicDataIteratorCallback:
             if cfg.properties is None and cfg.max_size is None:
                 self._loader = trainer.data.eval_loader(cfg.dataset_key, batch_size)
             else:
-                self._loader = _own_loader(self.dataset(trainer), batch_size, trainer, cfg.dataset_key)
+                self._loader = trainer.data.loader(self.dataset(trainer), batch_size, cfg.dataset_key)
         return self._loader
 
-    def iterate(self, trainer: Trainer, model: torch.nn.Module) -> Any:
+    def iterate(self, trainer: Run, model: torch.nn.Module) -> Any:
         """Run :meth:`process_data` over this rank's share and return the gathered, collated results."""
         loader = self.loader(trainer)
         device = trainer.device
@@ -432,18 +419,13 @@ class PeriodicDataIteratorCallback:
         for batch in _progress(loader, f"{self.config.key} [{self.config.dataset_key}]", trainer.is_main):
             n = batch_length(batch)
             samples = None if samples is None or n is None else samples + n
-            batch = move_to_device(batch, device)
+            batch = to_device(batch, device)
             waited += clock() - start
             outputs.append(self.process_data(batch, model=model, trainer=trainer))
             start = clock()
         self.data_seconds += waited
         log.debug("%s waited %.2fs for data", self.config.key, waited)
         return gather_results(outputs, trainer.dist, len(loader.dataset), local_samples=samples)  # type: ignore[arg-type]
-
-
-def _own_loader(dataset: Dataset[Any], batch_size: int, trainer: Trainer, name: str) -> DataLoader[Any]:
-    """A sequential loader over this rank's share of ``dataset``, like ``trainer.data.eval_loader``."""
-    return sequential_loader(dataset, batch_size, trainer.config.datasets[name].num_workers, trainer.dist)
 
 
 def _progress(loader: DataLoader[Any], description: str, is_main: bool) -> Iterator[Any]:
@@ -463,6 +445,5 @@ __all__ = [
     "collate",
     "gather_results",
     "merge_rank_results",
-    "move_to_device",
     "restore_dataset_order",
 ]

@@ -1,37 +1,46 @@
 """The events a noether run emits, as pluggy hook specifications.
 
 A plugin implements any of these by name, marked with :data:`noether_core.hookimpl`, and takes any
-subset of the arguments by name. Where each event fires in the training loop::
+subset of the arguments by name. This is where each event fires; the trainer's code follows it line
+by line (``noether_core/run/trainer.py``), and the documentation shows this very text::
 
-    setup: build model, optimizer, data loaders, plugins; resume if asked
-    before_training()                                   # once; every entry, in list order
-    while not finished and not stopped:
+    setup: plan the run (datasets, geometry, entries, scheduler); build the model, the optimizer and
+           one plugin object per entry; resume if asked (weights, optimizer, counter, entry states)
+    before_training()                                     # once, in eval mode
+    flush
+    while update < total_updates:
+        set this update's learning rate and weight decay from the schedules
         for accumulation_step in range(accumulation_steps):
             batch = next(train_loader)
-            losses, outputs = train_step(model, batch)  # forward under autocast; backward
+            losses, outputs = train_step(model, batch)    # forward under autocast; backward
             after_accumulation(batch, losses, outputs,
                                accumulation_step, accumulation_steps)
-        optimizer step (unscale, clip, skip on NaN), LR schedule step
-        counter.advance()
-        after_update(losses, times, grad_norm)          # every update, never gated
-        if counter ended an epoch:
-            after_epoch()                               # every epoch, never gated
-        for entry whose interval is due at this update:
+        optimizer step: unscale, clip, step (skipped for a non-finite loss with skip_nan_loss)
+        counter advances to update + 1
+        after_update(losses, times, grad_norm)            # every update, never gated
+        if this update ended an epoch:
+            after_epoch()                                 # every epoch, never gated
+        for each entry whose interval is due at this update, in list order:
             at_eval(interval="epoch" | "update" | "sample")
-        run actions deferred with trainer.after_this_step(); flush this step's metrics to the trackers
-        if SIGTERM/SIGINT arrived: save a resumable checkpoint ("latest"); break
-        if a plugin requested a stop (early stopping): break
-    at_eval(...) for entries with eval_at_end whose interval missed the last update
-    after_training(status)                              # always, last
+        run the actions entries deferred with trainer.after_this_step(...)
+        flush this step's metrics to the trackers        # one record
+        if a stop was requested, or SIGTERM/SIGINT arrived, on any rank: leave the loop
+    if no signal arrived:
+        at_eval() once more for entries with eval_at_end whose interval missed the last update; flush
+    if a signal arrived: save a resumable checkpoint ("latest")
+    after_training(status)                                # always, last; every entry, even if some fail
+    flush; report the plugins' time; close the trackers
 
-    noether eval RUN_DIR: load checkpoint; at_eval(interval="eval") on every evaluator; flush
+    noether eval RUN_DIR: load the checkpoint's weights; at_eval(interval="eval") on every entry of
+                          the run's callbacks that implements it; flush; close the trackers
 
 Rules that hold for every event:
 
-* Every event passes the **core arguments** ``trainer``, ``model``, ``counter`` and ``config``, plus its
-  own. ``config`` is the validated config of the entry being called (its ``Config`` class for class
-  plugins, :class:`~noether_core.CallbackConfig` for function plugins): this is how one module of
-  ``@hookimpl`` functions serves two entries with different intervals.
+* Every event passes the **core arguments** (:data:`CORE_ARGUMENTS`) ``trainer``, ``model``,
+  ``counter`` and ``config``, plus its own. ``trainer`` is the run, typed for plugins as
+  :class:`~noether_core.Run`. ``config`` is the validated config of the entry being called (its
+  ``Config`` class for class plugins, :class:`~noether_core.CallbackConfig` for function plugins):
+  this is how one module of ``@hookimpl`` functions serves two entries with different intervals.
 * Entries are called one at a time, in the order of the config's ``callbacks`` list, with the trainer's
   default producers of metrics (online loss, LR) before them. Return values are ignored.
 * Everything except the training forward/backward runs under :func:`torch.no_grad`. Values that need a
@@ -55,20 +64,20 @@ from noether_core.plugins.markers import hookspec
 if TYPE_CHECKING:
     import torch
 
-    from noether_core.config import CallbackConfig
+    from noether_core.config.schema import CallbackConfig
     from noether_core.run.counter import Counter
-    from noether_core.run.trainer import Trainer
+    from noether_core.run.protocol import Run
 
 EvalInterval = Literal["epoch", "update", "sample", "eval"]
 RunStatus = Literal["completed", "stopped", "interrupted", "failed"]
 
+#: The arguments every event passes, the only place they are named: the run, the unwrapped model, the
+#: read-only position, and the called entry's own config.
 CORE_ARGUMENTS = ("trainer", "model", "counter", "config")
 
 
 @hookspec
-def before_training(
-    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig
-) -> None:
+def before_training(trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
     """Called once, after setup and resume, before the first batch is read.
 
     ``counter`` is at update 0 for a fresh run and at the resumed position otherwise, so a plugin can tell
@@ -79,8 +88,8 @@ def before_training(
 
     Not called by ``noether eval``.
 
-    :param trainer: the run; services hang off it (``writer``, ``checkpoints``, ``trackers``, ``paths``,
-        ``data``, ``metrics``, ``scheduler``, ``plugins``).
+    :param trainer: the run (:class:`~noether_core.Run`); services hang off it (``writer``,
+        ``checkpoints``, ``trackers``, ``paths``, ``data``, ``metrics``, ``scheduler``, ``entries``).
     :param model: the unwrapped model (never the DDP or compiled wrapper).
     :param counter: read-only position of the run.
     :param config: this entry's validated config.
@@ -89,7 +98,7 @@ def before_training(
 
 @hookspec
 def after_accumulation(
-    trainer: Trainer,
+    trainer: Run,
     model: torch.nn.Module,
     counter: Counter,
     config: CallbackConfig,
@@ -115,7 +124,7 @@ def after_accumulation(
 
 @hookspec
 def after_update(
-    trainer: Trainer,
+    trainer: Run,
     model: torch.nn.Module,
     counter: Counter,
     config: CallbackConfig,
@@ -131,13 +140,13 @@ def after_update(
     :param losses: detached losses of the update, averaged over its micro-batches (device tensors).
     :param times: seconds spent in this update, by phase: ``data_wait``, ``forward``, ``backward``,
         ``update`` (optimizer step).
-    :param grad_norm: total gradient norm before clipping (device tensor), or ``None`` unless
-        ``trainer.clip_grad_norm`` is set (clipping by value alone computes no norm).
+    :param grad_norm: total gradient norm before clipping (device tensor) when ``trainer.clip_grad_norm``
+        is set; ``None`` without it (clipping by value alone computes no norm) and for a skipped update.
     """
 
 
 @hookspec
-def after_epoch(trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+def after_epoch(trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
     """Called after the last update of every epoch, after ``after_update``. Never gated.
 
     ``counter.epoch`` already counts the finished epoch. A run whose end falls part-way through an epoch
@@ -147,7 +156,7 @@ def after_epoch(trainer: Trainer, model: torch.nn.Module, counter: Counter, conf
 
 @hookspec
 def at_eval(
-    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig, interval: EvalInterval
+    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, interval: EvalInterval
 ) -> None:
     """The scheduled event: called when this entry's interval is due, and in evaluation-only runs.
 
@@ -166,7 +175,7 @@ def at_eval(
 
 @hookspec
 def after_training(
-    trainer: Trainer, model: torch.nn.Module, counter: Counter, config: CallbackConfig, status: RunStatus
+    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, status: RunStatus
 ) -> None:
     """Called once, last, whatever the ending. Values logged here are flushed before the run closes.
 

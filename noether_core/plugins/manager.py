@@ -16,6 +16,8 @@ the general loop (:meth:`PluginManager._run`); both paths behave the same.
 from __future__ import annotations
 
 import inspect
+import itertools
+import linecache
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +26,7 @@ import attrs
 import pluggy
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginLoadError, PluginValidationError, TrainingError
+from noether_core.errors import PluginFailure, PluginLoadError, PluginValidationError
 from noether_core.plugins import hookspecs
 from noether_core.plugins.markers import PROJECT_NAME
 from noether_core.plugins.registry import Plugin
@@ -37,8 +39,8 @@ HOOKS = hookspecs.HOOK_NAMES
 _HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
 #: Events dispatched on every update (or micro-batch): compiled per run, see :func:`_compile_event`.
 PER_UPDATE_HOOKS = ("after_accumulation", "after_update")
-#: The arguments the trainer passes to every event, fixed for a run (plus each entry's own ``config``).
-CORE_ARGS = ("trainer", "model", "counter")
+#: The core arguments fixed for a whole run; ``config``, the last core argument, is each entry's own.
+CORE_ARGS = tuple(a for a in hookspecs.CORE_ARGUMENTS if a != "config")
 
 
 class OwnerAware(Protocol):
@@ -72,20 +74,25 @@ class Slot:
     def stateful(self) -> bool:
         return self.plugin.stateful
 
+    @property
+    def kind(self) -> str:
+        """The kind of its plugin."""
+        return self.plugin.kind
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The events its plugin implements."""
+        return self.plugin.hooks
+
+    @property
+    def instance(self) -> object:
+        """Its plugin object: the class instance made for this entry, or the holder of a module's
+        functions."""
+        return self.obj
+
     def __str__(self) -> str:
         where = f" {self.interval.verbose}" if self.interval else ""
         return f"{self.key} ({self.plugin.kind}{where})"
-
-
-class PluginFailure(TrainingError):
-    """A plugin raised during an event; names the entry and the event."""
-
-    def __init__(self, slot: Slot, hook: str, exc: BaseException) -> None:
-        self.slot = slot
-        self.hook = hook
-        super().__init__(
-            f"plugin {slot.key!r} ({slot.plugin.kind}) failed in {hook}: {type(exc).__name__}: {exc}"
-        )
 
 
 #: (entry, function, arguments passed by position, arguments passed by name)
@@ -127,7 +134,9 @@ def _compile_event(
     Generated source, as attrs and dataclasses generate ``__init__``: the general loop spends more on
     looking arguments up than a cheap plugin spends on its work, and these events run on every update.
     Only identifiers made here go into the source; every value (functions, configs, the core objects)
-    is passed in the namespace.
+    is passed in the namespace. The source is registered with :mod:`linecache` under the function's
+    file name (``<noether after_update dispatch ...>``), so tracebacks, debuggers and
+    ``inspect.getsource`` show the lines that ran.
     """
     spec = inspect.signature(getattr(hookspecs, hook)).parameters
     event_args = [a for a in spec if a not in CORE_ARGS and a != "config"]
@@ -171,13 +180,19 @@ def _compile_event(
         "    except _PluginFailure:",
         "        raise",  # a child entry's failure, dispatched by its owner: it names the child already
         "    except Exception as exc:",
-        f"        raise _PluginFailure(_slots[_i], {hook!r}, exc) from exc",
+        f"        raise _PluginFailure(_slots[_i].key, _slots[_i].plugin.kind, {hook!r}, exc) from exc",
     ]
     if sink is not None:
         lines += ["    finally:", "        _sink.owner, _sink.owner_is_default = _previous"]
-    exec(compile("\n".join(lines), f"<noether {hook} dispatch>", "exec"), namespace)
+    source = "\n".join(lines) + "\n"
+    filename = f"<noether {hook} dispatch {next(_compiled_count)}>"
+    exec(compile(source, filename, "exec"), namespace)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     dispatch: Callable[..., None] = namespace[hook]
     return dispatch
+
+
+_compiled_count = itertools.count(1)
 
 
 class PluginManager:
@@ -198,6 +213,7 @@ class PluginManager:
         self.owner_sink: OwnerAware | None = None
         self._bound_core: Mapping[str, Any] | None = None
         self._compiled: dict[str, Callable[..., None]] = {}
+        self._deferred: list[tuple[str, Callable[[], object]]] = []
 
     def register(
         self, plugin: Plugin, config: CallbackConfig, *, is_default: bool = False, parent: Slot | None = None
@@ -273,6 +289,14 @@ class PluginManager:
             for hook in PER_UPDATE_HOOKS
         }
 
+    def needs_eval_mode(self, slots: Iterable[Slot]) -> bool:
+        """Whether any of ``slots`` may run the model (``needs_eval_mode`` of its plugin)."""
+        return any(s.plugin.needs_eval_mode for s in slots)
+
+    def listeners(self, hook: str) -> list[Slot]:
+        """The top-level entries that implement ``hook``, in list order (after :meth:`freeze`)."""
+        return [call[0] for call in self._tables[hook]]
+
     def has_listeners(self, hook: str) -> bool:
         """Whether any top-level entry implements ``hook`` (after :meth:`freeze`): the trainer skips
         work that only plugins would consume."""
@@ -280,6 +304,25 @@ class PluginManager:
 
     def implements(self, slot: Slot, hook: str) -> bool:
         return hook in slot.plugin.hooks
+
+    @staticmethod
+    def owner(slot: Slot) -> Slot:
+        """The top-level entry a (possibly nested) entry belongs to."""
+        while slot.parent is not None:
+            slot = slot.parent
+        return slot
+
+    def ticking(self) -> list[Slot]:
+        """The entries whose intervals the scheduler watches: the scheduled top-level entries, and the
+        children of scheduled owners (an owner is called when it or one of its children is due)."""
+        scheduled = {s.index for s in self.scheduled}
+        return [s for s in self.slots if s.interval is not None and self.owner(s).index in scheduled]
+
+    def owners(self, due: Sequence[Slot]) -> Sequence[Slot]:
+        """The top-level entries to call for the ``due`` ones (a due child's owner), in list order."""
+        if all(s.parent is None for s in due):
+            return due
+        return sorted({self.owner(s).index: self.owner(s) for s in due}.values(), key=lambda s: s.index)
 
     @property
     def scheduled(self) -> list[Slot]:
@@ -303,6 +346,46 @@ class PluginManager:
 
     def stateful(self) -> Iterator[Slot]:
         return (s for s in self.slots if s.stateful)
+
+    # ------------------------------------------------------------------------------ deferred actions
+
+    def defer(self, action: Callable[[], object]) -> None:
+        """Keep ``action`` for :meth:`run_deferred`, owned by the entry that is running now."""
+        owner = self.owner_sink.owner if self.owner_sink is not None else "trainer"
+        self._deferred.append((owner, action))
+
+    @property
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def run_deferred(self) -> None:
+        """Run the deferred actions in order, each as its entry's: what it logs is the entry's, its time
+        counts as the entry's ``at_eval``, and a failure is a :class:`PluginFailure` naming the entry."""
+        if not self._deferred:
+            return
+        actions, self._deferred = self._deferred, []
+        slots = {s.key: s for s in reversed(self.slots)}
+        at_eval = _HOOK_INDEX["at_eval"]
+        sink = self.owner_sink
+        previous = (sink.owner, sink.owner_is_default) if sink is not None else ("trainer", False)
+        try:
+            for owner, action in actions:
+                slot = slots.get(owner)
+                if sink is not None:
+                    sink.owner, sink.owner_is_default = owner, slot is not None and slot.is_default
+                start = time.perf_counter()
+                try:
+                    action()
+                except Exception as exc:
+                    if slot is None:
+                        raise
+                    raise PluginFailure(slot.key, slot.kind, "at_eval", exc) from exc
+                finally:
+                    if slot is not None:
+                        slot.seconds[at_eval] += time.perf_counter() - start
+        finally:
+            if sink is not None:
+                sink.owner, sink.owner_is_default = previous
 
     # ------------------------------------------------------------------------------------- dispatch
 
@@ -329,7 +412,7 @@ class PluginManager:
                 except PluginFailure:
                     raise  # a child entry's failure, dispatched by its owner: it names the child already
                 except Exception as exc:  # KeyboardInterrupt and SystemExit pass unwrapped
-                    raise PluginFailure(slot, hook, exc) from exc
+                    raise PluginFailure(slot.key, slot.plugin.kind, hook, exc) from exc
                 # one clock read per entry: each entry's time runs from the end of the previous one
                 end = clock()
                 slot.seconds[hook_index] += end - start
@@ -420,4 +503,4 @@ class PluginManager:
         return sum(slot.seconds)
 
 
-__all__ = ["HOOKS", "OwnerAware", "PluginFailure", "PluginManager", "Slot"]
+__all__ = ["HOOKS", "OwnerAware", "PluginManager", "Slot"]

@@ -12,18 +12,23 @@ A plugin author registers a kind in their package's ``pyproject.toml``::
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 import types
 from collections.abc import Callable, Iterable, Iterator
-from importlib import metadata
 from typing import Any, cast
 
 import attrs
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginLoadError, PluginValidationError
+from noether_core.errors import PluginLoadError, PluginValidationError, UnknownKindError
+from noether_core.lookup import (
+    ImportPathError,
+    PluginSource,
+    claims_by_kind,
+    did_you_mean,
+    entry_point_sources,
+    import_object,
+)
 from noether_core.plugins import hookspecs
 from noether_core.plugins.markers import PROJECT_NAME
 
@@ -32,19 +37,6 @@ ENTRY_POINT_GROUP = "noether.callbacks"
 SEED_PREFIXES = ("noether.core.callbacks.", "noether.training.callbacks.")
 
 _IMPL_ATTR = f"{PROJECT_NAME}_impl"
-
-
-@attrs.frozen
-class PluginSource:
-    """Where a kind comes from, known without importing it."""
-
-    kind: str
-    value: str
-    distribution: str | None = None
-    version: str | None = None
-
-    def describe(self) -> str:
-        return f"{self.distribution} {self.version}" if self.distribution else self.value
 
 
 @attrs.frozen
@@ -95,27 +87,17 @@ class FunctionPlugin:
         return f"<FunctionPlugin of {getattr(self.source, '__name__', self.source)!r}>"
 
 
-class UnknownKindError(PluginLoadError):
-    """A kind no installed distribution provides: a config mistake (exit status 2), not a broken plugin."""
-
-    exit_status = 2
-
-
 class PluginRegistry:
     """The kinds available in this environment and, on demand, the plugins behind them."""
 
     def __init__(self, sources: Iterable[PluginSource]) -> None:
-        self._sources: dict[str, list[PluginSource]] = {}
-        for source in sources:
-            claims = self._sources.setdefault(source.kind, [])
-            if all(c.distribution != source.distribution or c.value != source.value for c in claims):
-                claims.append(source)
+        self._sources = claims_by_kind(sources)
         self._loaded: dict[str, Plugin] = {}
 
     @classmethod
     def from_environment(cls) -> PluginRegistry:
         """Every ``noether.callbacks`` entry point of the installed distributions (no imports)."""
-        return cls(_entry_point_sources(ENTRY_POINT_GROUP))
+        return cls(entry_point_sources(ENTRY_POINT_GROUP))
 
     def kinds(self) -> list[str]:
         return sorted(self._sources)
@@ -138,8 +120,10 @@ class PluginRegistry:
                     return short
         return kind
 
-    def suggest(self, kind: str) -> list[str]:
-        return difflib.get_close_matches(kind.rsplit(".", 1)[-1], self.kinds(), n=3, cutoff=0.6)
+    def did_you_mean(self, kind: str) -> str:
+        """`` Did you mean 'X'?`` for installed kinds close to ``kind``, else ``""``."""
+        hint = did_you_mean(kind.rsplit(".", 1)[-1], self.kinds(), n=3, capital=True)
+        return f" {hint}" if hint else ""
 
     def source(self, kind: str) -> PluginSource:
         """The one source of ``kind``; raises :class:`PluginLoadError` for unknown or conflicting kinds."""
@@ -152,12 +136,11 @@ class PluginRegistry:
             module, _, attr = kind.rpartition(".")
             return PluginSource(kind=kind, value=f"{module}:{attr}")
         if not claims:
-            hint = self.suggest(kind)
-            did_you_mean = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
             raise UnknownKindError(
                 kind,
-                f"no installed plugin provides it (entry-point group {ENTRY_POINT_GROUP!r}).{did_you_mean}"
-                " A kind is an installed plugin's name, or an import path 'package.module:Name'.",
+                f"no installed plugin provides it (entry-point group {ENTRY_POINT_GROUP!r})."
+                f"{self.did_you_mean(kind)} A kind is an installed plugin's name, or an import path "
+                "'package.module:Name'.",
             )
         if len(claims) > 1:
             owners = ", ".join(c.describe() for c in claims)
@@ -176,67 +159,30 @@ class PluginRegistry:
         return plugin
 
 
-def _entry_point_sources(group: str) -> list[PluginSource]:
-    out = []
-    for ep in metadata.entry_points(group=group):
-        dist = getattr(ep, "dist", None)
-        out.append(
-            PluginSource(
-                kind=ep.name,
-                value=ep.value,
-                distribution=dist.metadata["Name"] if dist is not None else None,
-                version=dist.version if dist is not None else None,
-            )
-        )
-    return out
-
-
 def _import_target(source: PluginSource, registry: PluginRegistry | None = None) -> Any:
-    module_name, _, attr = source.value.partition(":")
-    module_name = module_name.strip()
-
-    def broken(exc: BaseException) -> PluginLoadError:
-        return PluginLoadError(
-            source.kind,
-            f"importing {source.value!r} failed: {type(exc).__name__}: {exc}",
-            source.distribution,
-            source.version,
-        )
-
+    """The object ``source`` names. A wrong import path written in a config is an unknown kind (a config
+    mistake); anything else that fails, and any failure of a distribution's entry point, is a plugin
+    that cannot be loaded."""
     try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if source.distribution is None and (module_name == missing or module_name.startswith(missing + ".")):
-            # the path itself is wrong (a typo in the config), not a plugin whose own import is broken
-            suggestions = registry.suggest(source.kind) if registry is not None else []
-            did_you_mean = (
-                f" Did you mean {' or '.join(repr(h) for h in suggestions)}?" if suggestions else ""
-            )
-            raise UnknownKindError(
-                source.kind, f"no module named {missing!r} (as an import path).{did_you_mean}"
-            ) from None
-        raise broken(exc) from exc
+        return import_object(source.value)
+    except ImportPathError as exc:
+        if source.distribution is None:
+            if exc.attribute is None:
+                hint = registry.did_you_mean(source.kind) if registry is not None else ""
+                reason = f"{exc.reason} (as an import path).{hint}"
+            else:
+                hint = f" Did you mean {exc.suggestion}?" if exc.suggestion else ""
+                reason = f"{exc.reason}.{hint}"
+            raise UnknownKindError(source.kind, reason) from None
+        cause: BaseException = exc
     except Exception as exc:
-        raise broken(exc) from exc
-    for part in filter(None, attr.strip().split(".")):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            if isinstance(target, types.ModuleType):
-                # `pkg.hooks` written for a module of hook functions: a submodule not imported yet
-                try:
-                    target = importlib.import_module(f"{target.__name__}.{part}")
-                    continue
-                except ModuleNotFoundError:
-                    pass
-            if source.distribution is not None:
-                raise broken(AttributeError(f"{module_name} has no attribute {part!r}")) from None
-            names = [n for n in dir(target) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" Did you mean {module_name}:{close[0]}?" if close else ""
-            raise UnknownKindError(source.kind, f"{module_name!r} has no attribute {part!r}.{hint}") from None
-    return target
+        cause = exc
+    raise PluginLoadError(
+        source.kind,
+        f"importing {source.value!r} failed: {type(cause).__name__}: {cause}",
+        source.distribution,
+        source.version,
+    ) from cause
 
 
 _SPEC_ARGS: dict[str, frozenset[str]] = {
@@ -280,8 +226,8 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
                 raise fail(f"{name!r} has the name of a hook but is not marked with @hookimpl")
             continue
         if name not in _SPEC_ARGS:
-            close = difflib.get_close_matches(name, _SPEC_ARGS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = did_you_mean(name, _SPEC_ARGS)
+            hint = f" ({close})" if close else ""
             raise fail(
                 f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}"
             )
@@ -344,6 +290,5 @@ __all__ = [
     "Plugin",
     "PluginRegistry",
     "PluginSource",
-    "UnknownKindError",
     "inspect_plugin",
 ]

@@ -7,9 +7,6 @@ before anything is built, so ``noether config validate`` reports them with their
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +15,7 @@ from torch.utils.data import Dataset
 
 from noether_core.config.schema import DatasetConfig, ModelConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue
+from noether_core.lookup import ImportPathError, did_you_mean, import_object, kwargs_problem
 from noether_core.run.datasets import BUNDLED_DATASETS
 from noether_core.run.models import BUNDLED_MODELS, CompositeModel
 from noether_core.run.train_step import TrainStep, default_train_step
@@ -39,17 +37,16 @@ def resolve(kind: str, bundled: Mapping[str, Any], what: str) -> Callable[..., A
         factory: Callable[..., Any] = bundled[kind]
         return factory
     if ":" not in kind:
-        close = difflib.get_close_matches(kind, list(bundled), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(kind, bundled)
         raise _Problem(
-            f"unknown {what} kind {kind!r}; {hint}bundled kinds are {', '.join(sorted(bundled))}, "
-            "anything else is an import path 'package.module:factory'"
+            f"unknown {what} kind {kind!r}; {hint + ' ' if hint else ''}bundled kinds are "
+            f"{', '.join(sorted(bundled))}, anything else is an import path 'package.module:factory'"
         )
-    module_name, _, attr = kind.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
+        target = import_object(kind)
+    except ImportPathError as exc:
+        hint = f"; did you mean {exc.suggestion!r}?" if exc.suggestion else ""
+        raise _Problem(f"cannot import {kind!r}: {exc.reason}{hint}") from exc
     except Exception as exc:
         raise _Problem(f"cannot import {kind!r}: {type(exc).__name__}: {exc}") from exc
     if not callable(target):
@@ -58,22 +55,9 @@ def resolve(kind: str, bundled: Mapping[str, Any], what: str) -> Callable[..., A
 
 
 def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(**kwargs)
-    except TypeError as exc:
-        accepted = [p for p in sig.parameters if p != "self"]
-        unknown = [k for k in kwargs if k not in sig.parameters]
-        if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            close = difflib.get_close_matches(unknown[0], accepted, n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(accepted) or 'nothing'}"
-            )
-            raise _Problem(f"unknown argument {unknown[0]!r}{hint}", "kwargs") from None
-        raise _Problem(str(exc), "kwargs") from None
+    problem = kwargs_problem(factory, kwargs)
+    if problem is not None:
+        raise _Problem(problem, "kwargs")
 
 
 def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> None:
@@ -199,21 +183,11 @@ def updates_per_epoch(train_len: int, config: RunConfig) -> int:
     return train_len // ebs
 
 
-def geometry(config: RunConfig) -> tuple[int, int, int]:
-    """(updates per epoch, effective batch size, total updates) of a run; builds the train dataset."""
-    check_buildable(config)
-    train = build_dataset("train", config.datasets["train"])
-    upe = updates_per_epoch(len(train), config)  # type: ignore[arg-type]
-    ebs = config.trainer.batch_size
-    return upe, ebs, config.trainer.end.total_updates(upe, ebs)
-
-
 __all__ = [
     "build_dataset",
     "build_model",
     "build_train_step",
     "check_buildable",
-    "geometry",
     "resolve",
     "updates_per_epoch",
 ]

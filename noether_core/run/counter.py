@@ -37,7 +37,8 @@ class Counter:
     """Read-only view of where training is. Plugins receive it as the ``counter`` hook argument.
 
     ``update`` counts completed optimizer updates; in ``after_accumulation`` it is still the count
-    before the update in progress, in every later event of that update it includes it.
+    before the update in progress, in every later event of that update it includes it. Only the
+    trainer moves it, through :func:`advance` and :func:`seek`, which are not part of the public face.
     """
 
     __slots__ = ("_effective_batch_size", "_end", "_total_updates", "_update", "_updates_per_epoch")
@@ -54,7 +55,7 @@ class Counter:
         self._effective_batch_size = effective_batch_size
         self._total_updates = end.total_updates(updates_per_epoch, effective_batch_size)
         self._update = 0
-        self.seek(update)  # same bounds check as a resume
+        seek(self, update)  # same bounds check as a resume
 
     @property
     def update(self) -> int:
@@ -117,18 +118,20 @@ class Counter:
         """Checkpoint tag of the current position, e.g. ``E1_U10_S320``."""
         return f"E{self.epoch}_U{self.update}_S{self.sample}"
 
-    def advance(self) -> None:
-        """Count one completed update. Only the trainer calls this."""
-        self._update += 1
-
-    def seek(self, update: int) -> None:
-        """Jump to ``update`` completed updates (resume). Only the trainer calls this."""
-        if not 0 <= update <= self._total_updates:
-            raise ValueError(f"update {update} is outside this run (0..{self._total_updates})")
-        self._update = update
-
     def __repr__(self) -> str:
         return f"Counter({self.tag}, end={self._end}, total_updates={self._total_updates})"
 
 
-__all__ = ["Counter", "EndUnit", "RunEnd"]
+def advance(counter: Counter) -> None:
+    """Count one completed update. Only the trainer calls this."""
+    counter._update += 1
+
+
+def seek(counter: Counter, update: int) -> None:
+    """Jump to ``update`` completed updates (resume). Only the trainer calls this."""
+    if not 0 <= update <= counter.total_updates:
+        raise ValueError(f"update {update} is outside this run (0..{counter.total_updates})")
+    counter._update = update
+
+
+__all__ = ["Counter", "EndUnit", "RunEnd", "advance", "seek"]

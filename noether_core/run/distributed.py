@@ -4,14 +4,18 @@ CPU runs use the gloo backend, CUDA runs NCCL."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import attrs
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @attrs.frozen
 class DistInfo:
+    """This process's place in the run: its rank, the number of processes, its rank on this machine."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -45,12 +49,34 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> 
     return bool(t.item())
 
 
+def any_rank_each(flags: tuple[bool, ...], info: DistInfo, group: Any = None) -> tuple[bool, ...]:
+    """For each of ``flags``: whether it is true on any rank, in one collective on the CPU (``group``:
+    a gloo group when the run itself communicates over NCCL, so agreeing costs no GPU sync)."""
+    if not info.is_distributed:
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return tuple(bool(f) for f in t.tolist())
+
+
 def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``value`` over all ranks (a collective: every rank calls it); ``value`` itself with
+    one process."""
     if not info.is_distributed:
         return value
     out = value.detach().clone().float()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / info.world_size
+
+
+def for_training(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``model`` as the forward/backward passes should see it: wrapped in ``DistributedDataParallel``
+    when several processes train it (and it has anything to train)."""
+    if info.is_distributed and any(p.requires_grad for p in model.parameters()):
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model
 
 
 def barrier(info: DistInfo) -> None:
@@ -63,4 +89,13 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["DistInfo", "any_rank", "barrier", "init_from_env", "mean_over_ranks", "shutdown"]
+__all__ = [
+    "DistInfo",
+    "any_rank",
+    "any_rank_each",
+    "barrier",
+    "for_training",
+    "init_from_env",
+    "mean_over_ranks",
+    "shutdown",
+]

@@ -1,115 +1,36 @@
-"""From command line to finished run: config, run directory, logging, trackers, default plugins.
+"""From a command line to a finished run: config, plan, run directory, logging, trackers, trainer.
 
-The trainer adds default plugins by kind name (never importing ``noether_plugins``): a kind that is
-not installed is skipped. Producers of metrics come first so that consumers in the user's list see
-this step's values.
+``noether train`` and ``noether eval`` come here. Both make one :class:`~noether_core.run.plan.RunPlan`
+of the config and hand it to the :class:`~noether_core.run.trainer.Trainer`; everything the run needs
+from the config is derived in the plan, once.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import yaml
 
-from noether_core.config.loader import load_config, make_converter, unstructure_config
-from noether_core.config.schema import CallbackConfig, RunConfig
-from noether_core.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    NoetherError,
-    PluginLoadError,
-    TrainingError,
-    UsageError,
-)
+from noether_core.config.loader import load_config, unstructure_config
+from noether_core.config.schema import RunConfig
+from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, TrainingError, UsageError
 from noether_core.example import example_yaml
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.paths import RunPaths
+from noether_core.io.paths import RunPaths, generate_run_id
 from noether_core.io.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
-from noether_core.plugins.registry import Plugin, PluginRegistry
-from noether_core.plugins.scheduling import Interval
-from noether_core.run.building import check_buildable, geometry
+from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.device import pick_device
 from noether_core.run.distributed import init_from_env, shutdown
 from noether_core.run.metric_dependencies import check_metric_dependencies
-from noether_core.run.trainer import Trainer, pick_device
+from noether_core.run.plan import RunPlan
+from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
-
-#: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true.
-ALWAYS_DEFAULTS = ("DatasetStatsCallback", "ParamCountCallback")
-TRACK_DEFAULTS = ("OnlineLossCallback", "LrCallback")
-LOG_DEFAULTS = (
-    "OnlineLossCallback",
-    "TrainTimeCallback",
-    "PeakMemoryCallback",
-    "ProgressCallback",
-    "EtaCallback",
-)
-
-
-def default_intervals(config: RunConfig, total_updates: int) -> tuple[Interval, Interval]:
-    """(log, track) intervals: the configured ones, else about 100 logs and 500 tracks per run."""
-    log_interval = config.trainer.log_interval or Interval("update", max(total_updates // 100, 1))
-    track_interval = config.trainer.track_interval or Interval("update", max(total_updates // 500, 1))
-    return log_interval, track_interval
-
-
-def default_entries(
-    config: RunConfig, registry: PluginRegistry, total_updates: int | None = None
-) -> list[CallbackConfig]:
-    """The default entries for this run, producers first, skipping kinds that are not installed."""
-    if not config.trainer.add_default_callbacks:
-        return []
-    if total_updates is None:
-        total_updates = geometry(config)[2]
-    log_interval, track_interval = default_intervals(config, total_updates)
-    wanted: list[tuple[str, Interval | None, dict[str, Any]]] = [(k, None, {}) for k in ALWAYS_DEFAULTS]
-    if log_interval != track_interval:
-        wanted.append(("OnlineLossCallback", track_interval, {"verbose": False}))
-        wanted.append(("OnlineLossCallback", log_interval, {"verbose": True}))
-    else:
-        # two online-loss entries on one interval would log the same keys twice (the reference's B5)
-        wanted.append(("OnlineLossCallback", log_interval, {"verbose": True}))
-    wanted.append(("LrCallback", track_interval, {}))
-    for kind in LOG_DEFAULTS[1:]:
-        if kind == "EtaCallback" and not sys.stdout.isatty():
-            continue
-        wanted.append((kind, log_interval, {}))
-    converter = make_converter(registry)
-    entries: list[CallbackConfig] = []
-    for kind, interval, fields in wanted:
-        if not registry.sources(kind):
-            continue
-        try:
-            plugin = registry.load(kind)
-        except PluginLoadError as exc:
-            log.warning("default plugin %s is not usable and is left out: %s", kind, exc)
-            continue
-        raw: dict[str, Any] = {"kind": kind, **fields}
-        if plugin.scheduled and interval is not None:
-            raw[f"every_n_{interval.unit}s"] = interval.every
-            if kind == "OnlineLossCallback":
-                raw["name"] = f"{kind}/{interval.short}"
-        # a default's options (e.g. verbose) apply only where its Config has them
-        names = {a.name for a in attrs.fields(plugin.config_class)}
-        raw = {k: v for k, v in raw.items() if k in names}
-        entries.append(converter.structure(raw, CallbackConfig))
-    return entries
-
-
-def build_entries(
-    config: RunConfig, registry: PluginRegistry, total_updates: int, *, defaults: bool = True
-) -> list[tuple[Plugin, CallbackConfig, bool]]:
-    out = []
-    if defaults:
-        out += [(registry.load(e.kind), e, True) for e in default_entries(config, registry, total_updates)]
-    out += [(registry.load(e.kind), e, False) for e in config.callbacks]
-    return out
 
 
 def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
@@ -134,9 +55,14 @@ def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
         file_only.addHandler(file_handler)
 
 
-def _load_run_config(
-    config_path: Path | None, overrides: Sequence[str], registry: PluginRegistry, resume: RunPaths | None
+def load_run_config(
+    config_path: Path | None,
+    overrides: Sequence[str],
+    registry: PluginRegistry,
+    resume: RunPaths | None = None,
 ) -> RunConfig:
+    """The config of a command: the file given, else the resumed run's ``config.yaml``, else the
+    bundled example; with ``overrides`` (``--set``) applied."""
     if config_path is not None:
         return load_config(config_path, registry, overrides)
     if resume is not None:
@@ -153,25 +79,18 @@ def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
         return run_id
     import torch.distributed as dist
 
-    from noether_core.io.paths import generate_run_id
-
     box: list[Any] = [generate_run_id() if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return str(box[0])
 
 
 def _start_trackers(
-    config: RunConfig,
-    paths: RunPaths,
-    registry: PluginRegistry,
-    metrics: MetricProperties,
-    extra: Sequence[Tracker],
+    paths: RunPaths, plain_config: Mapping[str, Any], metrics: MetricProperties, extra: Sequence[Tracker]
 ) -> list[Tracker]:
     """The on-disk tracker and the configured ones, started on this run's directory."""
     trackers: list[Tracker] = [DiskTracker(metrics), *extra]
-    plain = unstructure_config(config, registry)
     for tracker in trackers:
-        tracker.start(paths, plain)
+        tracker.start(paths, plain_config)
     return trackers
 
 
@@ -200,12 +119,9 @@ def train_from_cli(
     resume_paths = RunPaths.existing(resume) if resume is not None else None
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
-    config = _load_run_config(config_path, overrides, registry, resume_paths)
-    check_buildable(config, str(config_path) if config_path is not None else None)
-    check_metric_dependencies(config, registry, source=str(config_path) if config_path is not None else None)
-    _, _, total = geometry(config)
-    entries = build_entries(config, registry, total)
-
+    config = load_run_config(config_path, overrides, registry, resume_paths)
+    plan = RunPlan(config, registry, source=str(config_path) if config_path is not None else None)
+    check_metric_dependencies(plan)
     extra_trackers = load_trackers(config.tracker)  # before anything is written: bad kinds are config errors
 
     device = pick_device(config.trainer.device).type
@@ -224,15 +140,14 @@ def train_from_cli(
     metrics = MetricProperties()
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
     # nothing on disk
-    trainer = Trainer(
-        config, entries, paths, metrics=metrics, resume_tag=resume_tag, plugin_registry=registry
-    )
+    trainer = Trainer(plan, paths, metrics=metrics, resume_tag=resume_tag)
     if info.is_main:
         CheckpointWriter(paths).discard_partial_writes()
         if resume_tag is not None:
             _forget_metrics_after(paths, config.model.name, resume_tag)
-        paths.config_yaml.write_text(yaml.safe_dump(unstructure_config(config, registry), sort_keys=False))
-        trainer.attach_trackers(_start_trackers(config, paths, registry, metrics, extra_trackers))
+        plain = unstructure_config(config, registry)
+        paths.config_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
+        trainer.attach_trackers(_start_trackers(paths, plain, metrics, extra_trackers))
     log.info("run directory: %s", paths.root)
     try:
         status = trainer.fit()
@@ -268,14 +183,13 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     """``noether eval``: ``at_eval(interval="eval")`` on the run's own entries with a checkpoint's weights."""
     registry = PluginRegistry.from_environment()
     paths = RunPaths.existing(run_dir)
-    config = _load_run_config(None, (), registry, paths)
-    check_buildable(config)
-    _, _, total = geometry(config)
-    entries = build_entries(config, registry, total, defaults=False)
+    config = load_run_config(None, (), registry, paths)
+    plan = RunPlan(config, registry, defaults=False)
     setup_logging(paths)
     metrics = MetricProperties()
-    trackers = _start_trackers(config, paths, registry, metrics, load_trackers(config.tracker))
-    trainer = Trainer(config, entries, paths, trackers=trackers, metrics=metrics, plugin_registry=registry)
+    plain = unstructure_config(config, registry)
+    trackers = _start_trackers(paths, plain, metrics, load_trackers(config.tracker))
+    trainer = Trainer(plan, paths, trackers=trackers, metrics=metrics)
     trainer.load_weights(paths, checkpoint)
     if not trainer.plugins.scheduled:
         log.warning("the run's config has no entry with at_eval (an evaluator): nothing to evaluate")
@@ -284,4 +198,4 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     return EXIT_OK
 
 
-__all__ = ["build_entries", "default_entries", "default_intervals", "eval_from_cli", "train_from_cli"]
+__all__ = ["eval_from_cli", "load_run_config", "setup_logging", "train_from_cli"]

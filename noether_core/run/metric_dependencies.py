@@ -32,7 +32,6 @@ Entries with a ``dataset_key`` must name a dataset of the config.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import logging
 from collections.abc import Callable, Sequence
@@ -40,11 +39,12 @@ from typing import Any
 
 import attrs
 
-from noether_core.config.loader import iter_entries
-from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
+from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue
-from noether_core.plugins.registry import Plugin, PluginRegistry
+from noether_core.lookup import did_you_mean
+from noether_core.plugins.registry import Plugin
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
+from noether_core.run.plan import PlannedEntry, RunPlan
 
 log = logging.getLogger("noether")
 
@@ -129,39 +129,28 @@ class _Node:
         return f"{self.path} {self.entry.kind}" if not self.path.startswith("default") else self.path
 
 
-def _node(
-    path: str,
-    entry: CallbackConfig,
-    registry: PluginRegistry,
-    run_config: RunConfig,
-    issues: list[ConfigIssue],
-) -> _Node:
-    plugin = registry.load(entry.kind)
-    interval = entry.interval if plugin.scheduled else None
+def _node(planned: PlannedEntry, run_config: RunConfig, issues: list[ConfigIssue]) -> _Node:
+    plugin, entry, path = planned.plugin, planned.config, planned.path
     try:
         consumes = consumed_keys(plugin, entry)
         patterns = produced_patterns(plugin, entry, run_config)
-        prefixes = _child_prefixes(plugin, entry) if child_entries(entry) else [""]
+        prefixes = _child_prefixes(plugin, entry) if planned.children else [""]
     except _ProtocolError as exc:
         issues.append(ConfigIssue(path, str(exc)))
         consumes, patterns, prefixes = [], None, [""]
     node = _Node(path, entry, plugin, consumes, [], patterns is not None, [])
     if patterns is not None:
-        node.productions.append(_Production(node.label, tuple(patterns), interval, entry.eval_at_end))
-    fields = [f.name for f in attrs.fields(type(entry)) if isinstance(getattr(entry, f.name), (list, tuple))]
-    for field in fields:
-        for i, child in enumerate(getattr(entry, field)):
-            if not isinstance(child, CallbackConfig):
-                continue
-            child_node = _node(f"{path}.{field}[{i}]", child, registry, run_config, issues)
-            node.children.append(child_node)
-            node.declared = node.declared and child_node.declared
-            for production in child_node.productions:
-                node.productions.append(
-                    attrs.evolve(
-                        production, patterns=tuple(pre + p for pre in prefixes for p in production.patterns)
-                    )
+        node.productions.append(_Production(node.label, tuple(patterns), planned.interval, entry.eval_at_end))
+    for child in planned.children:
+        child_node = _node(child, run_config, issues)
+        node.children.append(child_node)
+        node.declared = node.declared and child_node.declared
+        for production in child_node.productions:
+            node.productions.append(
+                attrs.evolve(
+                    production, patterns=tuple(pre + p for pre in prefixes for p in production.patterns)
                 )
+            )
     return node
 
 
@@ -264,40 +253,33 @@ def _consumers(node: _Node) -> bool:
 
 
 def _check_dataset_keys(config: RunConfig, issues: list[ConfigIssue]) -> None:
-    for path, entry in iter_entries(config):
+    for path, entry in config.entries():
         key = getattr(entry, "dataset_key", None)
         if isinstance(key, str) and key not in config.datasets:
-            close = difflib.get_close_matches(key, list(config.datasets), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = did_you_mean(key, config.datasets)
+            hint = f"{close} " if close else ""
             have = ", ".join(config.datasets) or "none"
             issues.append(
                 ConfigIssue(f"{path}.dataset_key", f"no dataset {key!r}; {hint}the config has {have}")
             )
 
 
-def check_metric_dependencies(
-    config: RunConfig, registry: PluginRegistry | None = None, *, source: str | None = None
-) -> list[str]:
-    """Raise :class:`ConfigError` (exit status 2) for every consumed metric no configured entry logs in
+def check_metric_dependencies(plan: RunPlan) -> list[str]:
+    """Raise :class:`ConfigError` (exit status 2) for every consumed metric no entry of ``plan`` logs in
     time, and every ``dataset_key`` that names no dataset; return (and log) the warnings for keys that
     only undeclared entries might log."""
-    from noether_core.run.building import geometry
-    from noether_core.run.launch import default_entries
-
-    registry = registry or PluginRegistry.from_environment()
+    config = plan.config
     issues: list[ConfigIssue] = []
     _check_dataset_keys(config, issues)
-    nodes = [_node(f"callbacks[{i}]", e, registry, config, issues) for i, e in enumerate(config.callbacks)]
+    nodes = [_node(planned, config, issues) for planned in plan.entries]
     warnings: list[str] = []
     if any(_consumers(n) for n in nodes):
         # the run's length (and the default entries' intervals) need the train dataset: only built
         # when there is something to check
-        upe, ebs, total = geometry(config)
-        defaults = default_entries(config, registry, total)
-        nodes = [_node(f"default {e.key}", e, registry, config, issues) for e in defaults] + nodes
-        _check_level(nodes, IntervalScheduler(upe, ebs, total), config, issues, warnings)
+        nodes = [_node(planned, config, issues) for planned in plan.default_entries] + nodes
+        _check_level(nodes, plan.scheduler, config, issues, warnings)
     if issues:
-        raise ConfigError(issues, source)
+        raise ConfigError(issues, plan.source)
     for warning in warnings:
         log.warning("%s", warning)
     return warnings

@@ -64,4 +64,30 @@ def apply_schedules(
         group["weight_decay"] = group["base_wd"] * wd_factor
 
 
-__all__ = ["apply_schedules", "build_optimizer", "schedule_factor", "warmup_updates"]
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    grad_scaler: torch.amp.GradScaler,
+    *,
+    clip_grad_norm: float | None,
+    clip_grad_value: float | None,
+    skip: bool,
+) -> torch.Tensor | None:
+    """Unscale, clip (by value, then by norm), step and zero the gradients; with ``skip`` (a non-finite
+    loss) only zero them. Returns the total gradient norm before clipping when ``clip_grad_norm``
+    computed one, else ``None``."""
+    grad_norm: torch.Tensor | None = None
+    if not skip:
+        if clip_grad_norm is not None or clip_grad_value is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grad_scaler.unscale_(optimizer)
+            if clip_grad_value is not None:
+                torch.nn.utils.clip_grad_value_(params, clip_grad_value)
+            if clip_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+__all__ = ["apply_schedules", "build_optimizer", "optimizer_step", "schedule_factor", "warmup_updates"]

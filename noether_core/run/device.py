@@ -1,0 +1,106 @@
+"""Where the run computes: picking the device, seeding, precision, and moving batches there.
+
+:func:`to_device` is the one batch mover: the trainer moves every training micro-batch with it, and
+:class:`~noether_core.plugins.evaluation.PeriodicDataIteratorCallback` every evaluation batch, so a
+batch type that trains also evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from noether_core.config.schema import Precision, TrainerConfig
+from noether_core.errors import ConfigError, ConfigIssue
+from noether_core.run.distributed import DistInfo, init_from_env
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def pick_device(name: str) -> torch.device:
+    """The device ``trainer.device`` names; ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([ConfigIssue("trainer.device", f"{name!r} requested but CUDA is not available")])
+    return device
+
+
+def place_run(trainer: TrainerConfig) -> tuple[torch.device, DistInfo]:
+    """This process's device and place among the run's processes (joining torchrun's process group),
+    with the global generators seeded (``seed + rank``) and torch configured for ``trainer``."""
+    device = pick_device(trainer.device)
+    dist_info = init_from_env(device.type)
+    if device.type == "cuda" and dist_info.is_distributed:
+        # one GPU per process: torchrun's LOCAL_RANK picks it
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(trainer.seed + dist_info.rank)
+    configure_torch(device, num_threads=trainer.num_threads, deterministic=trainer.deterministic)
+    return device, dist_info
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_torch(device: torch.device, *, num_threads: int | None, deterministic: bool) -> None:
+    """Math threads, and deterministic kernels where the device needs opting in."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    if deterministic and device.type == "cuda":
+        # CPU kernels are deterministic already; on CUDA some need opting in (and cuBLAS a workspace)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's autocast for ``precision`` (none for ``fp32``)."""
+    dtype = _AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it on ``device``: tensors, and tuples, lists, namedtuples and
+    mappings of them, nested to any depth; anything else is returned as it is.
+
+    Tuples and lists keep their type (a namedtuple its fields), mappings become dicts. A tensor already
+    on the CPU stays as it is when ``device`` is the CPU: even a ``.to()`` that moves nothing costs a
+    dispatch, and this runs for every micro-batch.
+    """
+    if isinstance(batch, torch.Tensor):
+        if device.type == "cpu" and batch.is_cpu:
+            return batch
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        kind = type(batch)
+        if kind is list:
+            return moved
+        if kind is tuple:
+            return tuple(moved)
+        if hasattr(batch, "_fields"):  # a namedtuple takes its fields positionally
+            return kind(*moved)
+        return kind(moved)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+__all__ = ["autocast", "configure_torch", "pick_device", "place_run", "seed_everything", "to_device"]

@@ -1,0 +1,280 @@
+"""What a checkpoint of a run holds, and resuming from one.
+
+A checkpoint tag is a set of files (see :mod:`noether_core.io.paths`): each model part's weights, the
+optimizer state, and the trainer state, which holds everything else an exact resume needs: the position,
+the batch geometry it was taken with, the grad scaler, every random generator, the NaN-skip streak and
+each stateful plugin's state under its entry's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, NonFiniteLossError
+from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.io.paths import RunPaths
+from noether_core.io.trackers import Tracker
+from noether_core.plugins.manager import PluginManager
+from noether_core.run.counter import Counter, seek
+from noether_core.run.models import named_models
+
+log = logging.getLogger("noether")
+
+TRAINER_STATE_VERSION = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of torch's, NumPy's and Python's global generators (and CUDA's), as checkpointable
+    data: tensors and plain numbers only, so ``weights_only`` loading accepts it."""
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`capture_rng` captured."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunState:
+    """The resumable state of one run: it writes checkpoint sets and resumes from them.
+
+    ``geometry`` (updates per epoch, effective batch size, accumulation steps, world size) is stored
+    with every trainer state; a resume with a different one is refused, since positions would not
+    mean the same samples. ``nan_streak`` is the trainer's count of NaN updates skipped in a row.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        model_name: str,
+        optimizer: torch.optim.Optimizer | None,
+        grad_scaler: torch.amp.GradScaler,
+        counter: Counter,
+        plugins: PluginManager,
+        geometry: Mapping[str, int],
+    ) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.optimizer = optimizer
+        self.grad_scaler = grad_scaler
+        self.counter = counter
+        self.plugins = plugins
+        self.geometry = dict(geometry)
+        self.nan_streak = 0
+
+    def note_nan(self, update: int, limit: int) -> None:
+        """Count an update skipped for a non-finite loss; more than ``limit`` in a row fail the run."""
+        self.nan_streak += 1
+        log.warning("non-finite loss at update %d: skipping it (%d in a row)", update, self.nan_streak)
+        if self.nan_streak > limit:
+            raise NonFiniteLossError(
+                f"the loss was NaN or infinite in {self.nan_streak} updates in a row "
+                f"(trainer.skip_nan_loss_max_count is {limit})"
+            )
+
+    def note_finite(self) -> None:
+        """An update with a finite loss ends a streak of skipped ones."""
+        if self.nan_streak:
+            log.info("loss is finite again after %d skipped update(s)", self.nan_streak)
+            self.nan_streak = 0
+
+    def named_models(self) -> list[tuple[str, nn.Module]]:
+        """Leaf models with their checkpoint names (``classifier.encoder``)."""
+        return list(named_models(self.model, self.model_name))
+
+    def capture(self) -> dict[str, Any]:
+        """Everything besides weights and optimizer that an exact resume needs."""
+        counter = self.counter
+        return {
+            "version": TRAINER_STATE_VERSION,
+            "counter": {"update": counter.update},
+            "geometry": dict(self.geometry),
+            "data": {
+                "epoch": counter.epoch,
+                "samples_consumed_in_epoch": counter.update_in_epoch * counter.effective_batch_size,
+            },
+            "lr_schedule": {"update": counter.update},
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "rng": capture_rng(),
+            "nan_streak": self.nan_streak,
+            "plugins": {slot.key: slot.obj.state_dict() for slot in self.plugins.stateful()},  # type: ignore[attr-defined]
+        }
+
+    def save(
+        self,
+        checkpoints: CheckpointWriter,
+        tag: str,
+        *,
+        is_main: bool,
+        trackers: Sequence[Tracker],
+        weights: bool = True,
+        optim: bool = True,
+        trainer_state: bool = True,
+        model_names: Sequence[str] | None = None,
+        include_frozen: bool = True,
+    ) -> list[Path]:
+        """Write the files of checkpoint ``tag`` (rank 0 writes; every rank calls it, since capturing
+        the state may take collectives). See ``Run.save_checkpoint``."""
+        state = self.capture() if trainer_state else None
+        if not is_main:
+            return []
+        # the records logged so far reach the disk before the checkpoint a resume would start from
+        for tracker in trackers:
+            flush = getattr(tracker, "flush", None)
+            if callable(flush):
+                flush()
+        counter = self.counter
+        position = {"epoch": counter.epoch, "update": counter.update, "sample": counter.sample}
+        written: list[Path] = []
+        if weights:
+            for name, part in self.named_models():
+                if (
+                    model_names is not None
+                    and name not in model_names
+                    and name.split(".")[-1] not in model_names
+                ):
+                    continue
+                if not include_frozen and not any(p.requires_grad for p in part.parameters()):
+                    continue
+                written.append(checkpoints.save_model(name, tag, part.state_dict(), position=position))
+        if optim and self.optimizer is not None:
+            written.append(
+                checkpoints.save_optim(self.model_name, tag, self.optimizer.state_dict(), position=position)
+            )
+        if state is not None:
+            written.append(checkpoints.save_trainer(self.model_name, tag, state, position=position))
+        return written
+
+    def load_weights(self, paths: RunPaths, tag: str) -> None:
+        """Load every part's weights of checkpoint ``tag`` from ``paths`` (and take its position)."""
+        position: dict[str, int] | None = None
+        for name, part in self.named_models():
+            file = paths.checkpoint_file(name, tag, "model")
+            if not file.exists():
+                tags = paths.checkpoint_tags(name)
+                raise CheckpointLoadError(
+                    file, f"no weights of {name!r} for tag {tag!r}; tags present: {', '.join(tags) or 'none'}"
+                )
+            payload = load_checkpoint(file)
+            try:
+                part.load_state_dict(payload["state_dict"])
+            except (KeyError, RuntimeError) as exc:
+                raise CheckpointLoadError(file, f"the weights do not fit model part {name!r}: {exc}") from exc
+            position = payload.get("training_iteration", position)
+        if position is not None and "update" in position:
+            seek(self.counter, min(int(position["update"]), self.counter.total_updates))
+
+    def resume(self, paths: RunPaths, tag: str) -> None:
+        """Load checkpoint ``tag`` of the run at ``paths`` whole: weights, optimizer, trainer state,
+        plugin states, random generators. Checks everything it can before it changes anything a
+        plugin sees; a refused resume raises :class:`CheckpointLoadError` or :class:`ConfigError`."""
+        update: int | None = None
+
+        def load(path: Path) -> dict[str, Any]:
+            if not path.exists():
+                raise CheckpointLoadError(path, f"checkpoint {tag!r} is incomplete: this file is missing")
+            payload = load_checkpoint(path)
+            # model, optim and trainer files are written one after another; a kill between two of them
+            # leaves parts of different updates, which must not be mixed
+            saved_at = payload.get("training_iteration", {}).get("update")
+            if update is not None and saved_at is not None and saved_at != update:
+                raise CheckpointLoadError(
+                    path,
+                    f"this part of checkpoint {tag!r} is from update {saved_at}, the trainer state from "
+                    f"update {update} (a save was interrupted); resume from another tag",
+                )
+            return payload
+
+        trainer_file = paths.checkpoint_file(self.model_name, tag, "trainer")
+        if not trainer_file.exists():
+            tags = paths.checkpoint_tags(self.model_name)
+            raise CheckpointLoadError(
+                trainer_file,
+                f"run {str(paths.root)!r} has no checkpoint {tag!r} with trainer state; "
+                f"tags present: {', '.join(tags) or 'none'}",
+            )
+        state = load(trainer_file)
+        update = int(state["counter"]["update"])
+        changed = {
+            k: (v, self.geometry[k])
+            for k, v in state.get("geometry", {}).items()
+            if self.geometry.get(k) != v
+        }
+        if changed:
+            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ConfigError(
+                [ConfigIssue("trainer", f"resuming needs the run's batch geometry unchanged ({detail})")]
+            )
+        for name, part in self.named_models():
+            part.load_state_dict(load(paths.checkpoint_file(name, tag, "model"))["state_dict"])
+        if self.optimizer is not None:
+            optim = load(paths.checkpoint_file(self.model_name, tag, "optim"))
+            self.optimizer.load_state_dict(optim["state_dict"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        counter = self.counter
+        if update > counter.total_updates:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "trainer",
+                        f"checkpoint {tag!r} is at update {update}, past this run's end "
+                        f"({counter.total_updates} updates, {counter.end}); raise the end to continue",
+                    )
+                ]
+            )
+        seek(counter, update)
+        self.nan_streak = int(state.get("nan_streak", 0))
+        saved = dict(state.get("plugins", {}))
+        for slot in self.plugins.stateful():
+            if slot.key in saved:
+                slot.obj.load_state_dict(saved.pop(slot.key))  # type: ignore[attr-defined]
+            else:
+                log.warning(
+                    "resume: plugin %r has state but the checkpoint holds none for it; it starts fresh",
+                    slot.key,
+                )
+        for key in saved:
+            log.warning(
+                "resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key
+            )
+        restore_rng(state["rng"])
+        log.info("resumed from %s (tag %s) at %s", paths.root, tag, counter.tag)
+
+
+__all__ = ["TRAINER_STATE_VERSION", "RunState", "capture_rng", "restore_rng"]
