@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from tiny_runs import UPE, noether_script, tiny_config, train, write_config
+from tiny_runs import UPE, composite_model, noether_script, tiny_config, train, write_config
 
 from noether_core import CallbackConfig, hookimpl
 from noether_core.cli import main
@@ -71,21 +71,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), (a.name, b.name, key)
-
-
-def composite(frozen_encoder: bool = False) -> dict[str, Any]:
-    return {
-        "kind": "composite",
-        "name": "clf",
-        "parts": {
-            "encoder": {
-                "kind": "mlp",
-                "kwargs": {"in_features": 2, "out_features": 8, "hidden": 8, "depth": 1},
-                "frozen": frozen_encoder,
-            },
-            "head": {"kind": "mlp", "kwargs": {"in_features": 8, "out_features": 4, "hidden": 8, "depth": 1}},
-        },
-    }
 
 
 # ---------------------------------------------------------------------------------------- CheckpointCallback
@@ -173,7 +158,7 @@ def test_keep_last_n_prunes_old_position_tags(tmp_path: Path) -> None:
 
 def test_model_names_restrict_positions_but_latest_keeps_every_part(tmp_path: Path) -> None:
     raw = tiny_config(max_epochs=1)
-    raw["model"] = composite()
+    raw["model"] = composite_model()
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1, "model_names": ["head"]}]
     assert train(tmp_path, raw, "r") == 0
     names = checkpoint_names(tmp_path / "r")
@@ -190,7 +175,7 @@ def test_model_names_restrict_positions_but_latest_keeps_every_part(tmp_path: Pa
 
 def test_unknown_model_name_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = tiny_config(max_epochs=1)
-    raw["model"] = composite()
+    raw["model"] = composite_model()
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1, "model_names": ["decoder"]}]
     assert train(tmp_path, raw, "r") == 1
     err = capsys.readouterr().err
@@ -475,7 +460,7 @@ def test_metric_without_a_direction_fails_before_training(
 @pytest.mark.parametrize("save_frozen", [True, False])
 def test_save_frozen_weights_is_honoured(tmp_path: Path, save_frozen: bool) -> None:
     raw = tiny_config(max_updates=2, max_epochs=None)
-    raw["model"] = composite(frozen_encoder=True)
+    raw["model"] = composite_model(frozen_encoder=True)
     raw["callbacks"] = [
         {"kind": "test_checkpoint_plugins:Scripted", "every_n_updates": 1, "values": [2.0, 1.0]},
         {

@@ -16,13 +16,11 @@ the corpus otherwise names plugins by import path (``sample_plugins:Recorder``).
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -31,7 +29,6 @@ import yaml
 import noether_core.cli
 from noether_core.cli import main
 from noether_core.example import example_yaml
-from noether_core.plugins import hookspecs
 from noether_core.plugins.registry import PluginRegistry, PluginSource
 
 TESTS = Path(__file__).resolve().parent
@@ -401,47 +398,6 @@ def test_hooks_lists_the_six_events(cli: Callable[..., Result]) -> None:
     assert "at_eval  + interval" in result.out.splitlines()
     assert "after_training  + status" in result.out.splitlines()
     assert "Every event also passes: trainer, model, counter, config." in result.out
-
-
-def undocumented_parameters(spec: Callable[..., Any]) -> list[str]:
-    """Parameters of a hook spec (other than the core arguments) without a ``:param name:`` line."""
-    doc = inspect.getdoc(spec) or ""
-    params = [p for p in inspect.signature(spec).parameters if p not in hookspecs.CORE_ARGUMENTS]
-    return [p for p in params if not re.search(rf"^:param {re.escape(p)}:\s*\S", doc, re.MULTILINE)]
-
-
-def test_the_docstring_check_catches_an_undocumented_parameter() -> None:
-    def spec(trainer: Any, counter: Any, documented: int, forgotten: int) -> None:
-        """A hook.
-
-        :param documented: is documented.
-        """
-
-    assert undocumented_parameters(spec) == ["forgotten"]
-
-
-def hook_specs() -> list[str]:
-    return sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "noether_spec"))
-
-
-def test_every_hook_spec_is_a_listed_event() -> None:
-    assert hook_specs() == sorted(hookspecs.HOOK_NAMES)
-    assert len(hookspecs.HOOK_NAMES) == 6
-
-
-@pytest.mark.parametrize("name", hookspecs.HOOK_NAMES)
-def test_every_hook_spec_documents_its_parameters(name: str) -> None:
-    spec = getattr(hookspecs, name)
-    doc = inspect.getdoc(spec)
-    assert doc, f"hook spec {name} has no docstring"
-    assert set(hookspecs.CORE_ARGUMENTS) <= set(inspect.signature(spec).parameters), name
-    assert undocumented_parameters(spec) == [], f"{name}: document these with ':param NAME:' lines"
-
-
-def test_core_arguments_are_documented_once() -> None:
-    docs = "\n".join(inspect.getdoc(getattr(hookspecs, name)) or "" for name in hookspecs.HOOK_NAMES)
-    for arg in hookspecs.CORE_ARGUMENTS:
-        assert re.search(rf"^:param {arg}:", docs, re.MULTILINE), arg
 
 
 # ------------------------------------------------------------------------------- plugins show

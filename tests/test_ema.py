@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from tiny_runs import UPE, entry, make_trainer, tiny_config, train, write_config
+from tiny_runs import UPE, composite_model, entry, make_trainer, tiny_config, train, write_config
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
@@ -334,23 +334,9 @@ def test_an_older_latest_file_is_used_with_a_warning(
 # ---------------------------------------------------------------------------------------- model paths
 
 
-def composite() -> dict[str, Any]:
-    return {
-        "kind": "composite",
-        "name": "clf",
-        "parts": {
-            "encoder": {
-                "kind": "mlp",
-                "kwargs": {"in_features": 2, "out_features": 8, "hidden": 8, "depth": 1},
-            },
-            "head": {"kind": "mlp", "kwargs": {"in_features": 8, "out_features": 4, "hidden": 8, "depth": 1}},
-        },
-    }
-
-
 def test_model_paths_average_one_part_into_its_own_file(tmp_path: Path) -> None:
     raw = tiny_config(max_epochs=1)
-    raw["model"] = composite()
+    raw["model"] = composite_model()
     raw["callbacks"] = [
         {"kind": "EmaCallback", "every_n_epochs": 1, "target_factors": [0.9], "model_paths": ["encoder"]}
     ]
@@ -367,7 +353,7 @@ def test_a_model_path_that_resolves_to_nothing_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     raw = tiny_config(max_epochs=1)
-    raw["model"] = composite()
+    raw["model"] = composite_model()
     raw["callbacks"] = [
         {"kind": "EmaCallback", "every_n_epochs": 1, "target_factors": [0.9], "model_paths": ["decoder"]}
     ]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_runs import MemoryTracker
 
 # A dispatch mode records every aten op that runs: a real view of which syncs a flush performs.
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,27 +22,7 @@ from noether_core.io.trackers import DiskTracker, Tracker, read_metrics
 from noether_core.run.counter import Counter, RunEnd, advance, seek
 
 
-class ListTracker:
-    """The smallest real Tracker: keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, float | int]] = []
-        self.summary: dict[str, Any] = {}
-
-    def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
-        pass
-
-    def log(self, record: Mapping[str, float | int]) -> None:
-        self.records.append(dict(record))
-
-    def set_summary(self, key: str, value: Any) -> None:
-        self.summary[key] = value
-
-    def close(self, status: str) -> None:
-        pass
-
-
-class FailingTracker(ListTracker):
+class FailingTracker(MemoryTracker):
     def log(self, record: Mapping[str, float | int]) -> None:
         raise OSError("tracker backend is down")
 
@@ -62,21 +43,21 @@ def counter() -> Counter:
 
 
 @pytest.fixture
-def sink() -> ListTracker:
-    return ListTracker()
+def sink() -> MemoryTracker:
+    return MemoryTracker()
 
 
 @pytest.fixture
-def writer(counter: Counter, sink: ListTracker) -> LogWriter:
+def writer(counter: Counter, sink: MemoryTracker) -> LogWriter:
     return LogWriter(counter, [sink])
 
 
 def test_list_tracker_is_a_tracker() -> None:
-    assert isinstance(ListTracker(), Tracker)
+    assert isinstance(MemoryTracker(), Tracker)
 
 
 def test_flush_builds_one_record_from_counter_at_flush_time(
-    writer: LogWriter, counter: Counter, sink: ListTracker
+    writer: LogWriter, counter: Counter, sink: MemoryTracker
 ) -> None:
     seek(counter, 3)
     writer.add_scalar("loss/online/total/U1", torch.tensor(0.5))
@@ -101,12 +82,12 @@ def test_flush_builds_one_record_from_counter_at_flush_time(
     assert len(sink.records) == 1
 
 
-def test_flush_with_nothing_pending_does_not_call_sinks(writer: LogWriter, sink: ListTracker) -> None:
+def test_flush_with_nothing_pending_does_not_call_sinks(writer: LogWriter, sink: MemoryTracker) -> None:
     assert writer.flush() is None
     assert sink.records == []
 
 
-def test_flush_twice_at_same_update(writer: LogWriter, counter: Counter, sink: ListTracker) -> None:
+def test_flush_twice_at_same_update(writer: LogWriter, counter: Counter, sink: MemoryTracker) -> None:
     seek(counter, 40)
     writer.add_scalar("loss/online/total/U1", 1.0)
     writer.flush()
@@ -116,7 +97,7 @@ def test_flush_twice_at_same_update(writer: LogWriter, counter: Counter, sink: L
     assert [r["loss/online/total/U1"] for r in sink.records] == [1.0, 2.0]
 
 
-def test_one_trailing_slash_is_stripped(writer: LogWriter, sink: ListTracker) -> None:
+def test_one_trailing_slash_is_stripped(writer: LogWriter, sink: MemoryTracker) -> None:
     writer.add_scalar("a/b/", 1.0)
     writer.add_scalar("c//", 2.0)
     assert writer.keys() == ["a/b", "c/"]
@@ -136,7 +117,7 @@ def test_tensors_are_not_synced_when_added(writer: LogWriter) -> None:
     assert "deferred" in writer
 
 
-def test_flush_syncs_all_tensors_at_once(writer: LogWriter, sink: ListTracker) -> None:
+def test_flush_syncs_all_tensors_at_once(writer: LogWriter, sink: MemoryTracker) -> None:
     for i in range(5):
         writer.add_scalar(f"f{i}", torch.tensor(float(i)))
     writer.add_scalar("i0", torch.tensor(3))
@@ -157,7 +138,7 @@ def test_flush_syncs_all_tensors_at_once(writer: LogWriter, sink: ListTracker) -
     assert record["plain"] == 2.5
 
 
-def test_logged_tensor_is_a_snapshot(writer: LogWriter, sink: ListTracker) -> None:
+def test_logged_tensor_is_a_snapshot(writer: LogWriter, sink: MemoryTracker) -> None:
     running = torch.tensor(5.0, requires_grad=True) * 1
     writer.add_scalar("x", running)
     with torch.no_grad():
@@ -166,7 +147,7 @@ def test_logged_tensor_is_a_snapshot(writer: LogWriter, sink: ListTracker) -> No
     assert sink.records[0]["x"] == 5.0
 
 
-def test_get_materialises_one_value(writer: LogWriter, sink: ListTracker) -> None:
+def test_get_materialises_one_value(writer: LogWriter, sink: MemoryTracker) -> None:
     writer.add_scalar("a", torch.tensor(1.5))
     writer.add_scalar("b", torch.tensor(2.5))
     writer.add_scalar("n", 3)
@@ -214,7 +195,7 @@ def test_duplicate_key_names_key_update_and_owners(writer: LogWriter, counter: C
     assert writer.get("val/loss/at_best") == 1.0
 
 
-def test_duplicate_between_two_defaults_keeps_first(writer: LogWriter, sink: ListTracker) -> None:
+def test_duplicate_between_two_defaults_keeps_first(writer: LogWriter, sink: MemoryTracker) -> None:
     # The two default OnlineLoss entries on the same interval (the reference's B5).
     with writer.owned_by("OnlineLossCallback[log]", default=True):
         writer.add_scalar("loss/online/total/U1", 1.0)
@@ -251,7 +232,7 @@ def test_owned_by_restores_previous_owner(writer: LogWriter) -> None:
     assert (writer.owner, writer.owner_is_default) == ("trainer", False)
 
 
-def test_a_key_may_be_logged_again_after_a_flush(writer: LogWriter, sink: ListTracker) -> None:
+def test_a_key_may_be_logged_again_after_a_flush(writer: LogWriter, sink: MemoryTracker) -> None:
     writer.owner = "p"
     writer.add_scalar("k", 1.0)
     writer.flush()
@@ -289,7 +270,7 @@ def test_invalid_keys(writer: LogWriter) -> None:
         writer.add_scalar(3, 1)  # type: ignore[arg-type]
 
 
-def test_numpy_and_bool_values(writer: LogWriter, sink: ListTracker) -> None:
+def test_numpy_and_bool_values(writer: LogWriter, sink: MemoryTracker) -> None:
     writer.add_scalar("np_float", np.float32(0.5))
     writer.add_scalar("np_int", np.int64(3))
     writer.add_scalar("np_bool", np.bool_(True))
@@ -303,7 +284,7 @@ def test_numpy_and_bool_values(writer: LogWriter, sink: ListTracker) -> None:
     assert (record["bool"], type(record["bool"])) == (1, int)
 
 
-def test_failing_sink_does_not_replay_values(counter: Counter, sink: ListTracker) -> None:
+def test_failing_sink_does_not_replay_values(counter: Counter, sink: MemoryTracker) -> None:
     writer = LogWriter(counter, [FailingTracker(), sink])
     writer.add_scalar("k", 1.0)
     with pytest.raises(OSError, match="down"):
@@ -314,7 +295,7 @@ def test_failing_sink_does_not_replay_values(counter: Counter, sink: ListTracker
 
 
 def test_add_summary_forwards_to_every_sink(counter: Counter) -> None:
-    first, second = ListTracker(), ListTracker()
+    first, second = MemoryTracker(), MemoryTracker()
     writer = LogWriter(counter, [first, second])
     writer.add_summary("param_count/model/", torch.tensor(123))
     writer.add_summary("ds_stats/train/len", np.int64(50))

@@ -10,12 +10,13 @@ import pytest
 import sample_plugins
 import torch
 import yaml
-from tiny_runs import UPE, entry, make_trainer, tiny_config, train, write_config
+from tiny_runs import UPE, entry, fit, make_trainer, tiny_config, train, write_config
 
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
 from noether_core.io.trackers import DiskTracker, read_metrics
 from noether_core.run.datasets import Blobs
+from noether_core.run.device import to_device
 from noether_core.run.trainer import Trainer
 
 
@@ -480,3 +481,30 @@ def test_a_namedtuple_batch_reaches_the_train_step_as_one(tmp_path: Path) -> Non
     trainer.train_step = lambda model, batch: (seen.append(type(batch)), step(model, batch))[1]
     assert trainer.fit() == "completed"
     assert seen == [Sample] * 3
+
+
+def test_a_namedtuple_batch_evaluates_like_it_trains(tmp_path: Path) -> None:
+    """Training and evaluation move batches with one function: a batch type that trains also
+    evaluates (the evaluation's own mover once rebuilt a namedtuple from a generator: TypeError)."""
+    raw = tiny_config(max_updates=4, max_epochs=None)
+    raw["datasets"] = {
+        name: {"kind": "test_trainer:NamedTupleBlobs", "kwargs": {"size": 64}} for name in ("train", "val")
+    }
+    raw["callbacks"] = [{"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2}]
+    _, records = fit(tmp_path, raw, expect="completed")
+    assert sorted(records.values("loss/val/total")) == [2, 4]
+
+
+def test_to_device_moves_every_tensor_and_keeps_every_container_type() -> None:
+    meta = torch.device("meta")
+    batch = {"pair": Sample(torch.zeros(2), torch.ones(2)), "list": [torch.zeros(1), "label"], "n": 3}
+    moved = to_device(batch, meta)
+    assert type(moved["pair"]) is Sample
+    assert moved["pair"].x.device == meta
+    assert moved["pair"].y.device == meta
+    assert type(moved["list"]) is list
+    assert moved["list"][0].device == meta
+    assert moved["list"][1] == "label"
+    assert moved["n"] == 3
+    cpu = torch.zeros(1)
+    assert to_device(cpu, torch.device("cpu")) is cpu  # nothing to move: the very tensor

@@ -61,6 +61,23 @@ def tiny_config(**trainer: Any) -> dict[str, Any]:
     }
 
 
+def composite_model(frozen_encoder: bool = False) -> dict[str, Any]:
+    """The ``model`` section of a composite ``clf`` for :func:`tiny_config`: an ``encoder`` (2 -> 8) and
+    a ``head`` (8 -> 4), each saved to its own checkpoint files."""
+    return {
+        "kind": "composite",
+        "name": "clf",
+        "parts": {
+            "encoder": {
+                "kind": "mlp",
+                "kwargs": {"in_features": 2, "out_features": 8, "hidden": 8, "depth": 1},
+                "frozen": frozen_encoder,
+            },
+            "head": {"kind": "mlp", "kwargs": {"in_features": 8, "out_features": 4, "hidden": 8, "depth": 1}},
+        },
+    }
+
+
 # ------------------------------------------------------------------------------ the ramp run
 
 

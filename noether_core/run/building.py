@@ -108,6 +108,19 @@ def check_buildable(config: RunConfig, source: str | None = None) -> None:
         raise ConfigError(issues, source)
 
 
+def _call(kind: str, kwargs: Mapping[str, Any], bundled: Mapping[str, Any], what: str, path: str) -> Any:
+    """What the factory ``kind`` names returns for ``kwargs``; a kind that names nothing, and a factory
+    that raises, are config problems at ``path``."""
+    try:
+        factory = resolve(kind, bundled, what)
+        return factory(**kwargs)
+    except _Problem as exc:
+        raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
+    except Exception as exc:
+        reason = f"building {what} {kind!r} failed: {type(exc).__name__}: {exc}"
+        raise ConfigError([ConfigIssue(path, reason)]) from exc
+
+
 def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
     """Build the configured model; a factory that raises is reported as a config problem at ``path``."""
     if cfg.parts is not None:
@@ -115,15 +128,7 @@ def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
             {n: build_model(p, f"{path}.parts.{n}") for n, p in cfg.parts.items()}
         )
     else:
-        try:
-            factory = resolve(cfg.kind, BUNDLED_MODELS, "model")
-            model = factory(**cfg.kwargs)
-        except _Problem as exc:
-            raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
-        except Exception as exc:
-            raise ConfigError(
-                [ConfigIssue(path, f"building model {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]
-            ) from exc
+        model = _call(cfg.kind, cfg.kwargs, BUNDLED_MODELS, "model", path)
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 [
@@ -138,15 +143,9 @@ def build_model(cfg: ModelConfig, path: str = "model") -> nn.Module:
 
 
 def build_dataset(name: str, cfg: DatasetConfig) -> Dataset[Any]:
+    """Build dataset ``name``; it must be map-style (have a length) and not empty."""
     path = f"datasets.{name}"
-    try:
-        dataset = resolve(cfg.kind, BUNDLED_DATASETS, "dataset")(**cfg.kwargs)
-    except _Problem as exc:
-        raise ConfigError([ConfigIssue(f"{path}.kind", str(exc))]) from None
-    except Exception as exc:
-        raise ConfigError(
-            [ConfigIssue(path, f"building dataset {cfg.kind!r} failed: {type(exc).__name__}: {exc}")]
-        ) from exc
+    dataset = _call(cfg.kind, cfg.kwargs, BUNDLED_DATASETS, "dataset", path)
     try:
         length = len(dataset)
     except TypeError:
