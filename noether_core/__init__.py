@@ -76,12 +76,12 @@ _FACE: dict[str, str] = {
     "format_ema_factor": "noether_core.io.paths",
     "parse_position_tag": "noether_core.io.paths",
     # evaluation over a dataset
-    "PeriodicDataIteratorCallback": "noether_core.plugins.evaluation",
-    "PeriodicDataIteratorConfig": "noether_core.plugins.evaluation",
-    "batch_length": "noether_core.plugins.evaluation",
-    "collate": "noether_core.plugins.evaluation",
-    "gather_results": "noether_core.plugins.evaluation",
-    "merge_rank_results": "noether_core.plugins.evaluation",
+    "PeriodicDataIteratorCallback": "noether_core.run.evaluation",
+    "PeriodicDataIteratorConfig": "noether_core.run.evaluation",
+    "batch_length": "noether_core.run.evaluation",
+    "collate": "noether_core.run.evaluation",
+    "gather_results": "noether_core.run.evaluation",
+    "merge_rank_results": "noether_core.run.evaluation",
     "to_device": "noether_core.run.device",
     # several processes
     "mean_over_ranks": "noether_core.run.distributed",
@@ -135,14 +135,6 @@ if TYPE_CHECKING:
     from noether_core.io.metric_properties import MetricProperties
     from noether_core.io.paths import RunPaths, format_ema_factor, parse_position_tag, tag_for_metric
     from noether_core.io.trackers import Tracker, read_metrics
-    from noether_core.plugins.evaluation import (
-        PeriodicDataIteratorCallback,
-        PeriodicDataIteratorConfig,
-        batch_length,
-        collate,
-        gather_results,
-        merge_rank_results,
-    )
     from noether_core.plugins.hookspecs import CORE_ARGUMENTS, HOOK_NAMES, EvalInterval, RunStatus
     from noether_core.plugins.markers import hookimpl, hookspec
     from noether_core.plugins.scheduling import Interval, IntervalScheduler
@@ -150,6 +142,14 @@ if TYPE_CHECKING:
     from noether_core.run.data import DataContainer
     from noether_core.run.device import to_device
     from noether_core.run.distributed import DistInfo, mean_over_ranks
+    from noether_core.run.evaluation import (
+        PeriodicDataIteratorCallback,
+        PeriodicDataIteratorConfig,
+        batch_length,
+        collate,
+        gather_results,
+        merge_rank_results,
+    )
     from noether_core.run.models import CompositeModel
     from noether_core.run.protocol import Entry, Run
     from noether_core.run.train_step import StepOutput, TrainStep, as_step_output

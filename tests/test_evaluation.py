@@ -26,7 +26,7 @@ from torch.utils.data import DistributedSampler
 from noether_core import CallbackConfig, ConfigError, hookimpl
 from noether_core.cli import main
 from noether_core.io.trackers import read_metrics
-from noether_core.plugins.evaluation import (
+from noether_core.run.evaluation import (
     PeriodicDataIteratorCallback,
     batch_length,
     collate,

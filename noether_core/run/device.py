@@ -1,7 +1,7 @@
 """Where the run computes: picking the device, seeding, precision, and moving batches there.
 
 :func:`to_device` is the one batch mover: the trainer moves every training micro-batch with it, and
-:class:`~noether_core.plugins.evaluation.PeriodicDataIteratorCallback` every evaluation batch, so a
+:class:`~noether_core.run.evaluation.PeriodicDataIteratorCallback` every evaluation batch, so a
 batch type that trains also evaluates.
 """
 

@@ -323,7 +323,7 @@ class PeriodicDataIteratorConfig(CallbackConfig):
 
 class PeriodicDataIteratorCallback:
     """Base for plugins that iterate a dataset when due: implement :meth:`process_data` (per batch) and
-    :meth:`process_results` (the collated whole). See :mod:`noether_core.plugins.evaluation`.
+    :meth:`process_results` (the collated whole). See :mod:`noether_core.run.evaluation`.
 
     A subclass that implements ``before_training`` itself calls ``super().before_training(trainer)`` to
     keep the early check of its dataset (otherwise it happens at the first evaluation).
