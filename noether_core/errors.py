@@ -87,6 +87,31 @@ class UnknownKindError(PluginLoadError):
     exit_status = EXIT_USAGE
 
 
+class ImportPathError(LookupError):
+    """An import path that names nothing: no module of that name, or no such attribute in it.
+
+    A mistake in the path (a typo in a config), as opposed to a module that exists but fails to import.
+    ``module`` is the module that is missing, or the one that lacks ``attribute``; ``suggestion`` a
+    corrected path when the module has an attribute close to the one asked for.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        module: str,
+        attribute: str | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        self.path = path
+        self.reason = reason
+        self.module = module
+        self.attribute = attribute
+        self.suggestion = suggestion
+        super().__init__(reason)
+
+
 class TrainingError(NoetherError):
     """A run that failed after it started (exit status 1)."""
 
@@ -189,6 +214,7 @@ __all__ = [
     "ConfigIssue",
     "DuplicateMetricError",
     "ImmediateStop",
+    "ImportPathError",
     "NoetherError",
     "NonFiniteLossError",
     "PluginFailure",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
 import attrs
+
+from noether_core.errors import ImportPathError
 
 
 def close_matches(word: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:
@@ -42,30 +43,6 @@ def did_you_mean(
     if not close:
         return ""
     return f"{'D' if capital else 'd'}id you mean {' or '.join(show(c) for c in close)}?"
-
-
-class ImportPathError(LookupError):
-    """An import path that names nothing: no module of that name, or no such attribute in it.
-
-    A mistake in the path (a typo in a config), as opposed to a module that exists but fails to import,
-    whose own exception :func:`import_object` lets through. ``suggestion`` is a corrected path when one
-    attribute of the module is close to the one asked for.
-    """
-
-    def __init__(self, path: str, reason: str, *, module: str, attribute: str | None = None) -> None:
-        self.path = path
-        self.reason = reason
-        #: the module that is missing, or the one that lacks ``attribute``
-        self.module = module
-        self.attribute = attribute
-        self.suggestion: str | None = None
-        if attribute is not None:
-            # an attribute the module does have, close to the one asked for
-            target = sys.modules.get(module)
-            names = [n for n in dir(target) if not n.startswith("_")] if target is not None else []
-            close = close_matches(attribute, names)
-            self.suggestion = f"{module}:{close[0]}" if close else None
-        super().__init__(reason)
 
 
 def import_object(path: str) -> Any:
@@ -96,8 +73,13 @@ def import_object(path: str) -> Any:
             except ModuleNotFoundError as exc:
                 if exc.name != f"{target.__name__}.{part}":
                     raise
+        close = close_matches(part, [n for n in dir(target) if not n.startswith("_")])
         raise ImportPathError(
-            path, f"{module_name!r} has no attribute {part!r}", module=module_name, attribute=part
+            path,
+            f"{module_name!r} has no attribute {part!r}",
+            module=module_name,
+            attribute=part,
+            suggestion=f"{module_name}:{close[0]}" if close else None,
         )
     return target
 
@@ -173,7 +155,6 @@ def claims_by_kind(sources: Iterable[PluginSource]) -> dict[str, list[PluginSour
 
 
 __all__ = [
-    "ImportPathError",
     "PluginSource",
     "claims_by_kind",
     "close_matches",

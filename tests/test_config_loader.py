@@ -21,7 +21,6 @@ import yaml
 from noether_core import CallbackConfig, ConfigError, RunConfig, UsageError, hookimpl
 from noether_core.config.loader import (
     apply_overrides,
-    iter_entries,
     load_config,
     make_converter,
     parse_yaml,
@@ -328,9 +327,9 @@ def test_import_path_kind_keeps_its_spelling(registry: PluginRegistry) -> None:
     assert config.callbacks[0].kind == "sample_plugins:Recorder"
 
 
-def test_iter_entries_gives_paths(registry: PluginRegistry) -> None:
+def test_entries_come_with_their_paths(registry: PluginRegistry) -> None:
     config = structure_config(base(), registry)
-    assert [(p, e.kind) for p, e in iter_entries(config)] == [
+    assert [(p, e.kind) for p, e in config.entries()] == [
         ("callbacks[0]", "Recorder"),
         ("callbacks[1]", "StopAt"),
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -295,11 +295,6 @@ def _run_validators(obj: Any, path: str, issues: list[ConfigIssue]) -> None:
             _run_validators(item, _join(path, str(key)), issues)
 
 
-def iter_entries(config: RunConfig) -> Iterator[tuple[str, CallbackConfig]]:
-    """Every callback entry with its path, nested ones (e.g. ``eval_callbacks``) included."""
-    return config.entries()
-
-
 def _check_entries(
     entries: Iterable[tuple[str, CallbackConfig]], registry: PluginRegistry, issues: list[ConfigIssue]
 ) -> None:
@@ -454,7 +449,7 @@ def structure_config(
         _check_entries(nested_entries((f"callbacks[{i}]", e) for i, e in entries), registry, issues)
     else:
         _run_validators(config, "", issues)
-        _check_entries(iter_entries(config), registry, issues)
+        _check_entries(config.entries(), registry, issues)
     if issues:
         issues.sort(key=_file_order)
         raise ConfigError(issues, source)
@@ -580,7 +575,6 @@ def _plain(value: Any) -> Any:
 
 __all__ = [
     "apply_overrides",
-    "iter_entries",
     "load_config",
     "make_converter",
     "parse_yaml",

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 import yaml
 
-from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError
+from noether_core.errors import ConfigError, ConfigIssue, ImportPathError, PluginLoadError
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
 from noether_core.lookup import (
-    ImportPathError,
     claims_by_kind,
     did_you_mean,
     entry_point_sources,

@@ -20,9 +20,8 @@ from typing import Any, cast
 import attrs
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginLoadError, PluginValidationError, UnknownKindError
+from noether_core.errors import ImportPathError, PluginLoadError, PluginValidationError, UnknownKindError
 from noether_core.lookup import (
-    ImportPathError,
     PluginSource,
     claims_by_kind,
     did_you_mean,

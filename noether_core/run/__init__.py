@@ -1,0 +1,3 @@
+"""A run: its plan (``plan``), the trainer and its loop, resumable state, signals, data and device
+movement, building models and datasets, the evaluator base, the ``Run`` protocol plugins see, and the
+``train`` and ``eval`` commands (``launch``)."""

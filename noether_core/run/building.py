@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from noether_core.config.schema import DatasetConfig, ModelConfig, RunConfig
-from noether_core.errors import ConfigError, ConfigIssue
-from noether_core.lookup import ImportPathError, did_you_mean, import_object, kwargs_problem
+from noether_core.errors import ConfigError, ConfigIssue, ImportPathError
+from noether_core.lookup import did_you_mean, import_object, kwargs_problem
 from noether_core.run.datasets import BUNDLED_DATASETS
 from noether_core.run.models import BUNDLED_MODELS, CompositeModel
 from noether_core.run.train_step import TrainStep, default_train_step

@@ -141,6 +141,10 @@ class Run(Protocol):
         """Where flushed records go (rank 0; empty elsewhere)."""
 
     @property
+    def tracker(self) -> Tracker | None:
+        """The on-disk tracker (``metrics.jsonl``, ``summary.yaml``); ``None`` off rank 0."""
+
+    @property
     def paths(self) -> RunPaths:
         """The run directory and the names of its files."""
 
