@@ -84,12 +84,20 @@ def to_device(batch: Any, device: torch.device) -> Any:
     on the CPU stays as it is when ``device`` is the CPU: even a ``.to()`` that moves nothing costs a
     dispatch, and this runs for every micro-batch.
     """
+    # compared once per batch: reading device.type builds a new string at every access
+    return _moved(batch, device, device == _CPU)
+
+
+_CPU = torch.device("cpu")
+
+
+def _moved(batch: Any, device: torch.device, to_cpu: bool) -> Any:
     if isinstance(batch, torch.Tensor):
-        if device.type == "cpu" and batch.is_cpu:
+        if to_cpu and batch.is_cpu:
             return batch
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        moved = [to_device(v, device) for v in batch]
+        moved = [_moved(v, device, to_cpu) for v in batch]
         kind = type(batch)
         if kind is list:
             return moved
@@ -99,7 +107,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
             return kind(*moved)
         return kind(moved)
     if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: _moved(v, device, to_cpu) for k, v in batch.items()}
     return batch
 
 

@@ -357,7 +357,9 @@ class Trainer:
         """After an update: ``after_epoch`` at an epoch's end, ``at_eval`` for the due entries, the
         deferred actions, and the flush of this step's metrics."""
         epoch_end = self._epoch_listeners and self.counter.is_epoch_end
-        due = self.plugins.owners(self._cursor.due(self.counter.update))
+        due = self._cursor.due(self.counter.update)
+        if due:
+            due = self.plugins.owners(due)
         if epoch_end or due:
             # the model goes to eval mode (and back) only if an entry called now may run it
             eval_mode = (epoch_end and self._epoch_needs_eval_mode) or self.plugins.needs_eval_mode(due)
@@ -380,6 +382,8 @@ class Trainer:
         """Whether to stop after this update. Ranks agree: a signal or a stop request on any rank stops
         every rank at the same update (else they would wait on each other's collectives)."""
         signalled, stopping = self._signals.received is not None, self._stop_reason is not None
+        if not self.dist.is_distributed:  # the common case, on every update: no collective to build
+            return signalled or stopping
         any_signal, any_stop = any_rank_each((signalled, stopping), self.dist, self._flag_group)
         if any_signal and not signalled:
             self._signals.received = "a signal on another rank"
