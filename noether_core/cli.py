@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import textwrap
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,17 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit statuses: 0 ok, 1 run failed, 2 invalid config or usage, 3 plugin failed to load, "
         "130 interrupted (a resumable checkpoint was saved).",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("NOETHER_DEBUG", "") not in ("", "0"),
+        help="on an error, print the whole traceback too (or set NOETHER_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_debug(p: argparse.ArgumentParser) -> None:
+        # also after the command (`noether train --debug`); SUPPRESS keeps the value given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -70,26 +82,33 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ev.add_argument("--checkpoint", default="last", metavar="TAG", help="checkpoint tag (last)")
 
-    plugins = sub.add_parser("plugins", help="list and inspect installed plugins")
+    plugins = sub.add_parser("plugins", help="list and inspect installed plugins, start a new one")
     psub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")
     plist = psub.add_parser("list", help="installed plugins (reads metadata only)")
     plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.add_argument("--check", action="store_true", help="also import each plugin and report its status")
     pshow = psub.add_parser("show", help="one plugin: origin, hooks, config fields")
     pshow.add_argument("kind")
+    pnew = psub.add_parser("new", help="write a new plugin package, ready to install and test")
+    pnew.add_argument("name", metavar="NAME", help="the distribution's name, e.g. noether-gradient-tools")
+    pnew.add_argument(
+        "--dir", type=Path, default=Path(), metavar="DIR", help="where the package's folder goes (.)"
+    )
 
     config = sub.add_parser("config", help="validate configs, print the bundled example")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     validate = csub.add_parser("validate", help="check a config without training")
     validate.add_argument("config", type=Path)
     add_set(validate)
-    csub.add_parser("example", help="print the bundled example config")
+    example = csub.add_parser("example", help="print the bundled example config")
 
     schedule = sub.add_parser("schedule", help="which entry fires at which update, for the whole run")
     schedule.add_argument("config", nargs="?", type=Path, help="YAML run config (default: bundled example)")
     add_set(schedule)
 
-    sub.add_parser("hooks", help="the events plugins can implement")
+    hooks = sub.add_parser("hooks", help="the events plugins can implement")
+    for leaf in (train, ev, plist, pshow, pnew, validate, example, schedule, hooks):
+        add_debug(leaf)
     return parser
 
 
@@ -98,9 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_dispatch(args) or EXIT_OK)
     except NoetherError as exc:
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"noether: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt as exc:
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
         # 130 promises a resumable checkpoint; an interrupt that could not save one is a failed run
         reason = str(exc) or "interrupted; no checkpoint was saved"
         print(f"noether: {reason}", file=sys.stderr)
@@ -111,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "plugins":
+        if args.plugins_command == "new":
+            from noether_core.plugins.scaffold import new_plugin_command
+
+            return new_plugin_command(args.name, args.dir)
         registry = PluginRegistry.from_environment()
         if args.plugins_command == "list":
             return _plugins_list(registry, as_json=args.json, check=args.check)
@@ -151,12 +178,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
 def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | None) -> RunPlan:
     """The run plan of ``config``, with the checks that need the model and data factories (their kinds
-    exist, their arguments fit) and the metric dependencies between entries."""
+    exist, their arguments fit), the metric dependencies between entries, and every entry's plugin
+    object made once."""
     from noether_core.run.metric_dependencies import check_metric_dependencies
     from noether_core.run.plan import RunPlan
 
     plan = RunPlan(config, registry, source=source)
     check_metric_dependencies(plan)
+    plan.plugin_manager(defaults=False)  # a constructor that raises fails here, before any run directory
     return plan
 
 
@@ -185,7 +214,10 @@ def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> in
                     row.update(status="error", error=exc.reason)
                 else:
                     row.update(
-                        status="ok", hooks=list(plugin.hooks), config_class=_qualname(plugin.config_class)
+                        status="ok",
+                        hooks=list(plugin.hooks),
+                        wrappers=list(plugin.wrappers),
+                        config_class=_qualname(plugin.config_class),
                     )
             rows.append(row)
     if as_json:
@@ -226,7 +258,9 @@ def _plugins_show(registry: PluginRegistry, kind: str) -> int:
         f"style:         {'class' if plugin.is_class else 'functions'}"
         f"{', stateful' if plugin.stateful else ''}"
     )
-    print(f"hooks:         {', '.join(plugin.hooks)}")
+    print(f"hooks:         {', '.join(plugin.hooks) or '-'}")
+    if plugin.wrappers:
+        print(f"wraps:         {', '.join(plugin.wrappers)}")
     default_interval = _default_interval(plugin.config_class)
     if not plugin.scheduled:
         scheduled = "no"

@@ -7,6 +7,18 @@ from collections.abc import Sequence
 
 import attrs
 
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at FILE:LINE)`` of the frame that raised ``exc``, for one-line messages that point at the
+    code; ``""`` when the exception carries no traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -224,4 +236,5 @@ __all__ = [
     "UnknownKindError",
     "UnknownMetricDirectionError",
     "UsageError",
+    "raised_at",
 ]

@@ -132,14 +132,14 @@ class BestCheckpointCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        #: The metric to compare, e.g. ``loss/val/total``; logged this step by an earlier entry.
         metric_key: str = attrs.field(validator=v.min_len(1))
-        #: Also save frozen model parts (a frozen part's weights never change, so this may be turned off).
+        """The metric to compare, e.g. ``loss/val/total``; logged this step by an earlier entry."""
         save_frozen_weights: bool = True
-        #: Patiences to simulate, each ``>= 1``: see the module documentation.
+        """Also save frozen model parts (a frozen part's weights never change, so this may be turned off)."""
         tolerances: list[int] | None = attrs.field(default=None, validator=_patiences)
-        #: Model parts to save (composite models); ``None``: all.
+        """Patiences to simulate, each ``>= 1``: see the module documentation."""
         model_names: list[str] | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+        """Model parts to save (composite models); ``None``: all."""
 
     @classmethod
     def consumes(cls, config: Config) -> list[str]:

@@ -35,8 +35,13 @@ class BestMetricCallback:
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         source_metric_key: str = attrs.field(validator=v.min_len(1))
+        """The metric whose best value picks the step, e.g. ``loss/val/total``; logged this step by an
+        earlier entry."""
         target_metric_keys: list[str] | None = attrs.field(default=None, validator=_keys)
+        """Metrics logged as ``{target}/at_best/{source}``; each must be logged whenever the source is."""
         optional_target_metric_keys: list[str] | None = attrs.field(default=None, validator=_keys)
+        """Metrics logged like ``target_metric_keys`` when present, skipped when not; set this or
+        ``target_metric_keys``."""
 
         def __attrs_post_init__(self) -> None:
             if not self.target_metric_keys and not self.optional_target_metric_keys:

@@ -99,19 +99,20 @@ class CheckpointCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        #: Weights at every due position (tag ``E{e}_U{u}_S{s}``) and at the end (``last``).
         save_weights: bool = True
-        #: Optimizer state at every due position and at the end; needed to resume from those tags.
+        """Weights at every due position (tag ``E{e}_U{u}_S{s}``) and at the end (``last``)."""
         save_optim: bool = False
-        #: Weights in ``latest``, overwritten at every due position: the resume point.
+        """Optimizer state at every due position and at the end; needed to resume from those tags."""
         save_latest_weights: bool = True
-        #: Optimizer state in ``latest`` (the reference defaulted to false, which broke the default resume).
+        """Weights in ``latest``, overwritten at every due position: the resume point."""
         save_latest_optim: bool = True
-        #: Model parts whose weights are saved (composite models: ``encoder`` or ``classifier.encoder``);
-        #: ``None``: all. ``latest`` always holds every part.
+        """Optimizer state in ``latest`` (the reference defaulted to false, which broke the default
+        resume)."""
         model_names: list[str] | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
-        #: Keep only the newest ``n`` position tags on disk; ``None``: keep all.
+        """Model parts whose weights are saved (composite models: ``encoder`` or ``classifier.encoder``);
+        ``None``: all. ``latest`` always holds every part."""
         keep_last_n: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
+        """Keep only the newest ``n`` position tags on disk; ``None``: keep all."""
 
         def __attrs_post_init__(self) -> None:
             if not (

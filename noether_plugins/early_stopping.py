@@ -38,9 +38,13 @@ class FixedEarlyStopper:
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         every_n_updates: int | None = attrs.field(default=1, validator=_pos)
+        """Check every this many updates: by default after every update, so the stop is exact."""
         stop_at_epoch: int | None = attrs.field(default=None, validator=_pos)
+        """Stop once this many epochs are done; set exactly one of the ``stop_at_*`` fields."""
         stop_at_update: int | None = attrs.field(default=None, validator=_pos)
+        """Stop once this many updates are done."""
         stop_at_sample: int | None = attrs.field(default=None, validator=_pos)
+        """Stop once this many samples were trained on."""
 
         def __attrs_post_init__(self) -> None:
             given = [
@@ -79,10 +83,12 @@ class MetricEarlyStopper:
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         metric_key: str = attrs.field(validator=v.min_len(1))
+        """The metric to watch, e.g. ``loss/val/total``; logged this step by an earlier entry."""
         tolerance: int = attrs.field(validator=v.ge(1))
-        #: a NaN value: ``stagnate`` counts it as an evaluation without improvement, ``stop`` stops at
-        #: once, ``fail`` ends the run with an error
+        """Consecutive evaluations without a strict improvement on the best value that stop the run."""
         on_nan: Literal["stagnate", "stop", "fail"] = "stagnate"
+        """A NaN value: ``stagnate`` counts it as an evaluation without improvement, ``stop`` stops at once,
+        ``fail`` ends the run with an error."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

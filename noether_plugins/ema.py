@@ -135,23 +135,23 @@ class EmaCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        #: Averaging factors ``f`` (``shadow = f * shadow + (1 - f) * param``), e.g. ``[0.999, 0.9999]``.
         target_factors: list[float] = attrs.field(
             validator=[v.min_len(1), _factor_in_unit_interval, _distinct("target_factors")]
         )
-        #: Dotted paths of the modules to average (``encoder``); ``None`` in the list or as the value:
-        #: the whole model.
+        """Averaging factors ``f`` (``shadow = f * shadow + (1 - f) * param``), e.g. ``[0.999, 0.9999]``."""
         model_paths: list[str | None] | None = attrs.field(
             default=None, validator=v.optional([v.min_len(1), _distinct("model_paths")])
         )
-        #: Save the averages at every due position (``E{e}_U{u}_S{s}``).
+        """Dotted paths of the modules to average (``encoder``); ``None`` in the list or as the value: the
+        whole model."""
         save_weights: bool = True
-        #: Save the averages as ``last`` when training ends.
+        """Save the averages at every due position (``E{e}_U{u}_S{s}``)."""
         save_last_weights: bool = True
-        #: Save the averages as ``latest`` at every due position (resume does not need it).
+        """Save the averages as ``last`` when training ends."""
         save_latest_weights: bool = False
-        #: Entries run on the averaged weights, once per factor, metric keys prefixed ``ema={f}/``.
+        """Save the averages as ``latest`` at every due position (resume does not need it)."""
         eval_callbacks: list[CallbackConfig] = attrs.Factory(list)
+        """Entries run on the averaged weights, once per factor, metric keys prefixed ``ema={f}/``."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -51,6 +51,7 @@ class OfflineLossCallback(PeriodicDataIteratorCallback):
     @attrs.frozen(kw_only=True)
     class Config(PeriodicDataIteratorConfig):
         output_patterns_to_log: list[str] | None = None
+        """Also log the train step's outputs whose name contains one of these, as ``{name}/{dataset_key}``."""
 
     config: Config
 

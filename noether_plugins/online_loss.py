@@ -49,8 +49,8 @@ class OnlineLossCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        #: Also print the values through the ``noether`` logger (stdout and ``log.txt``).
         verbose: bool = True
+        """Also print the values through the ``noether`` logger (stdout and ``log.txt``)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -189,10 +189,10 @@ class ProgressCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        #: ``true``: always the live bar; ``false``: always the lines; unset: the bar when stdout is a TTY.
         bar: bool | None = None
-        #: Without the bar, also print the lines when this many seconds passed without them; unset: never.
+        """``true``: always the live bar; ``false``: always the lines; unset: the bar when stdout is a TTY."""
         heartbeat_seconds: float | None = attrs.field(default=300.0, validator=_positive_or_none)
+        """Without the bar, also print the lines when this many seconds passed without them; unset: never."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

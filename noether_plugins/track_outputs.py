@@ -40,11 +40,17 @@ class TrackAdditionalOutputsCallback:
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         keys: list[str] | None = attrs.field(default=None, validator=_names)
+        """Outputs to track by exact name; the train step must return each of them."""
         patterns: list[str] | None = attrs.field(default=None, validator=_names)
+        """Also track the outputs whose name contains one of these; set this or ``keys``."""
         verbose: bool = False
+        """Also print each logged value through the ``noether`` logger (stdout and ``log.txt``)."""
         reduce: Literal["mean", "last"] = "mean"
+        """``mean``: over every micro-batch since the last log; ``last``: the last update's value."""
         log_output: bool = True
+        """Log each tracked output as ``{name}/{I}``; turn off for outputs that are not single numbers."""
         save_output: bool = False
+        """Also save the reduced value (any shape) under ``update_outputs/`` in the run directory."""
 
         def __attrs_post_init__(self) -> None:
             if not self.keys and not self.patterns:

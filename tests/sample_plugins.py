@@ -195,6 +195,122 @@ class Sleepy:
         time.sleep(self.config.seconds)
 
 
+#: What :class:`Tracer` saw: ``("enter" | "exit" | "raised", event, update)``.
+TRACE: list[tuple[str, str, int]] = []
+
+
+class Tracer:
+    """Wraps every event: notes when each dispatch starts and ends (or what it raised)."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+
+    def _around(self, event: str, counter: Any) -> Any:
+        TRACE.append(("enter", event, counter.update))
+        try:
+            yield
+        except Exception as exc:
+            TRACE.append(("raised", event, counter.update))
+            raise RuntimeError(f"traced: {exc}") from exc
+        TRACE.append(("exit", event, counter.update))
+
+    @hookimpl(wrapper=True)
+    def before_training(self, counter: Any) -> Any:
+        return (yield from self._around("before_training", counter))
+
+    @hookimpl(wrapper=True)
+    def after_accumulation(self, counter: Any) -> Any:
+        return (yield from self._around("after_accumulation", counter))
+
+    @hookimpl(wrapper=True)
+    def after_update(self, counter: Any) -> Any:
+        return (yield from self._around("after_update", counter))
+
+    @hookimpl(wrapper=True)
+    def after_epoch(self, counter: Any) -> Any:
+        return (yield from self._around("after_epoch", counter))
+
+    @hookimpl(wrapper=True)
+    def at_eval(self, counter: Any) -> Any:
+        return (yield from self._around("at_eval", counter))
+
+    @hookimpl(wrapper=True)
+    def after_training(self, counter: Any) -> Any:
+        return (yield from self._around("after_training", counter))
+
+
+class Eager:
+    """Asks pluggy to call it first, which noether does not do: refused when loaded."""
+
+    @hookimpl(tryfirst=True)
+    def after_update(self) -> None:
+        pass
+
+
+class BadState:
+    """Keeps a value a checkpoint cannot hold, in its ``state`` dict (``where="state"``) or in its
+    ``state_dict()`` (``where="state_dict"``)."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        where: str = "state"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def before_training(self, state: dict[str, Any]) -> None:
+        import numpy as np
+
+        if self.config.where == "state":
+            state["best"] = np.float64(1.5)
+
+    def state_dict(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {"seen": np.int64(3)} if self.config.where == "state_dict" else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Refuses:
+    """A constructor that raises (e.g. a setting it cannot work with)."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        raise ValueError("no GPU to profile")
+
+    @hookimpl
+    def after_update(self) -> None:
+        pass
+
+
+class Norm:
+    """Logs ``embedding_norm`` at its interval from a script, and declares that higher is better."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        values: list[float] = attrs.Factory(list)
+        declare: bool = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.calls = 0
+
+    @hookimpl
+    def at_eval(self, trainer: Any) -> None:
+        trainer.writer.add_scalar("embedding_norm", self.config.values[self.calls])
+        self.calls += 1
+
+    @staticmethod
+    def produces(config: Config, run_config: Any) -> list[str]:
+        return ["embedding_norm"]
+
+    @staticmethod
+    def metric_directions(config: Config) -> dict[str, str]:
+        return {"embedding_norm": "higher"} if config.declare else {}
+
+
 def nan_at_updates(model: torch.nn.Module, batch: Any) -> Any:
     """A train step whose loss is NaN on updates listed in ``NAN_UPDATES`` (counted by calls)."""
     from noether_core.run.train_step import default_train_step

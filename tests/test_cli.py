@@ -397,7 +397,7 @@ def test_hooks_lists_the_six_events(cli: Callable[..., Result]) -> None:
     ]
     assert "at_eval  + interval" in result.out.splitlines()
     assert "after_training  + status" in result.out.splitlines()
-    assert "Every event also passes: trainer, model, counter, config." in result.out
+    assert "Every event also passes: trainer, model, counter, config, state." in result.out
 
 
 # ------------------------------------------------------------------------------- plugins show

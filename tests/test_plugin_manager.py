@@ -7,6 +7,7 @@ defined here; core arguments are a real :class:`Counter`, model and :class:`LogW
 
 from __future__ import annotations
 
+import importlib
 import time
 import traceback
 from collections.abc import Iterator
@@ -75,8 +76,6 @@ def journal_class(**marker_opts: bool) -> type:
 
 
 Journal = journal_class()
-EagerJournal = journal_class(tryfirst=True)
-LazyJournal = journal_class(trylast=True)
 
 
 class Boom:
@@ -291,10 +290,10 @@ def test_slot_key_is_name_then_id_then_kind(registry: PluginRegistry) -> None:
 
 def test_dispatch_follows_list_order_for_every_event(start: Any) -> None:
     pm = PluginManager()
-    # pluggy alone would call: third (tryfirst), fourth, second (LIFO), first (trylast)
-    pm.register(plugin(LazyJournal, "Journal"), journal_config("first"))
+    # pluggy alone would call the last registered first (LIFO); tryfirst/trylast are refused at load
+    pm.register(plugin(Journal), journal_config("first"))
     pm.register(plugin(Journal), journal_config("second"))
-    pm.register(plugin(EagerJournal, "Journal"), journal_config("third"))
+    pm.register(plugin(Journal), journal_config("third"))
     pm.register(plugin(Journal), journal_config("fourth"), is_default=True)
     pm.freeze()
     core = make_core(1)
@@ -719,3 +718,23 @@ def test_function_plugin_entries_register_side_by_side() -> None:
     pm.owner_sink = core["trainer"].writer
     pm.at_eval(core, pm.scheduled)
     assert core["trainer"].writer.keys() == ["heartbeat/S4", "heartbeat/S8", "heartbeat/S12"]
+
+
+def test_each_entry_has_its_own_state_dict_at_every_event(start: Any) -> None:
+    """The ``state`` argument: one dict per entry, the same object at every event, by either path."""
+    counting = plugin(importlib.import_module("sample_counting_plugin"), "counting")
+    config = counting.config_class
+    pm = PluginManager()
+    one = pm.register(counting, config(kind="counting", name="one", every_n_updates=1))
+    two = pm.register(counting, config(kind="counting", name="two", every_n_updates=1, step=3, label="x"))
+    pm.freeze()
+    core = make_core(1)
+    pm.owner_sink = core["trainer"].writer
+    start(pm, core)
+    for _ in range(4):
+        pm.after_update(core, losses={}, times={}, grad_norm=None)
+    pm.at_eval(core, pm.scheduled)
+    assert one.state == {"n": 4}
+    assert two.state == {"n": 12}
+    assert core["trainer"].writer.get("updates/U1") == 4
+    assert core["trainer"].writer.get("x/U1") == 12

@@ -402,15 +402,84 @@ def test_plain_function_import_path_fails_to_load() -> None:
         PluginRegistry([]).load("sample_function_plugin:at_eval")
 
 
-@pytest.mark.parametrize("opts", [{"wrapper": True}, {"hookwrapper": True}])
-def test_wrapper_hookimpl_is_an_error(opts: dict[str, bool]) -> None:
+def test_an_old_style_hookwrapper_is_refused_with_a_pointer_to_wrapper() -> None:
     class Wrapper:
-        @hookimpl(**opts)
+        @hookimpl(hookwrapper=True)
         def after_update(self) -> Any:
             yield
 
-    with pytest.raises(PluginValidationError, match="'after_update' is a wrapper"):
+    with pytest.raises(PluginValidationError, match=r"old-style wrapper; write @hookimpl\(wrapper=True\)"):
         inspect_plugin(source_for("Wrapper", Wrapper), Wrapper)
+
+
+def test_a_new_style_wrapper_is_a_wrapper_not_a_hook() -> None:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def after_update(self) -> Any:
+            yield
+
+    plugin = inspect_plugin(source_for("Wrapper", Wrapper), Wrapper)
+    assert plugin.wrappers == ("after_update",)
+    assert plugin.hooks == ()
+    assert not plugin.scheduled
+
+
+def test_a_wrapper_must_be_a_generator() -> None:
+    class NotAGenerator:
+        @hookimpl(wrapper=True)
+        def after_update(self) -> None:
+            pass
+
+    with pytest.raises(PluginValidationError, match="must be a generator that yields once"):
+        inspect_plugin(source_for("NotAGenerator", NotAGenerator), NotAGenerator)
+
+
+@pytest.mark.parametrize("option", ["tryfirst", "trylast"])
+def test_ordering_options_are_refused(option: str) -> None:
+    class Eager:
+        @hookimpl(**{option: True})
+        def after_update(self) -> None:
+            pass
+
+    with pytest.raises(PluginValidationError, match=f"{option}=True.*order of the config's callbacks list"):
+        inspect_plugin(source_for("Eager", Eager), Eager)
+
+
+def test_specname_implements_a_hook_under_another_name() -> None:
+    class Named:
+        @hookimpl(specname="after_update")
+        def count_update(self, counter: Any) -> None:
+            pass
+
+        @hookimpl(specname="after_updat")  # the typo is the point
+        def typo(self) -> None:
+            pass
+
+    with pytest.raises(PluginValidationError, match="'after_updat' is not a noether hook"):
+        inspect_plugin(source_for("Named", Named), Named)
+    del Named.typo
+    plugin = inspect_plugin(source_for("Named", Named), Named)
+    assert plugin.hooks == ("after_update",)
+    assert plugin.members == (("count_update", "after_update"),)
+
+
+def test_a_module_of_functions_may_have_a_config() -> None:
+    module = types.ModuleType("noether_test_function_config")
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        label: str = "beat"
+
+    @hookimpl
+    def after_update(counter: Any, config: Any) -> None:
+        pass
+
+    module.Config = Config  # type: ignore[attr-defined]
+    module.after_update = after_update  # type: ignore[attr-defined]
+    assert inspect_plugin(source_for("beat", module), module).config_class is Config
+    module.Config = dict  # type: ignore[attr-defined]
+    with pytest.raises(PluginValidationError, match=r"noether_test_function_config\.Config must be an attrs"):
+        inspect_plugin(source_for("beat", module), module)
 
 
 @pytest.mark.parametrize(

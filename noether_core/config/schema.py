@@ -9,6 +9,7 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from noether_core.io.metric_properties import Ordinality
 from noether_core.plugins.scheduling import Interval
 from noether_core.run.counter import RunEnd
 
@@ -46,12 +47,22 @@ class CallbackConfig:
     """
 
     kind: str = attrs.field(validator=v.min_len(1))
+    """The plugin: an entry-point name (``CheckpointCallback``), a seed spelling
+    (``noether.core.callbacks.CheckpointCallback``) or an import path (``package.module:Name``)."""
     name: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    """The entry's name for its saved state, logs and timings; unique among the entries. Unset: its
+    ``id``, else its ``kind``."""
     id: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    """The older spelling of ``name``; if both are set they must agree."""
     every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
+    """Call ``at_eval`` after every this many epochs. Exactly one ``every_n_*`` is set when the plugin
+    implements ``at_eval`` (unless its ``Config`` gives a default), none otherwise."""
     every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
+    """Call ``at_eval`` after every this many optimizer updates."""
     every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
+    """Call ``at_eval`` at the first update that crosses each multiple of this many training samples."""
     eval_at_end: bool = False
+    """Call ``at_eval`` once more after the last update when the interval did not fall on it."""
 
     @property
     def interval(self) -> Interval | None:
@@ -208,6 +219,9 @@ class RunConfig:
     datasets: dict[str, DatasetConfig] = attrs.Factory(dict)
     callbacks: list[CallbackConfig] = attrs.Factory(list)
     tracker: list[TrackerConfig] = attrs.Factory(list)
+    #: Which way is better for metrics the built-in patterns do not know: ``{PATTERN: higher | lower |
+    #: neutral}``, ``fnmatch`` patterns of metric keys, tried before every other pattern.
+    metrics: dict[str, Ordinality] = attrs.Factory(dict)
 
     def entries(self) -> Iterator[tuple[str, CallbackConfig]]:
         """Every ``callbacks`` entry with its path, the nested ones (``eval_callbacks``) included."""

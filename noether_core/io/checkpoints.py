@@ -168,11 +168,17 @@ def _iter_unsafe(obj: object, where: str, seen: set[int]) -> Iterator[str]:
         yield f"{where or '<root>'}: {kind.__module__}.{kind.__qualname__}"
 
 
+def unsafe_values(obj: object, where: str = "") -> list[str]:
+    """``"place: type"`` for every value in ``obj`` that ``torch.load(weights_only=True)`` would refuse
+    (``where`` names ``obj`` itself); empty when a checkpoint can hold all of it."""
+    return list(_iter_unsafe(obj, where, set()))
+
+
 def check_weights_only_safe(obj: object, path: Path | str = "<checkpoint>") -> None:
     """Raise :class:`~noether_core.errors.CheckpointWriteError` when ``obj`` would not load with
     ``torch.load(weights_only=True)``, naming where in ``obj`` each offending value sits (exact types
     only: a ``namedtuple``, an ``IntEnum`` or a NumPy scalar is refused)."""
-    problems = list(_iter_unsafe(obj, "", set()))
+    problems = unsafe_values(obj)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise CheckpointWriteError(
@@ -331,4 +337,5 @@ __all__ = [
     "atomic_torch_save",
     "check_weights_only_safe",
     "load_checkpoint",
+    "unsafe_values",
 ]

@@ -37,10 +37,16 @@ by line (``noether_core/run/trainer.py``), and the documentation shows this very
 Rules that hold for every event:
 
 * Every event passes the **core arguments** (:data:`CORE_ARGUMENTS`) ``trainer``, ``model``,
-  ``counter`` and ``config``, plus its own. ``trainer`` is the run, typed for plugins as
-  :class:`~noether_core.Run`. ``config`` is the validated config of the entry being called (its
-  ``Config`` class for class plugins, :class:`~noether_core.CallbackConfig` for function plugins):
-  this is how one module of ``@hookimpl`` functions serves two entries with different intervals.
+  ``counter``, ``config`` and ``state``, plus its own. ``trainer`` is the run, typed for plugins as
+  :class:`~noether_core.Run`. ``config`` is the validated config of the entry being called (an instance
+  of its plugin's ``Config``, a class's or a module's, else :class:`~noether_core.CallbackConfig`), and
+  ``state`` its own checkpointed ``dict``: this is how one module of ``@hookimpl`` functions serves two
+  entries with different settings, and keeps what it counts across a resume.
+* A plugin may also wrap an event: ``@hookimpl(wrapper=True)`` on a generator that yields once runs
+  around the whole dispatch of that event at that step (``result = yield`` raises what an entry
+  raised). Wrappers run in list order, the first outermost; they are how a tracing or profiling
+  plugin is written. ``tryfirst``/``trylast`` are refused (the order is the list's), and so is the
+  old-style ``hookwrapper``; ``specname`` names the event an implementation of another name serves.
 * Entries are called one at a time, in the order of the config's ``callbacks`` list, with the trainer's
   default producers of metrics (online loss, LR) before them. Return values are ignored.
 * Everything except the training forward/backward runs under :func:`torch.no_grad`. Values that need a
@@ -72,12 +78,16 @@ EvalInterval = Literal["epoch", "update", "sample", "eval"]
 RunStatus = Literal["completed", "stopped", "interrupted", "failed"]
 
 #: The arguments every event passes, the only place they are named: the run, the unwrapped model, the
-#: read-only position, and the called entry's own config.
-CORE_ARGUMENTS = ("trainer", "model", "counter", "config")
+#: read-only position, and the called entry's own config and state.
+CORE_ARGUMENTS = ("trainer", "model", "counter", "config", "state")
+#: The core arguments that are each entry's own (the others are the same for every entry of a run).
+ENTRY_ARGUMENTS = ("config", "state")
 
 
 @hookspec
-def before_training(trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+def before_training(
+    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, state: dict[str, Any]
+) -> None:
     """Called once, after setup and resume, before the first batch is read.
 
     ``counter`` is at update 0 for a fresh run and at the resumed position otherwise, so a plugin can tell
@@ -93,6 +103,12 @@ def before_training(trainer: Run, model: torch.nn.Module, counter: Counter, conf
     :param model: the unwrapped model (never the DDP or compiled wrapper).
     :param counter: read-only position of the run.
     :param config: this entry's validated config.
+    :param state: this entry's own ``dict``, the same object at every event of the run: what a plugin
+        keeps in it is saved in the trainer checkpoint under the entry's name and is back on resume
+        (before this event). How a module of functions keeps state (``state["n"] = state.get("n", 0) +
+        1``). Values must be checkpointable (tensors, numbers, strings, ``None`` and lists, tuples and
+        dicts of them): anything else is refused, naming the entry and the key, right after
+        ``before_training``.
     """
 
 
@@ -102,6 +118,7 @@ def after_accumulation(
     model: torch.nn.Module,
     counter: Counter,
     config: CallbackConfig,
+    state: dict[str, Any],
     batch: Any,
     losses: Mapping[str, torch.Tensor],
     outputs: Mapping[str, Any] | None,
@@ -128,6 +145,7 @@ def after_update(
     model: torch.nn.Module,
     counter: Counter,
     config: CallbackConfig,
+    state: dict[str, Any],
     losses: Mapping[str, torch.Tensor],
     times: Mapping[str, float],
     grad_norm: torch.Tensor | None,
@@ -146,7 +164,9 @@ def after_update(
 
 
 @hookspec
-def after_epoch(trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig) -> None:
+def after_epoch(
+    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, state: dict[str, Any]
+) -> None:
     """Called after the last update of every epoch, after ``after_update``. Never gated.
 
     ``counter.epoch`` already counts the finished epoch. A run whose end falls part-way through an epoch
@@ -156,7 +176,12 @@ def after_epoch(trainer: Run, model: torch.nn.Module, counter: Counter, config: 
 
 @hookspec
 def at_eval(
-    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, interval: EvalInterval
+    trainer: Run,
+    model: torch.nn.Module,
+    counter: Counter,
+    config: CallbackConfig,
+    state: dict[str, Any],
+    interval: EvalInterval,
 ) -> None:
     """The scheduled event: called when this entry's interval is due, and in evaluation-only runs.
 
@@ -175,7 +200,12 @@ def at_eval(
 
 @hookspec
 def after_training(
-    trainer: Run, model: torch.nn.Module, counter: Counter, config: CallbackConfig, status: RunStatus
+    trainer: Run,
+    model: torch.nn.Module,
+    counter: Counter,
+    config: CallbackConfig,
+    state: dict[str, Any],
+    status: RunStatus,
 ) -> None:
     """Called once, last, whatever the ending. Values logged here are flushed before the run closes.
 

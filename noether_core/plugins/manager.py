@@ -19,14 +19,14 @@ import inspect
 import itertools
 import linecache
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pluggy
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginFailure, PluginLoadError, PluginValidationError
+from noether_core.errors import PluginFailure, PluginLoadError, PluginValidationError, raised_at
 from noether_core.plugins import hookspecs
 from noether_core.plugins.markers import PROJECT_NAME
 from noether_core.plugins.registry import Plugin
@@ -39,8 +39,8 @@ HOOKS = hookspecs.HOOK_NAMES
 _HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
 #: Events dispatched on every update (or micro-batch): compiled per run, see :func:`_compile_event`.
 PER_UPDATE_HOOKS = ("after_accumulation", "after_update")
-#: The core arguments fixed for a whole run; ``config``, the last core argument, is each entry's own.
-CORE_ARGS = tuple(a for a in hookspecs.CORE_ARGUMENTS if a != "config")
+#: The core arguments fixed for a whole run (``config`` and ``state`` are each entry's own).
+CORE_ARGS = tuple(a for a in hookspecs.CORE_ARGUMENTS if a not in hookspecs.ENTRY_ARGUMENTS)
 
 
 class OwnerAware(Protocol):
@@ -62,6 +62,8 @@ class Slot:
     interval: Interval | None = None
     parent: Slot | None = None
     children: list[Slot] = attrs.Factory(list)
+    #: the ``state`` hook argument: kept in the trainer checkpoint under the entry's name
+    state: dict[str, Any] = attrs.Factory(dict)
     seconds: list[float] = attrs.Factory(lambda: [0.0] * len(HOOKS))
     calls: list[int] = attrs.Factory(lambda: [0] * len(HOOKS))
 
@@ -139,7 +141,7 @@ def _compile_event(
     ``inspect.getsource`` show the lines that ran.
     """
     spec = inspect.signature(getattr(hookspecs, hook)).parameters
-    event_args = [a for a in spec if a not in CORE_ARGS and a != "config"]
+    event_args = [a for a in spec if a not in hookspecs.CORE_ARGUMENTS]
     namespace: dict[str, Any] = {
         "_clock": time.perf_counter,
         "_PluginFailure": PluginFailure,
@@ -155,13 +157,14 @@ def _compile_event(
     for i, (slot, function, positional, keyword) in enumerate(calls):
         namespace[f"_f{i}"] = function
         namespace[f"_config{i}"] = slot.config
+        namespace[f"_state{i}"] = slot.state
         namespace[f"_seconds{i}"] = slot.seconds
         namespace[f"_calls{i}"] = slot.calls
         namespace[f"_owner{i}"] = (slot.key, slot.is_default)
 
         def value(name: str, i: int = i) -> str:
-            if name == "config":
-                return f"_config{i}"
+            if name in hookspecs.ENTRY_ARGUMENTS:
+                return f"_{name}{i}"
             return f"_core_{name}" if name in CORE_ARGS else name
 
         arguments = [value(a) for a in positional] + [f"{a}={value(a)}" for a in keyword]
@@ -207,6 +210,7 @@ class PluginManager:
         self._pm.add_hookspecs(hookspecs)
         self.slots: list[Slot] = []
         self._tables: dict[str, list[_Call]] = {}
+        self._wrappers: dict[str, list[_Call]] = {}
         self._at_eval: dict[int, _Call] = {}
         self._own: dict[tuple[int, str], _Call] = {}
         self._by_config: dict[int, Slot] = {}
@@ -225,12 +229,20 @@ class PluginManager:
         """
         if self._tables:
             raise RuntimeError("plugins cannot be registered once dispatch has started")
+        if parent is not None and plugin.wrappers:
+            raise PluginValidationError(
+                plugin.kind,
+                f"entry {config.key!r} wraps {', '.join(plugin.wrappers)}, but it is a child of "
+                f"{parent.key!r}: a wrapper wraps the trainer's own dispatch, so list it at the top level",
+                plugin.source.distribution,
+                plugin.source.version,
+            )
         try:
             obj = plugin.instantiate(config)
         except Exception as exc:  # e.g. a class whose constructor does not take the config
             raise PluginLoadError(
                 plugin.kind,
-                f"creating it for entry {config.key!r} failed: {type(exc).__name__}: {exc}",
+                f"creating it for entry {config.key!r} failed: {type(exc).__name__}: {exc}{raised_at(exc)}",
                 plugin.source.distribution,
                 plugin.source.version,
             ) from exc
@@ -265,13 +277,17 @@ class PluginManager:
         for name in HOOKS:
             calls: list[_Call] = []
             caller = getattr(self._pm.hook, name)
+            wrappers: list[_Call] = []
             for impl in caller.get_hookimpls():
                 slot = by_obj[id(impl.plugin)]
-                calls.append((slot, impl.function, *_call_arguments(impl.function, caller.spec.argnames)))
+                call = (slot, impl.function, *_call_arguments(impl.function, caller.spec.argnames))
+                (wrappers if impl.wrapper else calls).append(call)
             calls.sort(key=lambda c: c[0].index)
             for call in calls:
                 self._own[(call[0].index, name)] = call
             self._tables[name] = [c for c in calls if c[0].parent is None]
+            if wrappers:
+                self._wrappers[name] = sorted(wrappers, key=lambda c: c[0].index)
         self._at_eval = {index: call for (index, hook), call in self._own.items() if hook == "at_eval"}
 
     def bind(self, core: Mapping[str, Any]) -> None:
@@ -284,10 +300,27 @@ class PluginManager:
         if not self._tables and self.slots:
             raise RuntimeError("bind() comes after freeze()")
         self._bound_core = core
-        self._compiled = {
-            hook: _compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
-            for hook in PER_UPDATE_HOOKS
-        }
+        self._compiled = {}
+        for hook in PER_UPDATE_HOOKS:
+            compiled = _compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
+            if hook in self._wrappers:  # only then: an update without wrappers pays nothing for them
+                compiled = self._wrapping(hook, core, compiled)
+            self._compiled[hook] = compiled
+
+    def _wrapping(
+        self, hook: str, core: Mapping[str, Any], dispatch: Callable[..., None]
+    ) -> Callable[..., None]:
+        """``dispatch`` (a compiled per-update event) run inside the wrappers of ``hook``."""
+        names = [
+            a
+            for a in inspect.signature(getattr(hookspecs, hook)).parameters
+            if a not in hookspecs.CORE_ARGUMENTS
+        ]
+
+        def wrapped(*args: Any) -> None:
+            self._around(hook, {**core, **dict(zip(names, args, strict=True))}, lambda: dispatch(*args))
+
+        return wrapped
 
     def needs_eval_mode(self, slots: Iterable[Slot]) -> bool:
         """Whether any of ``slots`` may run the model (``needs_eval_mode`` of its plugin)."""
@@ -298,9 +331,9 @@ class PluginManager:
         return [call[0] for call in self._tables[hook]]
 
     def has_listeners(self, hook: str) -> bool:
-        """Whether any top-level entry implements ``hook`` (after :meth:`freeze`): the trainer skips
-        work that only plugins would consume."""
-        return bool(self._tables[hook])
+        """Whether any top-level entry implements or wraps ``hook`` (after :meth:`freeze`): the trainer
+        skips work that only plugins would consume."""
+        return bool(self._tables[hook]) or hook in self._wrappers
 
     def implements(self, slot: Slot, hook: str) -> bool:
         return hook in slot.plugin.hooks
@@ -335,11 +368,15 @@ class PluginManager:
         return list(slot.children) if slot is not None else []
 
     def call_slots(self, hook: str, slots: Sequence[Slot], core: Mapping[str, Any], **extra: Any) -> None:
-        """Call ``hook`` on ``slots`` that implement it, in their order: how an owner runs its children.
+        """Call ``hook`` on ``slots`` that implement it, in their order: how an owner runs its children
+        (no wrapper runs around it: the wrappers wrap the trainer's dispatch, which this is part of).
 
-        For ``at_eval`` pass the due children (``trainer.scheduler.due(children, counter.update)``) and
-        ``interval``.
+        For ``at_eval`` pass the due children (``trainer.scheduler.due(children, counter.update)``);
+        each gets its own interval's unit unless ``interval`` is given.
         """
+        if hook == "at_eval":
+            self._at_eval_each(core, slots, extra.get("interval"))
+            return
         calls = [self._own[(s.index, hook)] for s in slots if (s.index, hook) in self._own]
         if calls:
             self._run(hook, calls, {**core, **extra})
@@ -400,6 +437,7 @@ class PluginManager:
             start = clock()
             for slot, function, positional, keyword in calls:
                 kwargs["config"] = slot.config
+                kwargs["state"] = slot.state
                 if sink is not None:
                     sink.owner = slot.key
                     sink.owner_is_default = slot.is_default
@@ -422,10 +460,68 @@ class PluginManager:
                 sink.owner, sink.owner_is_default = previous
 
     def call(self, hook: str, core: Mapping[str, Any], **extra: Any) -> None:
-        """Call ``hook`` on every entry implementing it (used by the typed methods)."""
+        """Call ``hook`` on every entry implementing it, inside the wrappers of ``hook`` if any (used by
+        the typed methods)."""
         calls = self._tables[hook]
-        if calls:
+        if hook in self._wrappers:
+            self._around(hook, {**core, **extra}, lambda: self._run(hook, calls, {**core, **extra}))
+        elif calls:
             self._run(hook, calls, {**core, **extra})
+
+    def _around(self, hook: str, arguments: Mapping[str, Any], dispatch: Callable[[], Any]) -> Any:
+        """Run ``dispatch`` (the whole dispatch of ``hook`` at this step) inside the wrappers of ``hook``,
+        the first listed outermost, with pluggy's new-style semantics: each wrapper runs to its
+        ``yield``, which returns the dispatch's result or raises its exception; what the wrapper returns
+        or raises then goes on outwards. A wrapper's own time counts as its entry's time in ``hook``."""
+        hook_index = _HOOK_INDEX[hook]
+        clock = time.perf_counter
+        started: list[tuple[Slot, Generator[None, Any, Any]]] = []
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            for slot, function, positional, keyword in self._wrappers[hook]:
+                kwargs = {**arguments, "config": slot.config, "state": slot.state}
+                slot.calls[hook_index] += 1
+                start = clock()
+                try:
+                    generator = function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
+                    next(generator)
+                except StopIteration:
+                    raise PluginFailure(
+                        slot.key, slot.kind, hook, RuntimeError("the wrapper returned without yielding")
+                    ) from None
+                except Exception as exc:
+                    raise PluginFailure(slot.key, slot.kind, hook, exc) from exc
+                finally:
+                    slot.seconds[hook_index] += clock() - start
+                started.append((slot, generator))
+            result = dispatch()
+        except BaseException as exc:
+            error = exc
+        for slot, generator in reversed(started):
+            start = clock()
+            try:
+                if error is None:
+                    generator.send(result)
+                else:
+                    generator.throw(error)
+            except StopIteration as stop:
+                error, result = None, stop.value
+            except PluginFailure as exc:
+                error = exc
+            except Exception as exc:
+                # the exception it was handed passes through as it was; a new one is the wrapper's own
+                error = exc if exc is error else PluginFailure(slot.key, slot.kind, hook, exc)
+            except BaseException as exc:
+                error = exc
+            else:
+                generator.close()
+                error = PluginFailure(slot.key, slot.kind, hook, RuntimeError("the wrapper yielded twice"))
+            finally:
+                slot.seconds[hook_index] += clock() - start
+        if error is not None:
+            raise error
+        return result
 
     def before_training(self, core: Mapping[str, Any]) -> None:
         self.call("before_training", core)
@@ -468,23 +564,46 @@ class PluginManager:
     def at_eval(
         self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None = None
     ) -> None:
-        """Call ``at_eval`` on ``slots`` (the due ones), each with its own interval's unit unless given."""
+        """Call ``at_eval`` on ``slots`` (the due top-level entries), each with its own interval's unit
+        unless given, inside the wrappers of ``at_eval``. A wrapper gets ``interval`` as given, else the
+        unit of the first due entry."""
+        if "at_eval" not in self._wrappers:
+            self._at_eval_each(core, slots, interval)
+            return
+        first = next((s.interval.unit for s in slots if s.interval is not None), "eval")
+        arguments = {**core, "interval": interval or first}
+        self._around("at_eval", arguments, lambda: self._at_eval_each(core, slots, interval))
+
+    def _at_eval_each(
+        self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None
+    ) -> None:
         kwargs = dict(core)
         for slot in slots:
-            call = self._at_eval.get(slot.index)
+            call = self._own.get((slot.index, "at_eval"))
             if call is None:
                 continue
             kwargs["interval"] = interval or (slot.interval.unit if slot.interval else "eval")
             self._run("at_eval", (call,), kwargs)
 
     def after_training(self, core: Mapping[str, Any], status: RunStatus) -> list[PluginFailure]:
-        """Call every entry even when some fail; return the failures for the trainer to report."""
+        """Call every entry even when some fail (inside the wrappers of ``after_training``, if any);
+        return the failures for the trainer to report."""
         failures: list[PluginFailure] = []
-        for call in self._tables["after_training"]:
-            try:
-                self._run("after_training", (call,), {**core, "status": status})
-            except PluginFailure as exc:
-                failures.append(exc)
+
+        def each() -> None:
+            for call in self._tables["after_training"]:
+                try:
+                    self._run("after_training", (call,), {**core, "status": status})
+                except PluginFailure as exc:
+                    failures.append(exc)
+
+        if "after_training" not in self._wrappers:
+            each()
+            return failures
+        try:
+            self._around("after_training", {**core, "status": status}, each)
+        except PluginFailure as exc:
+            failures.append(exc)
         return failures
 
     # --------------------------------------------------------------------------------------- timing

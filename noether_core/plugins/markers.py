@@ -17,6 +17,13 @@ import pluggy
 PROJECT_NAME = "noether"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks an event specification; only :mod:`noether_core.plugins.hookspecs` uses it."""
+
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a plugin's implementation of an event: ``@hookimpl`` on a function or method named for the event.
+
+Entries are called in the order of the config's ``callbacks`` list, so pluggy's ordering options
+(``tryfirst``, ``trylast``) are refused when the plugin is loaded.
+"""
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]

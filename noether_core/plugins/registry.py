@@ -20,7 +20,13 @@ from typing import Any, cast
 import attrs
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import ImportPathError, PluginLoadError, PluginValidationError, UnknownKindError
+from noether_core.errors import (
+    ImportPathError,
+    PluginLoadError,
+    PluginValidationError,
+    UnknownKindError,
+    raised_at,
+)
 from noether_core.lookup import (
     PluginSource,
     claims_by_kind,
@@ -45,6 +51,7 @@ class Plugin:
     source: PluginSource
     target: Any
     config_class: type[CallbackConfig]
+    #: The events it implements plainly (``@hookimpl``), in hook-spec order.
     hooks: tuple[str, ...]
     is_class: bool
     stateful: bool
@@ -53,6 +60,12 @@ class Plugin:
     #: on its class or module; when only such entries are due, the trainer leaves the model in train
     #: mode, which saves two walks over every submodule per tick.
     needs_eval_mode: bool = True
+    #: The events it wraps (``@hookimpl(wrapper=True)``), in hook-spec order.
+    wrappers: tuple[str, ...] = ()
+    #: ``(attribute, event)`` of every implementation: they differ for ``@hookimpl(specname=...)``.
+    members: tuple[tuple[str, str], ...] = attrs.field(
+        default=attrs.Factory(lambda self: tuple((h, h) for h in self.hooks + self.wrappers), takes_self=True)
+    )
 
     @property
     def kind(self) -> str:
@@ -67,7 +80,7 @@ class Plugin:
         """A fresh plugin object for one config entry, so two entries of one kind never share state."""
         if self.is_class:
             return self.target(config)
-        return FunctionPlugin(self.target, self.hooks)
+        return FunctionPlugin(self.target, tuple(attribute for attribute, _ in self.members))
 
 
 class FunctionPlugin:
@@ -77,9 +90,9 @@ class FunctionPlugin:
     the shared functions; identity (not attribute) equality keeps two holders apart.
     """
 
-    def __init__(self, source: object, hooks: tuple[str, ...]) -> None:
+    def __init__(self, source: object, attributes: tuple[str, ...]) -> None:
         self.source = source
-        for name in hooks:
+        for name in attributes:
             setattr(self, name, getattr(source, name))
 
     def __repr__(self) -> str:
@@ -178,7 +191,7 @@ def _import_target(source: PluginSource, registry: PluginRegistry | None = None)
         cause = exc
     raise PluginLoadError(
         source.kind,
-        f"importing {source.value!r} failed: {type(cause).__name__}: {cause}",
+        f"importing {source.value!r} failed: {type(cause).__name__}: {cause}{raised_at(cause)}",
         source.distribution,
         source.version,
     ) from cause
@@ -194,12 +207,17 @@ def _impl_opts(obj: Any) -> dict[str, Any] | None:
     return opts if isinstance(opts, dict) else None
 
 
+#: pluggy's ordering options, which noether refuses: entries run in the order of the ``callbacks`` list.
+_ORDERING = ("tryfirst", "trylast")
+
+
 def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
     """Check ``target`` against the hook specs and describe it as a :class:`Plugin`.
 
     Catches what pluggy would only notice later or never: misspelled hook names, argument names that no
-    event passes, hook-named methods without ``@hookimpl``, wrappers (noether calls each plugin itself,
-    in list order, so wrappers have nothing to wrap), and a ``Config`` that is not a ``CallbackConfig``.
+    event passes, hook-named methods without ``@hookimpl``, pluggy options noether does not honour
+    (``tryfirst``/``trylast``: the order is the ``callbacks`` list's; old-style ``hookwrapper``), and a
+    ``Config`` (of a class, or of a module of functions) that is not a ``CallbackConfig``.
     """
 
     def fail(reason: str) -> PluginValidationError:
@@ -212,6 +230,8 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
         )
 
     hooks: list[str] = []
+    wrappers: list[str] = []
+    members: list[tuple[str, str]] = []
     for name in dir(target):
         if name.startswith("__"):
             continue
@@ -224,45 +244,60 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
             if name in _SPEC_ARGS and callable(member):
                 raise fail(f"{name!r} has the name of a hook but is not marked with @hookimpl")
             continue
-        if name not in _SPEC_ARGS:
-            close = did_you_mean(name, _SPEC_ARGS)
+        hook = opts.get("specname") or name
+        if hook not in _SPEC_ARGS:
+            close = did_you_mean(hook, _SPEC_ARGS)
             hint = f" ({close})" if close else ""
             raise fail(
-                f"@hookimpl {name!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}"
+                f"@hookimpl {hook!r} is not a noether hook{hint}; hooks are {', '.join(hookspecs.HOOK_NAMES)}"
             )
-        if opts.get("hookwrapper") or opts.get("wrapper"):
-            raise fail(f"@hookimpl {name!r} is a wrapper; noether hooks take plain implementations only")
+        ordering = [option for option in _ORDERING if opts.get(option)]
+        if ordering:
+            raise fail(
+                f"@hookimpl({ordering[0]}=True) on {name!r}: noether calls entries in the order of the "
+                "config's callbacks list, so list the entry earlier or later instead"
+            )
+        if opts.get("hookwrapper"):
+            raise fail(
+                f"@hookimpl(hookwrapper=True) on {name!r} is pluggy's old-style wrapper; write "
+                "@hookimpl(wrapper=True), a generator that yields once (result = yield)"
+            )
         params = list(inspect.signature(cast(Callable[..., Any], member)).parameters.values())
         if binds_first and params:
             params = params[1:]  # ``self`` (or ``cls``), whatever it is called: bound, never passed
         unknown = [
             p.name
             for p in params
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in _SPEC_ARGS[name]
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in _SPEC_ARGS[hook]
         ]
         if unknown:
             raise fail(
-                f"{name}() takes {', '.join(repr(u) for u in unknown)}, which the event does not pass; "
-                f"it passes {', '.join(sorted(_SPEC_ARGS[name]))}"
+                f"{hook}() takes {', '.join(repr(u) for u in unknown)}, which the event does not pass; "
+                f"it passes {', '.join(sorted(_SPEC_ARGS[hook]))}"
             )
-        hooks.append(name)
-    if not hooks:
+        if opts.get("wrapper"):
+            if not inspect.isgeneratorfunction(member):
+                raise fail(f"@hookimpl(wrapper=True) {name!r} must be a generator that yields once")
+            wrappers.append(hook)
+        else:
+            hooks.append(hook)
+        members.append((name, hook))
+    if not hooks and not wrappers:
         raise fail(f"{source.value!r} implements none of the hooks {', '.join(hookspecs.HOOK_NAMES)}")
+    twice = sorted({h for h in hooks if hooks.count(h) > 1} | {h for h in wrappers if wrappers.count(h) > 1})
+    if twice:
+        raise fail(f"{twice[0]!r} is implemented twice (a second @hookimpl under specname=?)")
 
-    config_class: type[CallbackConfig] = CallbackConfig
-    if is_class:
-        declared = getattr(target, "Config", CallbackConfig)
-        if not (inspect.isclass(declared) and attrs.has(declared) and issubclass(declared, CallbackConfig)):
-            raise fail(
-                f"{target.__name__}.Config must be an attrs class extending noether_core.CallbackConfig"
-            )
-        shadowing = sorted({"key", "interval"} & {f.name for f in attrs.fields(declared)})
-        if shadowing:
-            raise fail(
-                f"{target.__name__}.Config has a field named {shadowing[0]!r}, which would hide "
-                f"CallbackConfig.{shadowing[0]}; rename the field"
-            )
-        config_class = declared
+    name = getattr(target, "__name__", type(target).__name__)
+    declared = getattr(target, "Config", CallbackConfig)
+    if not (inspect.isclass(declared) and attrs.has(declared) and issubclass(declared, CallbackConfig)):
+        raise fail(f"{name}.Config must be an attrs class extending noether_core.CallbackConfig")
+    shadowing = sorted({"key", "interval"} & {f.name for f in attrs.fields(declared)})
+    if shadowing:
+        raise fail(
+            f"{name}.Config has a field named {shadowing[0]!r}, which would hide "
+            f"CallbackConfig.{shadowing[0]}; rename the field"
+        )
     stateful = (
         is_class
         and callable(getattr(target, "state_dict", None))
@@ -271,15 +306,17 @@ def inspect_plugin(source: PluginSource, target: Any) -> Plugin:
     needs_eval_mode = getattr(target, "needs_eval_mode", True)
     if not isinstance(needs_eval_mode, bool):
         raise fail(f"needs_eval_mode must be True or False, got {needs_eval_mode!r}")
-    order = {name: i for i, name in enumerate(hookspecs.HOOK_NAMES)}
+    order = {hook: i for i, hook in enumerate(hookspecs.HOOK_NAMES)}
     return Plugin(
         source=source,
         target=target,
-        config_class=config_class,
+        config_class=declared,
         hooks=tuple(sorted(hooks, key=order.__getitem__)),
         is_class=is_class,
         stateful=stateful,
         needs_eval_mode=needs_eval_mode,
+        wrappers=tuple(sorted(wrappers, key=order.__getitem__)),
+        members=tuple(members),
     )
 
 

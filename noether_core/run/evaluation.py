@@ -316,9 +316,13 @@ class PeriodicDataIteratorConfig(CallbackConfig):
     """
 
     dataset_key: str = attrs.field(validator=v.min_len(1))
+    """The dataset to iterate: a name in the config's ``datasets``."""
     batch_size: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    """Samples per batch on each process. Unset: the trainer's micro-batch size."""
     max_size: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    """Iterate only the first this many samples of the dataset. Unset: all of them."""
     properties: list[str] | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    """Ask the dataset for only these parts of each sample (its ``with_properties`` method)."""
 
 
 class PeriodicDataIteratorCallback:

@@ -26,7 +26,7 @@ from noether_core.io.trackers import DiskTracker, Tracker, load_trackers, trunca
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.device import pick_device
 from noether_core.run.distributed import init_from_env, shutdown
-from noether_core.run.metric_dependencies import check_metric_dependencies
+from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
 from noether_core.run.trainer import Trainer
 
@@ -137,7 +137,7 @@ def train_from_cli(
         )
     setup_logging(paths, info.is_main)
     resume_tag = (checkpoint or "latest") if resume_paths is not None else None
-    metrics = MetricProperties()
+    metrics = metric_properties(plan)
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
     # nothing on disk
     trainer = Trainer(plan, paths, metrics=metrics, resume_tag=resume_tag)
@@ -186,7 +186,7 @@ def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
     config = load_run_config(None, (), registry, paths)
     plan = RunPlan(config, registry, defaults=False)
     setup_logging(paths)
-    metrics = MetricProperties()
+    metrics = metric_properties(plan)
     plain = unstructure_config(config, registry)
     trackers = _start_trackers(paths, plain, metrics, load_trackers(config.tracker))
     trainer = Trainer(plan, paths, trackers=trackers, metrics=metrics)

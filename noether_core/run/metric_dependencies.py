@@ -20,6 +20,11 @@ functions of a module plugin); all are optional:
 ``child_prefixes(config) -> list[str]``
     For entries that own child entries (``eval_callbacks``): the prefixes their children's keys get
     (EmaCallback: ``ema=0.999/``). Children read what their earlier siblings log, under the same prefix.
+``metric_directions(config) -> dict[str, str]``
+    Which way is better for the metrics the entry logs: ``{pattern: "higher" | "lower" | "neutral"}``
+    (``fnmatch`` patterns of keys), so consumers that compare values (best checkpoint, early stopping,
+    the summary's ``best``) know them. The config's own ``metrics`` section comes first, then these,
+    then the built-in patterns (:func:`metric_properties`).
 
 Rules checked, for a consumer ``C`` and each key it consumes: some producer logs the key in the same
 step at every update where ``C`` is due, and it is listed before ``C`` (the trainer's default entries come
@@ -34,13 +39,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from noether_core.config.schema import CallbackConfig, RunConfig
 from noether_core.errors import ConfigError, ConfigIssue
+from noether_core.io.metric_properties import MetricProperties, Ordinality
 from noether_core.lookup import did_you_mean
 from noether_core.plugins.registry import Plugin
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
@@ -92,6 +98,41 @@ def produced_patterns(plugin: Plugin, entry: CallbackConfig, run_config: RunConf
     return None if value is None else _strings(plugin, "produces", value)
 
 
+def declared_directions(plugin: Plugin, entry: CallbackConfig) -> dict[str, Ordinality]:
+    """The metric directions ``entry`` declares (its plugin's ``metric_directions``), ``{}`` if none."""
+    function = _declared(plugin, "metric_directions")
+    if function is None:
+        return {}
+    value = _call(plugin, "metric_directions", function, entry)
+    allowed = ("higher", "lower", "neutral")
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k and v in allowed for k, v in value.items()
+    ):
+        raise _ProtocolError(
+            f"{plugin.kind}.metric_directions() must return a mapping of metric patterns to "
+            f"{', '.join(map(repr, allowed))}, got {value!r}"
+        )
+    return dict(value)
+
+
+def _every_entry(entries: Sequence[PlannedEntry]) -> Iterator[PlannedEntry]:
+    for planned in entries:
+        yield planned
+        yield from _every_entry(planned.children)
+
+
+def metric_properties(plan: RunPlan) -> MetricProperties:
+    """The run's metric directions: the config's ``metrics`` section first, then what its entries
+    declare (defaults, then the config's, children after their owner), then the built-in patterns."""
+    patterns: list[tuple[str, Ordinality]] = list(plan.config.metrics.items())
+    for planned in _every_entry(plan.all_entries):
+        try:
+            patterns += declared_directions(planned.plugin, planned.config).items()
+        except _ProtocolError as exc:  # reported with its path by check_metric_dependencies
+            raise ConfigError([ConfigIssue(planned.path, str(exc))], plan.source) from None
+    return MetricProperties(patterns)
+
+
 def _child_prefixes(plugin: Plugin, entry: CallbackConfig) -> list[str]:
     function = _declared(plugin, "child_prefixes")
     if function is None:
@@ -135,6 +176,7 @@ def _node(planned: PlannedEntry, run_config: RunConfig, issues: list[ConfigIssue
         consumes = consumed_keys(plugin, entry)
         patterns = produced_patterns(plugin, entry, run_config)
         prefixes = _child_prefixes(plugin, entry) if planned.children else [""]
+        declared_directions(plugin, entry)
     except _ProtocolError as exc:
         issues.append(ConfigIssue(path, str(exc)))
         consumes, patterns, prefixes = [], None, [""]
@@ -288,5 +330,7 @@ def check_metric_dependencies(plan: RunPlan) -> list[str]:
 __all__ = [
     "check_metric_dependencies",
     "consumed_keys",
+    "declared_directions",
+    "metric_properties",
     "produced_patterns",
 ]

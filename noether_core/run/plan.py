@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from noether_core.config.loader import make_converter
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.errors import PluginLoadError
+from noether_core.plugins.manager import PluginManager, Slot
 from noether_core.plugins.registry import Plugin, PluginRegistry
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
 from noether_core.run.building import build_dataset, check_buildable, updates_per_epoch
@@ -204,6 +205,25 @@ class RunPlan:
     def all_entries(self) -> tuple[PlannedEntry, ...]:
         """The top-level entries in dispatch order: the defaults, then the config's ``callbacks``."""
         return self.default_entries + self.entries
+
+    def plugin_manager(self, *, defaults: bool = True) -> PluginManager:
+        """A plugin manager with one new plugin object per entry (children under their owner), frozen
+        for dispatch. Making the objects runs their constructors and pluggy's checks, so a plugin
+        that cannot be made fails here (``noether config validate`` calls it with ``defaults=False``,
+        which needs no dataset)."""
+        manager = PluginManager()
+
+        def register(planned: PlannedEntry, parent: Slot | None) -> None:
+            slot = manager.register(
+                planned.plugin, planned.config, is_default=planned.is_default, parent=parent
+            )
+            for child in planned.children:
+                register(child, slot)
+
+        for planned in self.all_entries if defaults else self.entries:
+            register(planned, None)
+        manager.freeze()
+        return manager
 
 
 __all__ = [

@@ -2,8 +2,8 @@
 
 A checkpoint tag is a set of files (see :mod:`noether_core.io.paths`): each model part's weights, the
 optimizer state, and the trainer state, which holds everything else an exact resume needs: the position,
-the batch geometry it was taken with, the grad scaler, every random generator, the NaN-skip streak and
-each stateful plugin's state under its entry's name.
+the batch geometry it was taken with, the grad scaler, every random generator, the NaN-skip streak and,
+under each entry's name, its plugin's ``state_dict()`` and its ``state`` dict.
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from noether_core.errors import CheckpointLoadError, ConfigError, ConfigIssue, NonFiniteLossError
-from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.errors import (
+    CheckpointLoadError,
+    ConfigError,
+    ConfigIssue,
+    NonFiniteLossError,
+    PluginFailure,
+)
+from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint, unsafe_values
 from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import Tracker
 from noether_core.plugins.manager import PluginManager
@@ -118,8 +124,36 @@ class RunState:
         """Leaf models with their checkpoint names (``classifier.encoder``)."""
         return list(named_models(self.model, self.model_name))
 
+    def entry_states(self, hook: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every entry's ``state_dict()`` (stateful class plugins) and non-empty ``state`` dict, by entry
+        name, checked: a value a checkpoint cannot hold is a :class:`PluginFailure` of that entry in
+        ``hook``, naming the key (the trainer checks right after ``before_training``, and at every save)."""
+        plugins: dict[str, Any] = {}
+        states: dict[str, Any] = {}
+        for slot in self.plugins.slots:
+            kept = []
+            if slot.stateful:
+                plugins[slot.key] = slot.obj.state_dict()  # type: ignore[attr-defined]
+                kept.append(("state_dict()", plugins[slot.key]))
+            if slot.state:
+                states[slot.key] = dict(slot.state)
+                kept.append(("state", states[slot.key]))
+            for what, value in kept:
+                problems = unsafe_values(value, what)
+                if problems:
+                    shown = "; ".join(problems[:3]) + (
+                        f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+                    )
+                    problem = TypeError(
+                        f"a checkpoint cannot hold {shown} (keep tensors, numbers, strings, None and "
+                        "lists, tuples and dicts of them; convert the rest, e.g. with .item() or .tolist())"
+                    )
+                    raise PluginFailure(slot.key, slot.kind, hook, problem)
+        return plugins, states
+
     def capture(self) -> dict[str, Any]:
         """Everything besides weights and optimizer that an exact resume needs."""
+        plugins, states = self.entry_states("saving its state")
         counter = self.counter
         return {
             "version": TRAINER_STATE_VERSION,
@@ -133,7 +167,8 @@ class RunState:
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng(),
             "nan_streak": self.nan_streak,
-            "plugins": {slot.key: slot.obj.state_dict() for slot in self.plugins.stateful()},  # type: ignore[attr-defined]
+            "plugins": plugins,
+            "entry_state": states,
         }
 
     def save(
@@ -273,6 +308,10 @@ class RunState:
             log.warning(
                 "resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key
             )
+        states = state.get("entry_state", {})
+        for slot in self.plugins.slots:
+            slot.state.clear()
+            slot.state.update(states.get(slot.key, {}))
         restore_rng(state["rng"])
         log.info("resumed from %s (tag %s) at %s", paths.root, tag, counter.tag)
 

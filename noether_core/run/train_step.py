@@ -30,6 +30,10 @@ from torch import nn
 
 @attrs.frozen
 class StepOutput:
+    """What a train step returns: ``total``, the loss that is backpropagated; ``losses``, named parts
+    of it, logged as ``loss/online/{name}/...``; ``outputs``, extra values for plugins
+    (``after_accumulation(outputs=...)``, ``TrackAdditionalOutputsCallback``)."""
+
     total: torch.Tensor
     losses: Mapping[str, torch.Tensor] = attrs.Factory(dict)
     outputs: Mapping[str, Any] | None = None
@@ -61,6 +65,8 @@ def default_train_step(model: nn.Module, batch: Any) -> StepOutput:
 
 
 def as_step_output(result: StepOutput | torch.Tensor) -> StepOutput:
+    """``result`` as a :class:`StepOutput`: a bare loss tensor becomes its ``total``; anything else is a
+    ``TypeError``."""
     if isinstance(result, StepOutput):
         return result
     if isinstance(result, torch.Tensor):

@@ -27,15 +27,16 @@ from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import Tracker
 from noether_core.plugins.hookspecs import HOOK_NAMES, EvalInterval, RunStatus
-from noether_core.plugins.manager import PluginManager, Slot
+from noether_core.plugins.manager import Slot
 from noether_core.plugins.timing import report_durations
 from noether_core.run.building import build_model, build_train_step
 from noether_core.run.counter import Counter, advance
 from noether_core.run.data import DataContainer, TrainBatches, micro_batch_size
 from noether_core.run.device import autocast, place_run, to_device
 from noether_core.run.distributed import any_rank, any_rank_each, barrier, for_training
+from noether_core.run.metric_dependencies import metric_properties
 from noether_core.run.optim import apply_schedules, build_optimizer, optimizer_step
-from noether_core.run.plan import PlannedEntry, RunPlan
+from noether_core.run.plan import RunPlan
 from noether_core.run.protocol import Entry, Run
 from noether_core.run.signals import Signals
 from noether_core.run.state import RunState
@@ -86,14 +87,11 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
         self.skip_nan_loss = tcfg.skip_nan_loss
 
-        self.metrics = metrics or MetricProperties()
+        self.metrics = metrics or metric_properties(plan)
         self.trackers: list[Tracker] = list(trackers) if self.dist.is_main else []
         self.writer = LogWriter(self.counter, self.trackers)
         self.checkpoints = CheckpointWriter(paths, paths.run_id)
-        self.plugins = PluginManager()
-        for planned in plan.all_entries:
-            self._register(planned, None)
-        self.plugins.freeze()
+        self.plugins = plan.plugin_manager()
         self.plugins.owner_sink = self.writer
         self.state = RunState(
             model=self.model,
@@ -136,13 +134,6 @@ class Trainer:
         if self.dist.is_distributed and self.device.type != "cpu":
             self._flag_group = torch.distributed.new_group(backend="gloo")
         self._cursor = self.scheduler.cursor(self.plugins.ticking(), self.counter.update)
-
-    def _register(self, planned: PlannedEntry, parent: Slot | None) -> None:
-        slot = self.plugins.register(
-            planned.plugin, planned.config, is_default=planned.is_default, parent=parent
-        )
-        for child in planned.children:
-            self._register(child, slot)
 
     # ------------------------------------------------------------------------------ what plugins reach
 
@@ -236,6 +227,8 @@ class Trainer:
                 self.model.eval()
                 with torch.no_grad():
                     self.plugins.before_training(self._core)
+                # state a checkpoint cannot hold fails now, blamed on its entry, not at the first save
+                self.state.entry_states("before_training")
                 self.writer.flush()
                 self.train_model.train()
                 started = time.perf_counter()
