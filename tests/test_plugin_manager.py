@@ -22,8 +22,10 @@ import sample_plugins
 import torch
 
 from noether_core import CallbackConfig, PluginLoadError, PluginValidationError, TrainingError, hookimpl
+from noether_core.errors import PluginFailure
 from noether_core.io.log_writer import LogWriter
-from noether_core.plugins.manager import HOOKS, PluginFailure, PluginManager, Slot
+from noether_core.plugins.dispatch import HOOKS, Slot
+from noether_core.plugins.manager import PluginManager
 from noether_core.plugins.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
 from noether_core.plugins.scheduling import IntervalScheduler
 from noether_core.run.counter import Counter, RunEnd

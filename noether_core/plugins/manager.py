@@ -6,196 +6,40 @@ implementation itself, because the order is the config's list order, ``at_eval``
 that are due, each entry gets its own ``config`` argument, and the time each entry spends in each
 event is accounted (cheaply: one ``perf_counter`` call per entry) for the end-of-run summary.
 
-The two events that fire on every update, ``after_accumulation`` and ``after_update``, are compiled once
-per run into one plain function each (:func:`_compile_event`): the core arguments are fixed for a run,
-so every entry's call is written out with its arguments in place, and an update pays for the calls
-themselves and little else. The other events, and child entries dispatched by their owner, go through
-the general loop (:meth:`PluginManager._run`); both paths behave the same.
+How a call reaches an entry is :mod:`noether_core.plugins.dispatch`: the two events that fire on every
+update are compiled once per run (:meth:`PluginManager.bind`), the others go through the general loop,
+and an event with ``@hookimpl(wrapper=True)`` implementations runs inside them.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
-import linecache
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import attrs
 import pluggy
 
 from noether_core.config.schema import CallbackConfig
 from noether_core.errors import PluginFailure, PluginLoadError, PluginValidationError, raised_at
 from noether_core.plugins import hookspecs
+from noether_core.plugins.dispatch import (
+    HOOK_INDEX,
+    HOOKS,
+    PER_UPDATE_HOOKS,
+    Call,
+    OwnerAware,
+    Slot,
+    call_arguments,
+    compile_event,
+    run_calls,
+    run_wrapped,
+)
 from noether_core.plugins.markers import PROJECT_NAME
 from noether_core.plugins.registry import Plugin
-from noether_core.plugins.scheduling import Interval
 
 if TYPE_CHECKING:
     from noether_core.plugins.hookspecs import EvalInterval, RunStatus
-
-HOOKS = hookspecs.HOOK_NAMES
-_HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
-#: Events dispatched on every update (or micro-batch): compiled per run, see :func:`_compile_event`.
-PER_UPDATE_HOOKS = ("after_accumulation", "after_update")
-#: The core arguments fixed for a whole run (``config`` and ``state`` are each entry's own).
-CORE_ARGS = tuple(a for a in hookspecs.CORE_ARGUMENTS if a not in hookspecs.ENTRY_ARGUMENTS)
-
-
-class OwnerAware(Protocol):
-    """What the dispatcher tells about who is running (the log writer uses it to name metric owners)."""
-
-    owner: str
-    owner_is_default: bool
-
-
-@attrs.define(eq=False)
-class Slot:
-    """One config entry, live: its config, its plugin object, where its time went."""
-
-    index: int
-    config: CallbackConfig
-    plugin: Plugin
-    obj: object
-    is_default: bool = False
-    interval: Interval | None = None
-    parent: Slot | None = None
-    children: list[Slot] = attrs.Factory(list)
-    #: the ``state`` hook argument: kept in the trainer checkpoint under the entry's name
-    state: dict[str, Any] = attrs.Factory(dict)
-    seconds: list[float] = attrs.Factory(lambda: [0.0] * len(HOOKS))
-    calls: list[int] = attrs.Factory(lambda: [0] * len(HOOKS))
-
-    @property
-    def key(self) -> str:
-        """Name for state, logs and timing (``name``, else ``id``, else ``kind``)."""
-        return self.config.key
-
-    @property
-    def stateful(self) -> bool:
-        return self.plugin.stateful
-
-    @property
-    def kind(self) -> str:
-        """The kind of its plugin."""
-        return self.plugin.kind
-
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        """The events its plugin implements."""
-        return self.plugin.hooks
-
-    @property
-    def instance(self) -> object:
-        """Its plugin object: the class instance made for this entry, or the holder of a module's
-        functions."""
-        return self.obj
-
-    def __str__(self) -> str:
-        where = f" {self.interval.verbose}" if self.interval else ""
-        return f"{self.key} ({self.plugin.kind}{where})"
-
-
-#: (entry, function, arguments passed by position, arguments passed by name)
-_Call = tuple[Slot, Callable[..., Any], tuple[str, ...], tuple[str, ...]]
-
-
-def _call_arguments(
-    function: Callable[..., Any], spec_args: Sequence[str]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Which event arguments ``function`` takes: all it names that the event passes.
-
-    pluggy's own ``argnames`` leave out parameters with a default and keyword-only ones, so
-    ``grad_norm=None`` would silently stay ``None``; here every parameter the spec knows is passed.
-    """
-    positional: list[str] = []
-    keyword: list[str] = []
-    # positional passing is the cheaper call; it stays correct only up to the first parameter that is
-    # skipped (a default the event does not pass) or keyword-only
-    by_position = True
-    for p in inspect.signature(function).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.default is not p.empty and p.name not in spec_args:
-            by_position = False
-            continue
-        if p.kind is p.KEYWORD_ONLY:
-            by_position = False
-        (positional if by_position else keyword).append(p.name)
-    return tuple(positional), tuple(keyword)
-
-
-def _compile_event(
-    hook: str, calls: Sequence[_Call], core: Mapping[str, Any], sink: OwnerAware | None
-) -> Callable[..., None]:
-    """One function that dispatches ``hook`` to ``calls`` in order, as :meth:`PluginManager._run` does
-    (owner set and restored, each entry timed and counted, failures wrapped in :class:`PluginFailure`),
-    with the core arguments and each entry's ``config`` bound as constants.
-
-    Generated source, as attrs and dataclasses generate ``__init__``: the general loop spends more on
-    looking arguments up than a cheap plugin spends on its work, and these events run on every update.
-    Only identifiers made here go into the source; every value (functions, configs, the core objects)
-    is passed in the namespace. The source is registered with :mod:`linecache` under the function's
-    file name (``<noether after_update dispatch ...>``), so tracebacks, debuggers and
-    ``inspect.getsource`` show the lines that ran.
-    """
-    spec = inspect.signature(getattr(hookspecs, hook)).parameters
-    event_args = [a for a in spec if a not in hookspecs.CORE_ARGUMENTS]
-    namespace: dict[str, Any] = {
-        "_clock": time.perf_counter,
-        "_PluginFailure": PluginFailure,
-        "_sink": sink,
-        "_slots": [call[0] for call in calls],
-        **{f"_core_{name}": core[name] for name in CORE_ARGS},
-    }
-    index = _HOOK_INDEX[hook]
-    lines = [f"def {hook}({', '.join(event_args)}):"]
-    if sink is not None:
-        lines.append("    _previous = (_sink.owner, _sink.owner_is_default)")
-    lines += ["    _i = 0", "    try:", "        _start = _clock()"]
-    for i, (slot, function, positional, keyword) in enumerate(calls):
-        namespace[f"_f{i}"] = function
-        namespace[f"_config{i}"] = slot.config
-        namespace[f"_state{i}"] = slot.state
-        namespace[f"_seconds{i}"] = slot.seconds
-        namespace[f"_calls{i}"] = slot.calls
-        namespace[f"_owner{i}"] = (slot.key, slot.is_default)
-
-        def value(name: str, i: int = i) -> str:
-            if name in hookspecs.ENTRY_ARGUMENTS:
-                return f"_{name}{i}"
-            return f"_core_{name}" if name in CORE_ARGS else name
-
-        arguments = [value(a) for a in positional] + [f"{a}={value(a)}" for a in keyword]
-        if i:
-            lines.append(f"        _i = {i}")
-        if sink is not None:
-            lines.append(f"        _sink.owner, _sink.owner_is_default = _owner{i}")
-        lines += [
-            f"        _calls{i}[{index}] += 1",
-            f"        _f{i}({', '.join(arguments)})",
-            "        _end = _clock()",
-            f"        _seconds{i}[{index}] += _end - _start",
-            "        _start = _end",
-        ]
-    lines += [
-        "    except _PluginFailure:",
-        "        raise",  # a child entry's failure, dispatched by its owner: it names the child already
-        "    except Exception as exc:",
-        f"        raise _PluginFailure(_slots[_i].key, _slots[_i].plugin.kind, {hook!r}, exc) from exc",
-    ]
-    if sink is not None:
-        lines += ["    finally:", "        _sink.owner, _sink.owner_is_default = _previous"]
-    source = "\n".join(lines) + "\n"
-    filename = f"<noether {hook} dispatch {next(_compiled_count)}>"
-    exec(compile(source, filename, "exec"), namespace)
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    dispatch: Callable[..., None] = namespace[hook]
-    return dispatch
-
-
-_compiled_count = itertools.count(1)
 
 
 class PluginManager:
@@ -209,10 +53,10 @@ class PluginManager:
         self._pm = pluggy.PluginManager(PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self.slots: list[Slot] = []
-        self._tables: dict[str, list[_Call]] = {}
-        self._wrappers: dict[str, list[_Call]] = {}
-        self._at_eval: dict[int, _Call] = {}
-        self._own: dict[tuple[int, str], _Call] = {}
+        self._tables: dict[str, list[Call]] = {}
+        self._wrappers: dict[str, list[Call]] = {}
+        self._at_eval: dict[int, Call] = {}
+        self._own: dict[tuple[int, str], Call] = {}
         self._by_config: dict[int, Slot] = {}
         self.owner_sink: OwnerAware | None = None
         self._bound_core: Mapping[str, Any] | None = None
@@ -275,12 +119,12 @@ class PluginManager:
         """Build the dispatch tables (list order) once; dispatch needs no lookups after this."""
         by_obj = {id(s.obj): s for s in self.slots}
         for name in HOOKS:
-            calls: list[_Call] = []
+            calls: list[Call] = []
             caller = getattr(self._pm.hook, name)
-            wrappers: list[_Call] = []
+            wrappers: list[Call] = []
             for impl in caller.get_hookimpls():
                 slot = by_obj[id(impl.plugin)]
-                call = (slot, impl.function, *_call_arguments(impl.function, caller.spec.argnames))
+                call = (slot, impl.function, *call_arguments(impl.function, caller.spec.argnames))
                 (wrappers if impl.wrapper else calls).append(call)
             calls.sort(key=lambda c: c[0].index)
             for call in calls:
@@ -302,7 +146,7 @@ class PluginManager:
         self._bound_core = core
         self._compiled = {}
         for hook in PER_UPDATE_HOOKS:
-            compiled = _compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
+            compiled = compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
             if hook in self._wrappers:  # only then: an update without wrappers pays nothing for them
                 compiled = self._wrapping(hook, core, compiled)
             self._compiled[hook] = compiled
@@ -402,7 +246,7 @@ class PluginManager:
             return
         actions, self._deferred = self._deferred, []
         slots = {s.key: s for s in reversed(self.slots)}
-        at_eval = _HOOK_INDEX["at_eval"]
+        at_eval = HOOK_INDEX["at_eval"]
         sink = self.owner_sink
         previous = (sink.owner, sink.owner_is_default) if sink is not None else ("trainer", False)
         try:
@@ -426,38 +270,8 @@ class PluginManager:
 
     # ------------------------------------------------------------------------------------- dispatch
 
-    def _run(self, hook: str, calls: Iterable[_Call], kwargs: dict[str, Any]) -> None:
-        hook_index = _HOOK_INDEX[hook]
-        sink = self.owner_sink
-        clock = time.perf_counter
-        # restored even when a plugin raises, so the trainer's own values are never logged under the
-        # failed plugin's name; restoring (not resetting) keeps an owner that dispatches children right
-        previous = (sink.owner, sink.owner_is_default) if sink is not None else ("trainer", False)
-        try:
-            start = clock()
-            for slot, function, positional, keyword in calls:
-                kwargs["config"] = slot.config
-                kwargs["state"] = slot.state
-                if sink is not None:
-                    sink.owner = slot.key
-                    sink.owner_is_default = slot.is_default
-                slot.calls[hook_index] += 1
-                try:
-                    if keyword:
-                        function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
-                    else:
-                        function(*[kwargs[a] for a in positional])
-                except PluginFailure:
-                    raise  # a child entry's failure, dispatched by its owner: it names the child already
-                except Exception as exc:  # KeyboardInterrupt and SystemExit pass unwrapped
-                    raise PluginFailure(slot.key, slot.plugin.kind, hook, exc) from exc
-                # one clock read per entry: each entry's time runs from the end of the previous one
-                end = clock()
-                slot.seconds[hook_index] += end - start
-                start = end
-        finally:
-            if sink is not None:
-                sink.owner, sink.owner_is_default = previous
+    def _run(self, hook: str, calls: Iterable[Call], kwargs: dict[str, Any]) -> None:
+        run_calls(hook, calls, kwargs, self.owner_sink)
 
     def call(self, hook: str, core: Mapping[str, Any], **extra: Any) -> None:
         """Call ``hook`` on every entry implementing it, inside the wrappers of ``hook`` if any (used by
@@ -469,59 +283,7 @@ class PluginManager:
             self._run(hook, calls, {**core, **extra})
 
     def _around(self, hook: str, arguments: Mapping[str, Any], dispatch: Callable[[], Any]) -> Any:
-        """Run ``dispatch`` (the whole dispatch of ``hook`` at this step) inside the wrappers of ``hook``,
-        the first listed outermost, with pluggy's new-style semantics: each wrapper runs to its
-        ``yield``, which returns the dispatch's result or raises its exception; what the wrapper returns
-        or raises then goes on outwards. A wrapper's own time counts as its entry's time in ``hook``."""
-        hook_index = _HOOK_INDEX[hook]
-        clock = time.perf_counter
-        started: list[tuple[Slot, Generator[None, Any, Any]]] = []
-        error: BaseException | None = None
-        result: Any = None
-        try:
-            for slot, function, positional, keyword in self._wrappers[hook]:
-                kwargs = {**arguments, "config": slot.config, "state": slot.state}
-                slot.calls[hook_index] += 1
-                start = clock()
-                try:
-                    generator = function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
-                    next(generator)
-                except StopIteration:
-                    raise PluginFailure(
-                        slot.key, slot.kind, hook, RuntimeError("the wrapper returned without yielding")
-                    ) from None
-                except Exception as exc:
-                    raise PluginFailure(slot.key, slot.kind, hook, exc) from exc
-                finally:
-                    slot.seconds[hook_index] += clock() - start
-                started.append((slot, generator))
-            result = dispatch()
-        except BaseException as exc:
-            error = exc
-        for slot, generator in reversed(started):
-            start = clock()
-            try:
-                if error is None:
-                    generator.send(result)
-                else:
-                    generator.throw(error)
-            except StopIteration as stop:
-                error, result = None, stop.value
-            except PluginFailure as exc:
-                error = exc
-            except Exception as exc:
-                # the exception it was handed passes through as it was; a new one is the wrapper's own
-                error = exc if exc is error else PluginFailure(slot.key, slot.kind, hook, exc)
-            except BaseException as exc:
-                error = exc
-            else:
-                generator.close()
-                error = PluginFailure(slot.key, slot.kind, hook, RuntimeError("the wrapper yielded twice"))
-            finally:
-                slot.seconds[hook_index] += clock() - start
-        if error is not None:
-            raise error
-        return result
+        return run_wrapped(hook, self._wrappers[hook], arguments, dispatch)
 
     def before_training(self, core: Mapping[str, Any]) -> None:
         self.call("before_training", core)
@@ -622,4 +384,4 @@ class PluginManager:
         return sum(slot.seconds)
 
 
-__all__ = ["HOOKS", "OwnerAware", "PluginManager", "Slot"]
+__all__ = ["PluginManager"]

@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from noether_core.config.loader import make_converter
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
 from noether_core.errors import PluginLoadError
-from noether_core.plugins.manager import PluginManager, Slot
+from noether_core.plugins.dispatch import Slot
+from noether_core.plugins.manager import PluginManager
 from noether_core.plugins.registry import Plugin, PluginRegistry
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
 from noether_core.run.building import build_dataset, check_buildable, updates_per_epoch

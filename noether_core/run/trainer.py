@@ -26,8 +26,8 @@ from noether_core.io.log_writer import LogWriter
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
 from noether_core.io.trackers import Tracker
+from noether_core.plugins.dispatch import Slot
 from noether_core.plugins.hookspecs import HOOK_NAMES, EvalInterval, RunStatus
-from noether_core.plugins.manager import Slot
 from noether_core.plugins.timing import report_durations
 from noether_core.run.building import build_model, build_train_step
 from noether_core.run.counter import Counter, advance
