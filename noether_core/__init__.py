@@ -28,6 +28,13 @@ Register it in your package's ``pyproject.toml`` and name it in a config's ``cal
     [project.entry-points."noether.callbacks"]
     LossPrinter = "my_package.printer:LossPrinter"
 
+Training from Python runs exactly what ``noether train`` runs::
+
+    import noether_core
+
+    result = noether_core.train("my_run.yaml", overrides=["trainer.max_epochs=3"])
+    print(result.status, result.run_dir, result.metrics["loss/val/total"])
+
 Names are loaded when first used (``import noether_core`` does not import torch), so the ``noether``
 command starts quickly.
 """
@@ -90,6 +97,10 @@ _FACE: dict[str, str] = {
     "StepOutput": "noether_core.run.train_step",
     "TrainStep": "noether_core.run.train_step",
     "as_step_output": "noether_core.run.train_step",
+    # running from Python
+    "train": "noether_core.run.launch",
+    "evaluate": "noether_core.run.launch",
+    "RunResult": "noether_core.run.launch",
     # errors
     "NoetherError": "noether_core.errors",
     "ConfigError": "noether_core.errors",
@@ -150,6 +161,7 @@ if TYPE_CHECKING:
         gather_results,
         merge_rank_results,
     )
+    from noether_core.run.launch import RunResult, evaluate, train
     from noether_core.run.models import CompositeModel
     from noether_core.run.protocol import Entry, Run
     from noether_core.run.train_step import StepOutput, TrainStep, as_step_output
@@ -198,6 +210,7 @@ __all__ = [
     "RunConfig",
     "RunEnd",
     "RunPaths",
+    "RunResult",
     "RunStatus",
     "StepOutput",
     "Tracker",
@@ -212,6 +225,7 @@ __all__ = [
     "batch_length",
     "check_weights_only_safe",
     "collate",
+    "evaluate",
     "format_ema_factor",
     "gather_results",
     "hookimpl",
@@ -223,4 +237,5 @@ __all__ = [
     "read_metrics",
     "tag_for_metric",
     "to_device",
+    "train",
 ]

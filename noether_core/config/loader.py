@@ -8,9 +8,10 @@ validators (attrs) run in a second pass so that all of them report, not only the
 
 from __future__ import annotations
 
+import copy
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -546,16 +547,31 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     text: str | None = None,
+    document: Mapping[str, Any] | None = None,
+    source: str | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunConfig:
-    """Read, override and structure a config file (or ``text``, e.g. the bundled example)."""
-    source = str(path) if path is not None else "<bundled example>"
-    raw = parse_yaml(text, source) if text is not None else read_yaml(Path(str(path)))
+    """Read, override and structure a config: the file ``path``, or YAML ``text`` (the bundled
+    example), or a ``document`` already parsed (a mapping given to ``noether_core.train``; copied, never
+    changed). ``edit`` may change the parsed document after the overrides, before it is structured."""
+    if source is None:
+        source = (
+            str(path) if path is not None else "<mapping>" if document is not None else "<bundled example>"
+        )
+    if document is not None:
+        raw: Any = copy.deepcopy(dict(document))
+    elif text is not None:
+        raw = parse_yaml(text, source)
+    else:
+        raw = read_yaml(Path(str(path)))
     if raw is None and not overrides:
         message = (
             "the file is empty; a config needs at least 'trainer' and 'model' (see: noether config example)"
         )
         raise ConfigError([ConfigIssue("", message)], source)
     raw = apply_overrides(raw, overrides)
+    if edit is not None and isinstance(raw, dict):
+        edit(raw)
     return structure_config(raw, registry, source=source)
 
 

@@ -118,6 +118,7 @@ class TrainerConfig:
     track_every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
     track_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
     add_default_callbacks: bool = True
+    save_last: bool = True
     slow_plugin_share: float = attrs.field(default=0.25, validator=[v.gt(0.0), v.le(1.0)])
     deterministic: bool = True
     num_threads: int | None = attrs.field(default=None, validator=_pos_int)

@@ -12,6 +12,8 @@ Every file name a user or a tool may rely on is spelled here and only here::
             {model}_cp={tag}_optim.th
             {model}_cp={tag}_trainer.th
             {model}_ema={factor}_cp={tag}_model.th
+        eval/{tag}/          one ``noether eval`` of checkpoint {tag}: its own metrics.jsonl,
+                             summary.yaml and log.txt (a RunPaths of its own)
 
 Tags are ``E{e}_U{u}_S{s}`` (a position), ``latest``, ``last``, ``best_model.{key}`` and
 ``best_model.{key}.tolerance={t}`` (see :func:`tag_for_metric`).
@@ -210,6 +212,20 @@ class RunPaths:
     def checkpoint_tags(self, model_name: str, *, ema: float | None = None) -> list[str]:
         """:func:`find_checkpoint_tags` for this run."""
         return find_checkpoint_tags(self.checkpoints, model_name, ema=ema)
+
+    def all_checkpoint_tags(self) -> list[str]:
+        """Tags with a file of any model, part or EMA factor in ``checkpoints/``, ordered as
+        :func:`sort_tags`."""
+        directory = self.root / "checkpoints"
+        if not directory.is_dir():
+            return []
+        tags = set()
+        for entry in directory.iterdir():
+            _, found, rest = entry.name.partition("_cp=")
+            part = next((p for p in _PARTS if rest.endswith(f"_{p}.th")), None)
+            if found and part is not None and entry.is_file() and len(rest) > len(part) + 4:
+                tags.add(rest[: -len(part) - 4])
+        return sort_tags(tags)
 
 
 __all__ = [

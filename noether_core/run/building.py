@@ -7,7 +7,7 @@ before anything is built, so ``noether config validate`` reports them with their
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from torch import nn
@@ -21,6 +21,9 @@ from noether_core.run.models import BUNDLED_MODELS, CompositeModel
 from noether_core.run.train_step import TrainStep, default_train_step
 
 COMPOSITE = "composite"
+#: The kind of a model or dataset given as a Python object (``noether_core.train(model=..., datasets=...)``)
+#: instead of built from the config.
+OBJECT = "object"
 
 
 class _Problem(Exception):
@@ -86,15 +89,32 @@ def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> Non
         issues.append(ConfigIssue(f"{path}.{exc.field}", str(exc)))
 
 
-def check_buildable(config: RunConfig, source: str | None = None) -> None:
+def check_buildable(
+    config: RunConfig,
+    source: str | None = None,
+    *,
+    given_model: bool = False,
+    given_datasets: Collection[str] = (),
+) -> None:
     """Raise :class:`ConfigError` listing every model/dataset/train-step problem with its path;
-    ``source`` (the config file) is named in the message."""
+    ``source`` (the config file) is named in the message. A model or dataset of kind ``object`` must be
+    among those given as objects (``given_model``, ``given_datasets``): nothing else can build it."""
     issues: list[ConfigIssue] = []
-    _model_issues(config.model, "model", issues)
+    if config.model.kind == OBJECT or given_model:
+        if not given_model:
+            issues.append(ConfigIssue("model.kind", _no_object("model", "model=")))
+    else:
+        _model_issues(config.model, "model", issues)
     if "train" not in config.datasets:
         have = ", ".join(config.datasets) or "none"
         issues.append(ConfigIssue("datasets", f"a 'train' dataset is required (have: {have})"))
     for name, ds in config.datasets.items():
+        if ds.kind == OBJECT or name in given_datasets:
+            if name not in given_datasets:
+                issues.append(
+                    ConfigIssue(f"datasets.{name}.kind", _no_object("dataset", f"datasets={{{name!r}: ...}}"))
+                )
+            continue
         try:
             _check_kwargs(resolve(ds.kind, BUNDLED_DATASETS, "dataset"), ds.kwargs)
         except _Problem as exc:
@@ -106,6 +126,13 @@ def check_buildable(config: RunConfig, source: str | None = None) -> None:
             issues.append(ConfigIssue("trainer.train_step", str(exc)))
     if issues:
         raise ConfigError(issues, source)
+
+
+def _no_object(what: str, argument: str) -> str:
+    return (
+        f"kind {OBJECT!r} stands for a {what} given as a Python object (noether_core.train({argument})), "
+        "and none was given; the command line cannot build one"
+    )
 
 
 def _call(kind: str, kwargs: Mapping[str, Any], bundled: Mapping[str, Any], what: str, path: str) -> Any:

@@ -8,12 +8,16 @@ from the config is derived in the plan, once.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import yaml
+from torch import nn
+from torch.utils.data import Dataset
 
 from noether_core.config.loader import load_config, unstructure_config
 from noether_core.config.schema import RunConfig
@@ -22,8 +26,10 @@ from noether_core.example import example_yaml
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths, generate_run_id
-from noether_core.io.trackers import DiskTracker, Tracker, load_trackers, truncate_metrics
+from noether_core.io.trackers import POSITION_KEYS, DiskTracker, Tracker, load_trackers, truncate_metrics
+from noether_core.plugins.hookspecs import RunStatus
 from noether_core.plugins.registry import PluginRegistry
+from noether_core.run.building import OBJECT
 from noether_core.run.device import pick_device
 from noether_core.run.distributed import init_from_env, shutdown
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
@@ -55,21 +61,49 @@ def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
         file_only.addHandler(file_handler)
 
 
+#: What ``config`` may be for :func:`train`: a YAML file, a mapping of sections, a structured config, or
+#: ``None`` (the resumed run's own config, else the bundled example).
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | RunConfig | None
+
+
 def load_run_config(
-    config_path: Path | None,
+    config: ConfigSource,
     overrides: Sequence[str],
     registry: PluginRegistry,
     resume: RunPaths | None = None,
-) -> RunConfig:
-    """The config of a command: the file given, else the resumed run's ``config.yaml``, else the
-    bundled example; with ``overrides`` (``--set``) applied."""
-    if config_path is not None:
-        return load_config(config_path, registry, overrides)
+    *,
+    model: nn.Module | None = None,
+    datasets: Mapping[str, Dataset[Any]] | None = None,
+) -> tuple[RunConfig, str | None]:
+    """The config of a run and the file it came from (for error messages): ``config``, else the
+    resumed run's ``config.yaml``, else the bundled example; with ``overrides`` (``--set``) applied,
+    and the sections of a ``model`` or ``datasets`` given as objects set to kind ``object``."""
+
+    def objects(raw: dict[str, Any]) -> None:
+        if model is not None:
+            previous = raw.get("model")
+            name = previous.get("name", "model") if isinstance(previous, Mapping) else "model"
+            raw["model"] = {"kind": OBJECT, "name": name}
+        if datasets:
+            sections = raw.get("datasets")
+            given = {name: {"kind": OBJECT} for name in datasets}
+            raw["datasets"] = {**sections, **given} if isinstance(sections, dict) else given
+
+    if isinstance(config, RunConfig):
+        plain = unstructure_config(config, registry)
+        return load_config(
+            None, registry, overrides, document=plain, source="<RunConfig>", edit=objects
+        ), None
+    if isinstance(config, Mapping):
+        return load_config(None, registry, overrides, document=config, edit=objects), "<mapping>"
+    if config is not None:
+        path = Path(os.fspath(config))
+        return load_config(path, registry, overrides, edit=objects), str(path)
     if resume is not None:
         if not resume.config_yaml.exists():
             raise UsageError(f"{str(resume.root)!r} is not a noether run directory (it has no config.yaml)")
-        return load_config(resume.config_yaml, registry, overrides)
-    return load_config(None, registry, overrides, text=example_yaml())
+        return load_config(resume.config_yaml, registry, overrides, edit=objects), None
+    return load_config(None, registry, overrides, text=example_yaml(), edit=objects), None
 
 
 def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
@@ -105,30 +139,65 @@ def _forget_metrics_after(paths: RunPaths, model_name: str, tag: str) -> None:
         log.info("resume: dropped %d metric records logged after update %d", dropped, update)
 
 
-def train_from_cli(
+@attrs.frozen
+class RunResult:
+    """What :func:`train` and :func:`evaluate` return.
+
+    ``status`` is how the run ended, as ``after_training`` is told: ``completed``, ``stopped`` (a plugin
+    stopped it, e.g. early stopping) or ``interrupted`` (SIGTERM/SIGINT; a resumable ``latest`` was
+    saved). A run that fails raises instead, as ``noether train`` exits with status 1 or 2.
+    ``run_dir`` is the run directory (for an evaluation, its own ``RUN_DIR/eval/<TAG>``), ``position``
+    where the run stood at the end (``epoch``, ``update``, ``sample``), and ``metrics`` the last value
+    of every metric it logged.
+    """
+
+    status: RunStatus
+    run_dir: Path
+    position: Mapping[str, int]
+    metrics: Mapping[str, float | None]
+
+
+def train(
+    config: ConfigSource = None,
     *,
-    config_path: Path | None,
-    overrides: Sequence[str],
-    output_dir: Path,
-    run_id: str | None,
-    resume: Path | None,
-    checkpoint: str | None,
-) -> int:
-    """``noether train``: returns the exit status (0, or 130 when interrupted)."""
+    output_dir: str | os.PathLike[str] = "runs",
+    run_id: str | None = None,
+    overrides: Sequence[str] = (),
+    model: nn.Module | None = None,
+    datasets: Mapping[str, Dataset[Any]] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    checkpoint: str | None = None,
+) -> RunResult:
+    """Train a run, exactly as ``noether train`` does: the same plan, plugins, files and checks.
+
+    ``config`` is a YAML file, a mapping of sections (as the YAML would give), a ``RunConfig``, or
+    ``None`` for the bundled example; ``overrides`` are ``--set`` strings (``"trainer.max_epochs=3"``).
+    ``model`` trains this module instead of building the config's ``model`` section (which may then be
+    left out; the run's ``config.yaml`` records ``kind: object``), and ``datasets`` uses these
+    map-style datasets for their names (``{"train": ..., "val": ...}``). ``resume`` continues the run
+    in that directory from ``checkpoint`` (default ``latest``); a run trained with objects is resumed
+    with the same objects.
+
+    Raises what the command line reports: :class:`~noether_core.ConfigError` and
+    :class:`~noether_core.UsageError` (exit status 2), :class:`~noether_core.PluginLoadError` (3),
+    :class:`~noether_core.TrainingError` (1) for a run that failed.
+    """
     registry = PluginRegistry.from_environment()
-    resume_paths = RunPaths.existing(resume) if resume is not None else None
+    resume_paths = RunPaths.existing(os.fspath(resume)) if resume is not None else None
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
-    config = load_run_config(config_path, overrides, registry, resume_paths)
-    plan = RunPlan(config, registry, source=str(config_path) if config_path is not None else None)
+    config_, source = load_run_config(
+        config, overrides, registry, resume_paths, model=model, datasets=datasets
+    )
+    plan = RunPlan(config_, registry, source=source, model=model, datasets=datasets)
     check_metric_dependencies(plan)
-    extra_trackers = load_trackers(config.tracker)  # before anything is written: bad kinds are config errors
+    extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
 
-    device = pick_device(config.trainer.device).type
+    device = pick_device(config_.trainer.device).type
     if resume_paths is not None:
         paths = resume_paths
     else:
-        paths = RunPaths.create(output_dir, _agree_on_run_id(run_id, device))
+        paths = RunPaths.create(os.fspath(output_dir), _agree_on_run_id(run_id, device))
     info = init_from_env(device)
     if resume_paths is None and paths.config_yaml.exists():
         raise UsageError(
@@ -144,8 +213,8 @@ def train_from_cli(
     if info.is_main:
         CheckpointWriter(paths).discard_partial_writes()
         if resume_tag is not None:
-            _forget_metrics_after(paths, config.model.name, resume_tag)
-        plain = unstructure_config(config, registry)
+            _forget_metrics_after(paths, config_.model.name, resume_tag)
+        plain = unstructure_config(config_, registry)
         paths.config_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
         trainer.attach_trackers(_start_trackers(paths, plain, metrics, extra_trackers))
     log.info("run directory: %s", paths.root)
@@ -163,14 +232,69 @@ def train_from_cli(
         ) from exc
     finally:
         shutdown(trainer.dist)
+    result = _result(status, paths, trainer)
+    _log_metrics(result.metrics, "final metrics")
     log.info("run %s %s at %s; files in %s", paths.run_id, status, trainer.counter.tag, paths.root)
     if status == "interrupted":
         log.info("resume with: noether train --resume %s", paths.root)
-        return EXIT_INTERRUPTED
-    return EXIT_OK
+    return result
+
+
+def evaluate(
+    run_dir: str | os.PathLike[str],
+    checkpoint: str = "last",
+    *,
+    model: nn.Module | None = None,
+    datasets: Mapping[str, Dataset[Any]] | None = None,
+) -> RunResult:
+    """Evaluate checkpoint ``checkpoint`` of the run in ``run_dir`` with the run's own evaluators
+    (``at_eval(interval="eval")``), as ``noether eval`` does.
+
+    The evaluation is kept apart from the training: its ``metrics.jsonl``, ``summary.yaml`` and
+    ``log.txt`` go to ``RUN_DIR/eval/<TAG>/`` (replacing an earlier evaluation of the same tag), and the
+    run's extra trackers get its values under ``eval/``. ``checkpoint="best"`` is the run's best
+    checkpoint when it has exactly one. ``model`` and ``datasets`` stand in for objects the run was
+    trained with (see :func:`train`).
+    """
+    registry = PluginRegistry.from_environment()
+    paths = RunPaths.existing(os.fspath(run_dir))
+    config, source = load_run_config(None, (), registry, paths, model=model, datasets=datasets)
+    plan = RunPlan(config, registry, source=source, defaults=False, model=model, datasets=datasets)
+    tag = _checkpoint_tag(paths, checkpoint)
+    extra = load_trackers(config.tracker)  # before anything is written: bad kinds are config errors
+    metrics = metric_properties(plan)
+    eval_paths = RunPaths(paths.root / "eval" / tag, tag)
+    trainer = Trainer(plan, eval_paths, metrics=metrics)
+    trainer.load_weights(paths, tag)  # a tag without weights fails here, before the directory exists
+    eval_paths.root.mkdir(parents=True, exist_ok=True)
+    for stale in (eval_paths.metrics_jsonl, eval_paths.summary_yaml, eval_paths.log_txt):
+        stale.unlink(missing_ok=True)  # an evaluation of the same tag again replaces the earlier one
+    setup_logging(eval_paths)
+    plain = unstructure_config(config, registry)
+    disk = DiskTracker(metrics)
+    disk.start(eval_paths, plain)
+    training_status = _previous_status(paths)
+    joined = [EvalTracker(t, training_status) for t in extra]
+    for tracker in joined:  # the training run's own trackers: the evaluation joins its runs there
+        tracker.start(paths, plain)
+    trainer.attach_trackers([disk, *joined])
+    if not trainer.plugins.scheduled:
+        log.warning("the run's config has no entry with at_eval (an evaluator): nothing to evaluate")
+    trainer.evaluate(status="completed")
+    result = _result("completed", eval_paths, trainer)
+    _log_metrics(result.metrics, f"checkpoint {tag} at {trainer.counter.tag}")
+    log.info(
+        "evaluated %s (checkpoint %s at %s); files in %s",
+        paths.root,
+        tag,
+        trainer.counter.tag,
+        eval_paths.root,
+    )
+    return result
 
 
 def _previous_status(paths: RunPaths) -> str:
+    """How the training in ``paths`` ended, from its ``summary.yaml`` (``completed`` when unknown)."""
     try:
         summary = yaml.safe_load(paths.summary_yaml.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -179,23 +303,104 @@ def _previous_status(paths: RunPaths) -> str:
     return str(status) if status else "completed"
 
 
+class EvalTracker:
+    """A run's extra tracker during ``noether eval``: every key under ``eval/``, and at the end the
+    training run's own status (an evaluation does not change how the training ended)."""
+
+    def __init__(self, tracker: Tracker, training_status: str) -> None:
+        self.tracker = tracker
+        self.training_status = training_status
+
+    def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
+        self.tracker.start(paths, config)
+
+    def log(self, record: Mapping[str, float | int]) -> None:
+        self.tracker.log({k if k in POSITION_KEYS else f"eval/{k}": v for k, v in record.items()})
+
+    def set_summary(self, key: str, value: Any) -> None:
+        self.tracker.set_summary(f"eval/{key}", value)
+
+    def close(self, status: str) -> None:
+        self.tracker.close(self.training_status)
+
+
+def _checkpoint_tag(paths: RunPaths, checkpoint: str) -> str:
+    """``checkpoint``, or for ``best`` the run's one ``best_model.*`` tag (tolerances aside)."""
+    if checkpoint != "best":
+        return checkpoint
+    tags = paths.all_checkpoint_tags()
+    best = [t for t in tags if t.startswith("best_model.") and ".tolerance=" not in t]
+    if len(best) != 1:
+        which = "no best checkpoint" if not best else f"{len(best)} best checkpoints"
+        raise UsageError(
+            f"--checkpoint best: run {str(paths.root)!r} has {which}; name one with --checkpoint TAG "
+            f"(tags present: {', '.join(tags) or 'none'})"
+        )
+    return best[0]
+
+
+def _result(status: RunStatus, paths: RunPaths, trainer: Trainer) -> RunResult:
+    counter = trainer.counter
+    tracker = trainer.tracker
+    summary = tracker.metric_summary() if isinstance(tracker, DiskTracker) else {}
+    return RunResult(
+        status=status,
+        run_dir=paths.root,
+        position={"epoch": counter.epoch, "update": counter.update, "sample": counter.sample},
+        metrics={key: stats.get("last") for key, stats in summary.items()},
+    )
+
+
+def _log_metrics(metrics: Mapping[str, float | None], title: str, limit: int = 20) -> None:
+    """A short table of the last values, at the end of a run or an evaluation."""
+    if not metrics:
+        return
+    keys = sorted(metrics)
+    width = max(len(k) for k in keys[:limit])
+    lines = [f"{title}:"]
+    for key in keys[:limit]:
+        value = metrics[key]
+        lines.append(f"  {key:<{width}}  {'-' if value is None else f'{value:.6g}'}")
+    if len(keys) > limit:
+        lines.append(f"  ... and {len(keys) - limit} more in summary.yaml")
+    log.info("\n".join(lines))
+
+
+def train_from_cli(
+    *,
+    config_path: Path | None,
+    overrides: Sequence[str],
+    output_dir: Path,
+    run_id: str | None,
+    resume: Path | None,
+    checkpoint: str | None,
+) -> int:
+    """``noether train``: the exit status (0, or 130 when interrupted)."""
+    result = train(
+        config_path,
+        output_dir=output_dir,
+        run_id=run_id,
+        overrides=overrides,
+        resume=resume,
+        checkpoint=checkpoint,
+    )
+    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
 def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:
-    """``noether eval``: ``at_eval(interval="eval")`` on the run's own entries with a checkpoint's weights."""
-    registry = PluginRegistry.from_environment()
-    paths = RunPaths.existing(run_dir)
-    config = load_run_config(None, (), registry, paths)
-    plan = RunPlan(config, registry, defaults=False)
-    setup_logging(paths)
-    metrics = metric_properties(plan)
-    plain = unstructure_config(config, registry)
-    trackers = _start_trackers(paths, plain, metrics, load_trackers(config.tracker))
-    trainer = Trainer(plan, paths, trackers=trackers, metrics=metrics)
-    trainer.load_weights(paths, checkpoint)
-    if not trainer.plugins.scheduled:
-        log.warning("the run's config has no entry with at_eval (an evaluator): nothing to evaluate")
-    trainer.evaluate(status=_previous_status(paths))
-    log.info("evaluated %s (checkpoint %s at %s)", paths.root, checkpoint, trainer.counter.tag)
+    """``noether eval``."""
+    evaluate(run_dir, checkpoint)
     return EXIT_OK
 
 
-__all__ = ["eval_from_cli", "load_run_config", "setup_logging", "train_from_cli"]
+__all__ = [
+    "ConfigSource",
+    "EvalTracker",
+    "RunResult",
+    "eval_from_cli",
+    "evaluate",
+    "load_run_config",
+    "setup_logging",
+    "train",
+    "train_from_cli",
+]

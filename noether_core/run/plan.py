@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from torch import nn
 from torch.utils.data import Dataset
 
 from noether_core.config.loader import make_converter
@@ -101,7 +102,8 @@ class RunPlan:
     of every entry; it raises :class:`~noether_core.errors.ConfigError` or
     :class:`~noether_core.errors.PluginLoadError`. ``defaults=False`` leaves the trainer's default
     entries out (an evaluation runs the config's own entries only). ``datasets`` are datasets already
-    built, used instead of building those names from the config.
+    built, used instead of building those names from the config (their kind is ``object``), and
+    ``model`` a model to train instead of building the config's.
     """
 
     def __init__(
@@ -112,9 +114,11 @@ class RunPlan:
         source: str | None = None,
         defaults: bool = True,
         datasets: Mapping[str, Dataset[Any]] | None = None,
+        model: nn.Module | None = None,
     ) -> None:
-        check_buildable(config, source)
+        check_buildable(config, source, given_model=model is not None, given_datasets=list(datasets or ()))
         self.config = config
+        self.model = model
         self.registry = registry
         self.source = source
         self._with_defaults = defaults and config.trainer.add_default_callbacks

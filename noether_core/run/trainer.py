@@ -79,7 +79,9 @@ class Trainer:
         self.data = DataContainer(plan.datasets, config.datasets, self.dist)
 
         self.model_name = config.model.name
-        self.model: nn.Module = build_model(config.model).to(self.device)
+        self.model: nn.Module = (plan.model if plan.model is not None else build_model(config.model)).to(
+            self.device
+        )
         self.train_model = for_training(self.model, self.dist, self.device)
         self.optimizer = build_optimizer(self.model, self.model_name, config.optimizer)
         self.train_step = build_train_step(config)
@@ -405,6 +407,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             failures = self.plugins.after_training(self._core, status)
+        if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
+            self._save_last()
         try:
             self.writer.flush()
         finally:
@@ -415,6 +419,16 @@ class Trainer:
                 tracker.close(status)
         if failures and status != "failed":
             raise failures[0]
+
+    def _save_last(self) -> None:
+        """A finished run always leaves its weights as ``last`` (``trainer.save_last``), unless an entry
+        (CheckpointCallback) saved ``last`` already, maybe of chosen parts only, so ``noether eval RUN_DIR``
+        works on every run."""
+        if not self.is_main:
+            return
+        names = [name for name, _ in self.named_models()]
+        if not any(self.paths.checkpoint_file(name, "last", "model").exists() for name in names):
+            self.save_checkpoint("last", optim=False, trainer_state=False)
 
     # ------------------------------------------------------------------------------------ eval mode
 
