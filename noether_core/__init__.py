@@ -77,7 +77,7 @@ _FACE: dict[str, str] = {
     "load_checkpoint": "noether_core.io.checkpoints",
     "atomic_torch_save": "noether_core.io.checkpoints",
     "check_weights_only_safe": "noether_core.io.checkpoints",
-    "read_metrics": "noether_core.io.trackers",
+    "read_metrics": "noether_core.io.metrics_file",
     # metric names and checkpoint tags
     "tag_for_metric": "noether_core.io.paths",
     "format_ema_factor": "noether_core.io.paths",
@@ -144,8 +144,9 @@ if TYPE_CHECKING:
     )
     from noether_core.io.log_writer import LogWriter
     from noether_core.io.metric_properties import MetricProperties
+    from noether_core.io.metrics_file import read_metrics
     from noether_core.io.paths import RunPaths, format_ema_factor, parse_position_tag, tag_for_metric
-    from noether_core.io.trackers import Tracker, read_metrics
+    from noether_core.io.trackers import Tracker
     from noether_core.plugins.hookspecs import CORE_ARGUMENTS, HOOK_NAMES, EvalInterval, RunStatus
     from noether_core.plugins.markers import hookimpl, hookspec
     from noether_core.plugins.scheduling import Interval, IntervalScheduler

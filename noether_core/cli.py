@@ -34,6 +34,7 @@ from noether_core.plugins.registry import PluginRegistry
 from noether_core.plugins.scheduling import INTERVAL_FIELDS, Interval
 
 if TYPE_CHECKING:
+    from noether_core.lookup import PluginSource
     from noether_core.run.plan import RunPlan
 
 
@@ -66,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value, e.g. --set trainer.max_epochs=3 (repeatable)",
         )
 
+    def add_keys(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--keys",
+            action="append",
+            metavar="PATTERN",
+            help="metrics to show, as fnmatch patterns, e.g. --keys 'loss/*' (repeatable; default loss/*)",
+        )
+
     train = sub.add_parser("train", help="train a model (the bundled example when no CONFIG is given)")
     train.add_argument("config", nargs="?", type=Path, help="YAML run config")
     add_set(train)
@@ -87,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     plist = psub.add_parser("list", help="installed plugins (reads metadata only)")
     plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.add_argument("--check", action="store_true", help="also import each plugin and report its status")
+    plist.add_argument(
+        "--group",
+        choices=("callbacks", "trackers", "all"),
+        default="all",
+        help="which entry-point group: noether.callbacks, noether.trackers, or both (all)",
+    )
     pshow = psub.add_parser("show", help="one plugin: origin, hooks, config fields")
     pshow.add_argument("kind")
     pnew = psub.add_parser("new", help="write a new plugin package, ready to install and test")
@@ -107,7 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     add_set(schedule)
 
     hooks = sub.add_parser("hooks", help="the events plugins can implement")
-    for leaf in (train, ev, plist, pshow, pnew, validate, example, schedule, hooks):
+
+    plot = sub.add_parser("plot", help="draw metrics of runs against the update counter to an image")
+    plot.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    add_keys(plot)
+    plot.add_argument(
+        "-o", "--output", type=Path, default=Path("plot.png"), metavar="FILE", help="the image (plot.png)"
+    )
+
+    runs = sub.add_parser("runs", help="list runs")
+    rsub = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
+    rlist = rsub.add_parser("list", help="runs with status, position and last values of metrics")
+    rlist.add_argument(
+        "dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR", help="where the runs are (runs)"
+    )
+    add_keys(rlist)
+    rlist.add_argument("--json", action="store_true", help="machine-readable output")
+    for leaf in (train, ev, plist, pshow, pnew, validate, example, schedule, hooks, plot, rlist):
         add_debug(leaf)
     return parser
 
@@ -140,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             return new_plugin_command(args.name, args.dir)
         registry = PluginRegistry.from_environment()
         if args.plugins_command == "list":
-            return _plugins_list(registry, as_json=args.json, check=args.check)
+            return _plugins_list(registry, as_json=args.json, check=args.check, group=args.group)
         return _plugins_show(registry, args.kind)
     if args.command == "config":
         if args.config_command == "example":
@@ -173,6 +204,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from noether_core.run.launch import eval_from_cli
 
         return eval_from_cli(run_dir=args.run_dir, checkpoint=args.checkpoint)
+    if args.command == "plot":
+        from noether_core.io.plots import plot_command
+
+        return plot_command(args.run_dirs, args.keys, args.output)
+    if args.command == "runs":
+        from noether_core.io.runs import runs_list_command
+
+        return runs_list_command(args.dir, args.keys, as_json=args.json)
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 
@@ -180,34 +219,75 @@ def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | Non
     """The run plan of ``config``, with the checks that need the model and data factories (their kinds
     exist, their arguments fit), the metric dependencies between entries, and every entry's plugin
     object made once."""
+    from noether_core.io.trackers import load_trackers
     from noether_core.run.metric_dependencies import check_metric_dependencies
     from noether_core.run.plan import RunPlan
 
     plan = RunPlan(config, registry, source=source)
     check_metric_dependencies(plan)
     plan.plugin_manager(defaults=False)  # a constructor that raises fails here, before any run directory
+    load_trackers(config.tracker)  # and so does a tracker's, a missing library included
     return plan
 
 
 # -------------------------------------------------------------------------------------------- plugins
 
 
-def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> int:
+#: The trackers' entry-point group (``noether_core.io.trackers.ENTRY_POINT_GROUP``, which imports torch).
+_TRACKER_GROUP = "noether.trackers"
+
+
+def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool, group: str = "all") -> int:
+    rows: list[dict[str, Any]] = []
+    if group in ("callbacks", "all"):
+        rows += _callback_rows(registry, check)
+    if group in ("trackers", "all"):
+        rows += _tracker_rows(check)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        groups = {"callbacks": "'noether.callbacks'", "trackers": f"{_TRACKER_GROUP!r}"}
+        where = groups.get(group, f"{groups['callbacks']} and {groups['trackers']}")
+        print(f"no {'plugins' if group == 'all' else group} installed (entry-point group {where})")
+        return EXIT_OK
+    width = max(len(r["kind"]) for r in rows)
+    group_width = max(len(r["group"]) for r in rows)
+    for r in rows:
+        origin = f"{r['distribution']} {r['version']}" if r["distribution"] else r["value"]
+        status = (
+            ""
+            if r["status"] == "available"
+            else f"  [{r['status']}{': ' + r['error'] if r['error'] else ''}]"
+        )
+        print(f"{r['group']:<{group_width}}  {r['kind']:<{width}}  {origin}{status}")
+    return EXIT_OK
+
+
+def _source_row(
+    group: str, kind: str, source: PluginSource, sources: Sequence[PluginSource]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "group": group,
+        "kind": kind,
+        "value": source.value,
+        "distribution": source.distribution,
+        "version": source.version,
+        "status": "conflict" if len(sources) > 1 else "available",
+        "error": None,
+    }
+    if len(sources) > 1:
+        others = ", ".join(s.describe() for s in sources if s is not source)
+        row["error"] = f"also claimed by {others}"
+    return row
+
+
+def _callback_rows(registry: PluginRegistry, check: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind, sources in registry:
         for source in sources:
-            row: dict[str, Any] = {
-                "kind": kind,
-                "value": source.value,
-                "distribution": source.distribution,
-                "version": source.version,
-                "status": "conflict" if len(sources) > 1 else "available",
-                "error": None,
-            }
-            if len(sources) > 1:
-                others = ", ".join(s.describe() for s in sources if s is not source)
-                row["error"] = f"also claimed by {others}"
-            elif check:
+            row = _source_row("callbacks", kind, source, sources)
+            if check and len(sources) == 1:
                 try:
                     plugin = registry.load(kind)
                 except PluginLoadError as exc:
@@ -220,22 +300,42 @@ def _plugins_list(registry: PluginRegistry, *, as_json: bool, check: bool) -> in
                         config_class=_qualname(plugin.config_class),
                     )
             rows.append(row)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    if not rows:
-        print("no plugins installed (entry-point group 'noether.callbacks')")
-        return EXIT_OK
-    width = max(len(r["kind"]) for r in rows)
-    for r in rows:
-        origin = f"{r['distribution']} {r['version']}" if r["distribution"] else r["value"]
-        status = (
-            ""
-            if r["status"] == "available"
-            else f"  [{r['status']}{': ' + r['error'] if r['error'] else ''}]"
-        )
-        print(f"{r['kind']:<{width}}  {origin}{status}")
-    return EXIT_OK
+    return rows
+
+
+def _tracker_rows(check: bool) -> list[dict[str, Any]]:
+    """The ``noether.trackers`` entry points; ``check`` imports each and, when its constructor needs no
+    argument, creates one (no side effects, by the protocol), so a missing library shows as an error."""
+    from noether_core.lookup import claims_by_kind, entry_point_sources
+
+    rows: list[dict[str, Any]] = []
+    for kind, sources in sorted(claims_by_kind(entry_point_sources(_TRACKER_GROUP)).items()):
+        for source in sources:
+            row = _source_row("trackers", kind, source, sources)
+            if check and len(sources) == 1:
+                row.update(_tracker_check(source))
+            rows.append(row)
+    return rows
+
+
+def _tracker_check(source: PluginSource) -> dict[str, Any]:
+    from noether_core.errors import ConfigError
+    from noether_core.lookup import kwargs_problem
+
+    try:
+        factory = source.load()
+    except Exception as exc:
+        return {"status": "error", "error": f"importing {source.value!r} failed: {type(exc).__name__}: {exc}"}
+    if not callable(factory):
+        return {"status": "error", "error": f"{source.value!r} is not a class or factory"}
+    if kwargs_problem(factory, {}) is None:  # arguments it needs come from a config: not checked here
+        try:
+            factory()
+        except ConfigError as exc:
+            return {"status": "error", "error": "; ".join(issue.message for issue in exc.issues)}
+        except Exception as exc:
+            return {"status": "error", "error": f"creating it failed: {type(exc).__name__}: {exc}"}
+    return {"status": "ok"}
 
 
 def _qualname(cls: type) -> str:

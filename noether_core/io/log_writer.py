@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from noether_core.errors import DuplicateMetricError
-from noether_core.io.trackers import POSITION_KEYS, Tracker
+from noether_core.io.metrics_file import POSITION_KEYS
+from noether_core.io.trackers import Tracker
 from noether_core.run.counter import Counter
 
 Scalar = float | int

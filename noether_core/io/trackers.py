@@ -9,7 +9,8 @@ entry naming a ``kind`` from the ``noether.trackers`` entry-point group (or an i
 
 A tracker is any object with the four methods of :class:`Tracker`; it needs no base class. Trackers run
 on rank 0 only and receive each record once, with rank 0's values (plugins that want a mean over ranks,
-like the online loss, reduce before they log).
+like the online loss, reduce before they log). The run wraps each configured tracker in a
+:class:`NamedTracker`, so that an exception it raises names it.
 
 Files the disk tracker writes (see :mod:`noether_core.io.paths`):
 
@@ -23,6 +24,7 @@ Files the disk tracker writes (see :mod:`noether_core.io.paths`):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -34,8 +36,16 @@ import numpy as np
 import torch
 import yaml
 
-from noether_core.errors import ConfigError, ConfigIssue, ImportPathError, PluginLoadError
+from noether_core.errors import (
+    ConfigError,
+    ConfigIssue,
+    ImportPathError,
+    NoetherError,
+    PluginLoadError,
+    TrainingError,
+)
 from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.metrics_file import POSITION_KEYS, encode_value, read_metrics
 from noether_core.io.paths import RunPaths
 from noether_core.lookup import (
     claims_by_kind,
@@ -49,8 +59,7 @@ if TYPE_CHECKING:
     from noether_core.config.schema import TrackerConfig
 
 ENTRY_POINT_GROUP = "noether.trackers"
-POSITION_KEYS = ("epoch", "update", "sample")
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_log = logging.getLogger("noether")
 
 
 @runtime_checkable
@@ -58,8 +67,20 @@ class Tracker(Protocol):
     """What the run calls on a tracker, in this order: ``start`` once, ``log`` per flush and
     ``set_summary`` any number of times, ``close`` once (also after a failed run).
 
-    A tracker that buffers may also have a ``flush()`` method: the trainer calls it before it writes a
-    checkpoint, so what was logged up to then is not lost with the process.
+    Two more methods are optional, and called only where a tracker has them:
+
+    * ``flush()``: the trainer calls it before it writes a checkpoint, so a tracker that buffers does not
+      lose with the process what was logged up to then.
+    * ``resume(update: int)``: called before ``start`` when the run resumes from a checkpoint taken at
+      ``update`` (``noether train --resume``). The records of the updates after it come again, with the
+      same values; a tracker whose backend already holds them (an earlier process logged them before it
+      stopped) drops or replaces them, so that no step appears twice, and continues the backend's run
+      instead of starting a new one.
+
+    The constructor gets the ``kwargs`` of the config entry and must have no side effects (``noether
+    config validate`` calls it too): files, connections and backend runs belong in ``start``. A
+    constructor may raise :class:`~noether_core.errors.ConfigError` for arguments it cannot use (or a
+    library that is missing); the paths of its issues are relative to the entry (``kwargs.mode``).
     """
 
     def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
@@ -76,38 +97,6 @@ class Tracker(Protocol):
         """The run ended with ``status``: ``completed``, ``stopped``, ``interrupted`` or ``failed``."""
 
 
-def _encode_value(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
-def _decode_value(value: object) -> object:
-    return _NON_FINITE[value] if isinstance(value, str) and value in _NON_FINITE else value
-
-
-def read_metrics(path: Path | str) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, with ``"NaN"``/``"Infinity"``/``"-Infinity"`` turned back into
-    floats. A last line without its newline that does not parse (a crash mid-write) is skipped; any other
-    bad line raises ``ValueError``."""
-    text = Path(path).read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):  # only the unterminated tail can be a fragment
-                break
-            raise ValueError(f"{path}:{number}: not a JSON object ({error})") from error
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}:{number}: not a JSON object")
-        records.append({key: _decode_value(value) for key, value in raw.items()})
-    return records
-
-
 def truncate_metrics(path: Path | str, after_update: int) -> int:
     """Drop the records of ``metrics.jsonl`` logged after ``after_update`` (a resume from an earlier
     checkpoint would log those updates again). Atomic; returns how many records were dropped."""
@@ -118,7 +107,7 @@ def truncate_metrics(path: Path | str, after_update: int) -> int:
     kept = [r for r in records if int(r.get("update", 0)) <= after_update]
     if len(kept) != len(records):
         text = "".join(
-            json.dumps({k: _encode_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in kept
+            json.dumps({k: encode_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in kept
         )
         _atomic_write_text(path, text)
     return len(records) - len(kept)
@@ -229,7 +218,7 @@ class DiskTracker:
         try:
             line = _STRICT_JSON.encode(record)
         except ValueError:  # NaN or an infinity: strict JSON has no such numbers, they become strings
-            line = _STRICT_JSON.encode({key: _encode_value(value) for key, value in record.items()})
+            line = _STRICT_JSON.encode({key: encode_value(value) for key, value in record.items()})
         self._file.write(line + "\n")
         now = time.monotonic()
         if now >= self._flush_at:
@@ -331,13 +320,15 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
     Each ``kind`` is an entry-point name of the ``noether.trackers`` group or an import path
     ``pkg.module:Name``; the object found is called with ``**kwargs``. Raises
     :class:`~noether_core.errors.ConfigError` (every problem, each with its ``tracker[i]`` path) for unknown
-    kinds and arguments the constructor does not take, and
-    :class:`~noether_core.errors.PluginLoadError` for a tracker whose import or constructor fails, a name
-    two distributions both claim, or an object that is not a :class:`Tracker`.
+    kinds, arguments the constructor does not take and the issues of a ``ConfigError`` a constructor
+    raises (a missing library: their paths get the entry's ``tracker[i].`` in front); another
+    :class:`~noether_core.errors.NoetherError` a constructor raises as it is; and
+    :class:`~noether_core.errors.PluginLoadError` for a tracker whose import or constructor fails
+    otherwise, a name two distributions both claim, or an object that is not a :class:`Tracker`.
     """
     registered = claims_by_kind(entry_point_sources(ENTRY_POINT_GROUP))
     issues: list[ConfigIssue] = []
-    factories: list[tuple[TrackerConfig, object, str | None, str | None]] = []
+    factories: list[tuple[int, TrackerConfig, object, str | None, str | None]] = []
     for index, config in enumerate(configs):
         kind = config.kind
         name: str | None = None
@@ -377,15 +368,22 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
         if problem is not None:
             issues.append(ConfigIssue(f"tracker[{index}].kwargs", problem))
             continue
-        factories.append((config, factory, name, version))
+        factories.append((index, config, factory, name, version))
     if issues:
         raise ConfigError(issues)
 
     trackers: list[Tracker] = []
-    for config, factory, name, version in factories:
+    for index, config, factory, name, version in factories:
         assert callable(factory)
         try:
             tracker = factory(**config.kwargs)
+        except ConfigError as error:
+            # collected: every entry's problem (each missing library) is reported at once
+            where = f"tracker[{index}]"
+            issues += [ConfigIssue(f"{where}.{i.path}" if i.path else where, i.message) for i in error.issues]
+            continue
+        except NoetherError:
+            raise  # the tracker's own words (and exit status)
         except Exception as error:
             raise PluginLoadError(
                 config.kind, f"creating the tracker failed: {type(error).__name__}: {error}", name, version
@@ -401,14 +399,94 @@ def load_trackers(configs: Sequence[TrackerConfig]) -> list[Tracker]:
                 version,
             )
         trackers.append(cast(Tracker, tracker))
+    if issues:
+        raise ConfigError(issues)
     return trackers
+
+
+class NamedTracker:
+    """A configured tracker under its name (the config's ``kind``), as the run holds it: an exception
+    the tracker raises becomes a :class:`~noether_core.errors.TrainingError` that names it and the call,
+    ``tracker 'mlflow' failed in log: ...`` (a :class:`~noether_core.errors.NoetherError` is its own
+    words and passes unchanged).
+
+    After a failure the tracker gets no more calls but ``close``, whose own failure is only logged: the
+    first error is the one the run reports. The wrapped tracker is :attr:`tracker` (a plugin reaching for
+    a backend's object, e.g. the TensorBoard tracker's ``writer``, finds it there).
+    """
+
+    __slots__ = ("_failed", "name", "tracker")
+
+    def __init__(self, name: str, tracker: Tracker) -> None:
+        self.name = name
+        self.tracker = tracker
+        self._failed = False
+
+    def _call(self, method: str, *args: Any) -> None:
+        """``method`` of the tracker, unless it failed before or lacks that (optional) method."""
+        function = getattr(self.tracker, method, None)
+        if self._failed or not callable(function):
+            return
+        try:
+            function(*args)
+        except Exception as error:
+            self._failed = True
+            raise self._failure(method, error) from error
+
+    def _failure(self, method: str, error: Exception) -> Exception:
+        if isinstance(error, NoetherError):  # the tracker's own words (and exit status)
+            return error
+        return TrainingError(f"tracker {self.name!r} failed in {method}: {type(error).__name__}: {error}")
+
+    def resume(self, update: int) -> None:
+        self._call("resume", update)
+
+    def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
+        self._call("start", paths, config)
+
+    def log(self, record: Mapping[str, float | int]) -> None:
+        self._call("log", record)
+
+    def set_summary(self, key: str, value: Any) -> None:
+        self._call("set_summary", key, value)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self, status: str) -> None:
+        try:
+            self.tracker.close(status)
+        except Exception as error:
+            if self._failed:  # closing what already broke: the first failure is the one to report
+                _log.warning(
+                    "tracker %r also failed in close: %s", self.name, f"{type(error).__name__}: {error}"
+                )
+                return
+            self._failed = True
+            raise self._failure("close", error) from error
+
+
+def name_trackers(trackers: Sequence[Tracker], kinds: Sequence[str]) -> list[Tracker]:
+    """``trackers`` (built from a config's ``tracker`` entries) as :class:`NamedTracker` objects named
+    by ``kinds``, the entries' kinds in the same order; a kind repeated gets its entry's position
+    (``mlflow[1]``). Without a kind for each, a tracker is named by its class."""
+    names = [str(kind) for kind in kinds] if len(kinds) == len(trackers) else []
+    if not names:
+        names = [type(tracker).__name__ for tracker in trackers]
+    repeated = {name for name in names if names.count(name) > 1}
+    return [
+        NamedTracker(f"{name}[{index}]" if name in repeated else name, tracker)
+        for index, (name, tracker) in enumerate(zip(names, trackers, strict=True))
+    ]
 
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "DiskTracker",
+    "NamedTracker",
     "Tracker",
     "available_tracker_kinds",
     "load_trackers",
+    "name_trackers",
     "read_metrics",
 ]

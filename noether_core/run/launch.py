@@ -25,8 +25,15 @@ from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, Trainin
 from noether_core.example import example_yaml
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.metric_properties import MetricProperties
+from noether_core.io.metrics_file import POSITION_KEYS
 from noether_core.io.paths import RunPaths, generate_run_id
-from noether_core.io.trackers import POSITION_KEYS, DiskTracker, Tracker, load_trackers, truncate_metrics
+from noether_core.io.trackers import (
+    DiskTracker,
+    Tracker,
+    load_trackers,
+    name_trackers,
+    truncate_metrics,
+)
 from noether_core.plugins.hookspecs import RunStatus
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import OBJECT
@@ -119,11 +126,22 @@ def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
 
 
 def _start_trackers(
-    paths: RunPaths, plain_config: Mapping[str, Any], metrics: MetricProperties, extra: Sequence[Tracker]
+    paths: RunPaths,
+    plain_config: Mapping[str, Any],
+    metrics: MetricProperties,
+    extra: Sequence[Tracker],
+    resume_update: int | None = None,
 ) -> list[Tracker]:
-    """The on-disk tracker and the configured ones, started on this run's directory."""
-    trackers: list[Tracker] = [DiskTracker(metrics), *extra]
+    """The on-disk tracker and the configured ones, started on this run's directory. The configured ones
+    are named by their kinds (a failure says which tracker failed); on a resume from the checkpoint at
+    ``resume_update`` each is told so first (its optional ``resume``), to continue its backend's run
+    without logging a step twice."""
+    kinds = [str(entry.get("kind")) for entry in plain_config.get("tracker") or ()]
+    trackers: list[Tracker] = [DiskTracker(metrics), *name_trackers(extra, kinds)]
     for tracker in trackers:
+        resume = getattr(tracker, "resume", None)
+        if resume_update is not None and callable(resume):
+            resume(resume_update)
         tracker.start(paths, plain_config)
     return trackers
 
@@ -216,7 +234,8 @@ def train(
             _forget_metrics_after(paths, config_.model.name, resume_tag)
         plain = unstructure_config(config_, registry)
         paths.config_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
-        trainer.attach_trackers(_start_trackers(paths, plain, metrics, extra_trackers))
+        resume_update = trainer.counter.update if resume_tag is not None else None  # the checkpoint's
+        trainer.attach_trackers(_start_trackers(paths, plain, metrics, extra_trackers, resume_update))
     log.info("run directory: %s", paths.root)
     try:
         status = trainer.fit()
@@ -274,7 +293,8 @@ def evaluate(
     disk = DiskTracker(metrics)
     disk.start(eval_paths, plain)
     training_status = _previous_status(paths)
-    joined = [EvalTracker(t, training_status) for t in extra]
+    kinds = [entry.kind for entry in config.tracker]
+    joined = name_trackers([EvalTracker(t, training_status) for t in extra], kinds)
     for tracker in joined:  # the training run's own trackers: the evaluation joins its runs there
         tracker.start(paths, plain)
     trainer.attach_trackers([disk, *joined])
