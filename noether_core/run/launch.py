@@ -38,7 +38,7 @@ from noether_core.plugins.hookspecs import RunStatus
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import OBJECT
 from noether_core.run.device import pick_device
-from noether_core.run.distributed import init_from_env, shutdown
+from noether_core.run.distributed import barrier, init_from_env, shutdown
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
 from noether_core.run.trainer import Trainer
@@ -239,6 +239,8 @@ def train(
     log.info("run directory: %s", paths.root)
     try:
         status = trainer.fit()
+        # every rank tears the process group down together: a gloo rank whose peer already left can abort
+        barrier(trainer.dist)
     except NoetherError:
         # the console gets one paragraph (the CLI prints it); the traceback goes to log.txt
         logging.getLogger("noether.file").exception("training failed")
