@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +28,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_COLOURS = {"run_a": (0x1F, 0x77, 0xB4), "run_b": (0xFF, 0x7F, 0x0E)}
 
 Cli = Callable[..., tuple[int, str, str]]
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None,
+    reason=f"draws with matplotlib, which is missing: {INSTALL_COMMAND}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +70,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------- plot
 
 
+@needs_matplotlib
 def test_plot_writes_a_png_of_sane_size_for_two_runs(runs: Path, cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     status, stdout, stderr = cli("plot", runs / "run_a", runs / "run_b", "--keys", "loss/*", "-o", out)
@@ -85,6 +91,7 @@ def test_plot_writes_a_png_of_sane_size_for_two_runs(runs: Path, cli: Cli, tmp_p
         assert (rgb == colour).all(axis=-1).sum() > 100, f"no line of {run_id}"
 
 
+@needs_matplotlib
 def test_plot_draws_loss_keys_by_default_and_makes_a_grid(runs: Path, cli: Cli, tmp_path: Path) -> None:
     status, _, stderr = cli("plot", runs / "run_a", "-o", tmp_path / "default.png")
     assert status == 0, stderr
@@ -141,6 +148,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(
     assert not (tmp_path / "out.png").exists()
 
 
+@needs_matplotlib
 def test_plot_refuses_an_output_it_cannot_write(runs: Path, cli: Cli, tmp_path: Path) -> None:
     status, _, stderr = cli("plot", runs / "run_a", "-o", tmp_path / "out.nope")
     assert status == 2
@@ -236,6 +244,7 @@ def test_iter_metrics_reads_as_read_metrics_does(tmp_path: Path) -> None:
     assert str(ours.value) == str(theirs.value)
 
 
+@needs_matplotlib
 def test_listing_and_plotting_import_no_torch(runs: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"

@@ -70,6 +70,9 @@ def plot_runs(run_dirs: Sequence[Path | str], patterns: Sequence[str] | None, ou
     Raises :class:`~noether_core.errors.UsageError` for a missing run, a pattern that matches no metric
     of any run, an output that cannot be written, or when matplotlib is not installed.
     """
+    # the user's mistakes first, also where matplotlib is missing
+    dirs = [existing_run(run_dir) for run_dir in run_dirs]
+    keys, all_series = _matched(dirs, list(patterns or DEFAULT_PATTERNS))
     try:
         import matplotlib
     except ImportError:
@@ -81,8 +84,6 @@ def plot_runs(run_dirs: Sequence[Path | str], patterns: Sequence[str] | None, ou
     # a Figure of its own rather than pyplot's: nothing is kept in pyplot's registry between calls
     from matplotlib.figure import Figure
 
-    dirs = [existing_run(run_dir) for run_dir in run_dirs]
-    keys, all_series = _matched(dirs, list(patterns or DEFAULT_PATTERNS))
     output = Path(output)
     columns = min(len(keys), MAX_COLUMNS)
     rows = math.ceil(len(keys) / columns)
