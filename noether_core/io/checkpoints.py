@@ -504,7 +504,8 @@ class CheckpointWriter:
         deleted temporary files. Raises :class:`~noether_core.errors.CheckpointLoadError` for a commit
         journal that cannot be read."""
         self._recovered = True
-        return checkpoint_journal.recover(self.paths.checkpoints)
+        # not ``paths.checkpoints``, which creates the directory: opening a run changes nothing on disk
+        return checkpoint_journal.recover(self.paths.root / "checkpoints")
 
     def tags(self, model_name: str) -> list[str]:
         """Tags with files of ``model_name``: position tags oldest first, then the others by name."""
