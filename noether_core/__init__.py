@@ -68,6 +68,7 @@ _FACE: dict[str, str] = {
     # the run's services, by type
     "LogWriter": "noether_core.io.log_writer",
     "CheckpointWriter": "noether_core.io.checkpoints",
+    "CheckpointSet": "noether_core.io.checkpoints",
     "MetricProperties": "noether_core.io.metric_properties",
     "RunPaths": "noether_core.io.paths",
     "Tracker": "noether_core.io.trackers",
@@ -137,6 +138,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from noether_core.io.checkpoints import (
+        CheckpointSet,
         CheckpointWriter,
         atomic_torch_save,
         check_weights_only_safe,
@@ -185,6 +187,7 @@ __all__ = [
     "HOOK_NAMES",
     "CallbackConfig",
     "CheckpointLoadError",
+    "CheckpointSet",
     "CheckpointWriteError",
     "CheckpointWriter",
     "CompositeModel",

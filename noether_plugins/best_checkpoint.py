@@ -223,14 +223,13 @@ class BestCheckpointCallback:
         if not trainer.is_main:
             return
         source, target = tag_for_metric(key), tag_for_metric(key, t)
-        for name, _ in select_parts(trainer, config.model_names):
-            file = trainer.paths.checkpoint_file(name, source, "model")
-            if not file.exists():  # a frozen part left out by save_frozen_weights
-                continue
-            payload = load_checkpoint(file)
-            trainer.checkpoints.save_model(
-                name, target, payload["state_dict"], position=payload["training_iteration"]
-            )
+        with trainer.checkpoints.checkpoint_set(target) as parts:
+            for name, _ in select_parts(trainer, config.model_names):
+                file = trainer.paths.checkpoint_file(name, source, "model")
+                if not file.exists():  # a frozen part left out by save_frozen_weights
+                    continue
+                payload = load_checkpoint(file)
+                parts.save_model(name, payload["state_dict"], position=payload["training_iteration"])
 
     @hookimpl
     def after_training(self, trainer: Run, config: Config, status: RunStatus) -> None:

@@ -1,9 +1,12 @@
 """``CheckpointCallback``: the run's weights, optimizer and trainer state, on an interval and at the end.
 
-Files (``checkpoints/`` of the run, every one written atomically through ``trainer.save_checkpoint``):
+Files (``checkpoints/`` of the run, each tag's files written through ``trainer.save_checkpoint`` as one
+set that becomes visible as a whole):
 
 * when its interval is due, tag ``E{e}_U{u}_S{s}`` (the position, e.g. ``E1_U10_S320``): the weights
-  (``save_weights``), the optimizer state (``save_optim``) and, when either is saved, the trainer state;
+  (``save_weights``), the optimizer state (``save_optim``) and, when either is saved, the trainer state.
+  By default each holds all three and ``noether train --resume RUN_DIR --checkpoint E1_U10_S320``
+  resumes from it; ``save_optim: false`` makes them weights to evaluate only;
 * tag ``latest``, overwritten each time: weights (``save_latest_weights``), optimizer
   (``save_latest_optim``) and the trainer state. By default ``latest`` holds all three, which is what
   ``noether train --resume RUN_DIR`` loads; it always holds every model part, whatever ``model_names``
@@ -101,8 +104,9 @@ class CheckpointCallback:
     class Config(CallbackConfig):
         save_weights: bool = True
         """Weights at every due position (tag ``E{e}_U{u}_S{s}``) and at the end (``last``)."""
-        save_optim: bool = False
-        """Optimizer state at every due position and at the end; needed to resume from those tags."""
+        save_optim: bool = True
+        """Optimizer state at every due position and at the end, which makes those tags resumable (the
+        reference defaulted to false: no position tag could be resumed)."""
         save_latest_weights: bool = True
         """Weights in ``latest``, overwritten at every due position: the resume point."""
         save_latest_optim: bool = True

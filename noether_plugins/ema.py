@@ -362,11 +362,11 @@ class EmaCallback:
     def _save(self, trainer: Run, counter: Counter, tag: str) -> None:
         if not trainer.is_main:
             return
-        for target in self._targets:
-            for factor in target.shadows:
-                trainer.checkpoints.save_model(
-                    target.name, tag, target.state_dict(factor), position=counter, ema=factor
-                )
+        # one set: inside a step it joins the CheckpointCallback's set of the same tag
+        with trainer.checkpoints.checkpoint_set(tag) as parts:
+            for target in self._targets:
+                for factor in target.shadows:
+                    parts.save_model(target.name, target.state_dict(factor), position=counter, ema=factor)
 
     @hookimpl
     def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:

@@ -17,6 +17,9 @@ The trainer adds one entry on the track interval (``verbose: false``) and, when 
 differs, one on the log interval (``verbose: true``), named ``OnlineLossCallback/{I}``; since their keys
 carry the interval, two entries never write the same key. Evaluation-only runs (``interval == "eval"``)
 have no training loss: the entry does nothing there.
+
+Its partial window (the losses of the updates since its last log) is part of its state in the trainer
+checkpoint, so a resumed run logs the same means as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -60,6 +63,31 @@ class OnlineLossCallback:
         interval = config.interval
         self._suffix = interval.short if interval is not None else "eval"
         self._keys: dict[tuple[str, ...], list[str]] = {}
+        self._relocate = False  # restored state sits on the CPU until the first update shows the device
+
+    def state_dict(self) -> dict[str, Any]:
+        """The partial window: the losses of the updates not folded yet, as they came, and the running
+        sums (so a resumed run does the very same arithmetic)."""
+        return {
+            "pending": [dict(losses) for losses in self._pending],
+            "sums": [
+                {"names": list(names), "sums": sums, "count": count}
+                for names, (sums, count) in self._sums.items()
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = [dict(losses) for losses in state["pending"]]
+        self._sums = {tuple(entry["names"]): [entry["sums"], int(entry["count"])] for entry in state["sums"]}
+        self._relocate = bool(self._pending or self._sums)
+
+    def _move_to(self, device: torch.device) -> None:
+        self._pending = [
+            {name: value.to(device) for name, value in losses.items()} for losses in self._pending
+        ]
+        for running in self._sums.values():
+            running[0] = running[0].to(device)
+        self._relocate = False
 
     @staticmethod
     def produces(config: CallbackConfig, run_config: Any) -> list[str]:
@@ -69,6 +97,8 @@ class OnlineLossCallback:
     @hookimpl
     def after_update(self, losses: Mapping[str, torch.Tensor]) -> None:
         # the hot path: one append (the trainer makes a new dict of detached tensors per update)
+        if self._relocate:
+            self._move_to(next(iter(losses.values())).device)
         self._pending.append(losses)
         if len(self._pending) >= FOLD_EVERY:
             self._fold()

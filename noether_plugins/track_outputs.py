@@ -12,6 +12,9 @@ interval, e.g. ``U10``):
 With ``save_output`` the reduced value (any shape) is also saved by rank 0 as
 ``update_outputs/{name}_{I}_{E..._U..._S...}.th`` in the run directory (``/`` in names becomes ``.``);
 ``log_output: false`` skips logging (for outputs that are not single numbers).
+
+The sums of its partial window are part of its state in the trainer checkpoint, so a resumed run logs
+the same values as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -60,6 +63,16 @@ class TrackAdditionalOutputsCallback:
         self.config = config
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
+        self._relocate = False  # restored sums sit on the CPU until the first output shows the device
+
+    def state_dict(self) -> dict[str, Any]:
+        """The partial window: each tracked output's sum and count since the last log."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._sums = {str(k): v for k, v in state["sums"].items()}
+        self._counts = {str(k): int(v) for k, v in state["counts"].items()}
+        self._relocate = bool(self._sums)
 
     def _tracked(self, outputs: Mapping[str, Any]) -> list[str]:
         keys = self.config.keys or []
@@ -82,6 +95,9 @@ class TrackAdditionalOutputsCallback:
         for name in self._tracked(outputs):
             value = outputs[name]
             value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            if self._relocate:
+                self._sums = {k: v.to(value.device) for k, v in self._sums.items()}
+                self._relocate = False
             self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
             self._counts[name] = self._counts.get(name, 0) + 1
 

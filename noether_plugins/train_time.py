@@ -9,6 +9,9 @@ When its interval is due this plugin logs, for each phase ``p``,
 
 averaged (means) and maxed (maxima) over ranks when distributed. After training it prints the total
 time per phase on this rank. The trainer adds it on the log interval.
+
+Its partial window (the times of the updates since its last log) and the totals are part of its state in
+the trainer checkpoint: a resumed run averages over as many updates as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,23 @@ class TrainTimeCallback:
             f"train_time/{phase}/max/{self._suffix}",
         )
         return keys
+
+    def state_dict(self) -> dict[str, Any]:
+        """The partial window (sums, maxima and count since the last log) and the totals, in seconds."""
+        self._fold()
+        return {
+            "sum": dict(self._sum),
+            "max": dict(self._max),
+            "count": self._count,
+            "total": dict(self._total),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = []
+        self._sum = {str(k): float(v) for k, v in state["sum"].items()}
+        self._max = {str(k): float(v) for k, v in state["max"].items()}
+        self._count = int(state["count"])
+        self._total = {str(k): float(v) for k, v in state["total"].items()}
 
     @staticmethod
     def produces(config: CallbackConfig, run_config: Any) -> list[str]:

@@ -83,16 +83,11 @@ def test_default_entry_writes_positions_latest_and_last(
     raw["callbacks"] = [{"kind": "CheckpointCallback", "every_n_epochs": 1}]
     assert train(tmp_path, raw, "r") == 0
     run = tmp_path / "r"
+    # every tag a CheckpointCallback writes is a whole resumable set by default
     assert checkpoint_names(run) == {
-        "model_cp=E1_U16_S256_model.th",
-        "model_cp=E1_U16_S256_trainer.th",
-        "model_cp=E2_U32_S512_model.th",
-        "model_cp=E2_U32_S512_trainer.th",
-        "model_cp=latest_model.th",
-        "model_cp=latest_optim.th",
-        "model_cp=latest_trainer.th",
-        "model_cp=last_model.th",
-        "model_cp=last_trainer.th",
+        f"model_cp={tag}_{part}.th"
+        for tag in ("E1_U16_S256", "E2_U32_S512", "latest", "last")
+        for part in ("model", "optim", "trainer")
     }
     for part in ("model", "optim", "trainer"):
         payload = load_checkpoint(run / "checkpoints" / f"model_cp=latest_{part}.th")
@@ -100,7 +95,7 @@ def test_default_entry_writes_positions_latest_and_last(
     # mlp 2-16-16-4: 388 float32 parameters; AdamW keeps two moments of each
     out = capsys.readouterr().out
     assert "checkpoint sizes (estimated): weights 1.6 kB, optimizer 3.1 kB; latest 4.7 kB" in out
-    assert "each E*_U*_S* checkpoint 1.6 kB, 2 to come: 3.1 kB written" in out
+    assert "each E*_U*_S* checkpoint 4.7 kB, 2 to come: 9.3 kB written" in out
 
 
 def test_save_optim_adds_optimizer_files_to_positions_and_last(tmp_path: Path) -> None:
@@ -237,10 +232,8 @@ callbacks:
 
 @pytest.mark.parametrize("part", ["model", "optim"])
 def test_sigkill_while_saving_leaves_the_previous_latest_loadable(tmp_path: Path, part: str) -> None:
-    """A real process killed with SIGKILL while it writes ``latest``: every ``latest`` file still
-    loads. Killed while writing the first file of the set (the weights), the previous set is whole and
-    the run resumes; killed later in the set, the parts are from two updates and resume refuses to mix
-    them, with a clear message."""
+    """A real process killed with SIGKILL while it writes ``latest`` (the temporary file of ``part`` on
+    disk): ``latest`` is one whole set, all its files from one update, and the run resumes from it."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(KILL_CONFIG)
     checkpoints = tmp_path / "r" / "checkpoints"
@@ -300,16 +293,10 @@ def test_sigkill_while_saving_leaves_the_previous_latest_loadable(tmp_path: Path
         check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    if part == "model":
-        assert len(set(positions.values())) == 1, positions
-        assert resumed.returncode == 0, resumed.stderr
-        assert f"at E0_U{positions['trainer']}_S" in resumed.stdout
-        assert not any(n.endswith(".tmp") for n in os.listdir(checkpoints))  # swept at start
-    else:
-        assert positions["model"] == positions["trainer"] + 1 == positions["optim"] + 1, positions
-        assert resumed.returncode == 2
-        assert "a save was interrupted" in resumed.stderr
-        assert "Traceback" not in resumed.stderr
+    assert len(set(positions.values())) == 1, positions
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at E0_U{positions['trainer']}_S" in resumed.stdout
+    assert not any(n.endswith(".tmp") for n in os.listdir(checkpoints))  # swept at start
 
 
 # ------------------------------------------------------------------------------------ BestCheckpointCallback

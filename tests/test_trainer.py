@@ -251,7 +251,8 @@ def test_resume_without_checkpoint_is_a_clear_error(
     assert train(tmp_path, tiny_config(max_updates=2, max_epochs=None), "r") == 0
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint 'latest'" in err
+    assert "has no checkpoint to resume from; tags present: last" in err
+    assert "no tag is resumable" in err
     assert "Traceback" not in err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err

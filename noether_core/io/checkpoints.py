@@ -7,6 +7,13 @@ tensors, ``dict``/``OrderedDict``, ``list``, ``tuple``, ``torch.Size``, ``int``,
 ``str``, ``None``, ``torch.dtype`` and ``torch.device``; a plugin state holding anything else (a NumPy
 scalar, a custom class) is refused when saved, not when the run is resumed.
 
+A checkpoint tag is a set of files (every model part's weights, EMA weights, the optimizer and the
+trainer state) that :class:`CheckpointWriter` makes visible as a whole: the parts of a set are written
+to temporary files and committed together by one atomic rename of a journal (see
+:mod:`noether_core.io.checkpoint_journal`), so a kill at any moment leaves the tag's previous set or its
+new one, never a mix, and the writer's :meth:`~CheckpointWriter.recover` (run whenever checkpoints are
+opened to resume, evaluate or load) finishes or discards what a killed writer left.
+
 Only rank 0 should write; the writer does not check the rank.
 """
 
@@ -16,50 +23,34 @@ import collections
 import contextlib
 import os
 import pickle
-import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from noether_core.errors import CheckpointLoadError, CheckpointWriteError
+from noether_core.io import checkpoint_journal
+from noether_core.io.checkpoint_journal import describe as _describe
+from noether_core.io.checkpoint_journal import fsync_directory as _fsync_directory
+from noether_core.io.checkpoint_journal import temp_path as _temp_path
 from noether_core.io.paths import (
     CheckpointPart,
     RunPaths,
     checkpoint_file_name,
     find_checkpoint_tags,
     parse_position_tag,
+    sort_tags,
 )
 from noether_core.run.counter import Counter
 
 Position = Mapping[str, int] | Counter
 """Where training was when a checkpoint was taken: ``{"epoch", "update", "sample"}`` or the counter."""
 
-_TMP_SUFFIX = ".tmp"
 _RESERVED_MODEL_KEYS = frozenset({"state_dict", "checkpoint_tag", "training_iteration", "run_id", "ema"})
 _RESERVED_TRAINER_KEYS = frozenset({"checkpoint_tag", "training_iteration", "run_id"})
 _SAFE_LEAVES = (bool, int, float, str, type(None), torch.dtype, torch.device)
-
-
-def _temp_path(path: Path) -> Path:
-    # A dot-name beside the target: same filesystem (so os.replace is atomic), hidden from tag listings.
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for syncing on Windows; renames are durable there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -90,15 +81,8 @@ def atomic_torch_save(obj: object, path: Path | str) -> None:
     and other non-``Exception`` interrupts clean up the same way and propagate unchanged.
     """
     target = Path(path)
-    tmp = _temp_path(target)
+    tmp = _write_temp(obj, target)
     try:
-        # O_EXCL: never write through a name someone else created; 0o666 lets the umask decide, unlike
-        # tempfile.mkstemp's 0o600.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as file, _without_crc32():
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(tmp, target)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -112,6 +96,27 @@ def atomic_torch_save(obj: object, path: Path | str) -> None:
         raise CheckpointWriteError(
             target, f"the file was replaced but its directory could not be synced ({_describe(error)})"
         ) from error
+
+
+def _write_temp(obj: object, target: Path) -> Path:
+    """``torch.save(obj)`` into a new, synced temporary file beside ``target``; returns its path. On any
+    failure nothing is left behind and an ``Exception`` becomes :class:`CheckpointWriteError`."""
+    tmp = _temp_path(target)
+    try:
+        # O_EXCL: never write through a name someone else created; 0o666 lets the umask decide, unlike
+        # tempfile.mkstemp's 0o600.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as file, _without_crc32():
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception):
+            raise CheckpointWriteError(target, _describe(error)) from error
+        raise
+    return tmp
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -201,9 +206,13 @@ def _position_dict(position: Position) -> dict[str, int]:
     return out
 
 
-class CheckpointWriter:
-    """Writes a run's checkpoint files under ``paths.checkpoints`` (see :mod:`noether_core.io.paths` for
-    the names). Each ``save_*`` returns the path written; each write is atomic.
+_CORE_PARTS: tuple[CheckpointPart, ...] = ("model", "optim", "trainer")
+
+
+class CheckpointSet:
+    """The files of one checkpoint tag being written: each ``save_*`` writes its part to a synced
+    temporary file, and the whole set becomes the tag's at once when it is committed (see
+    :meth:`CheckpointWriter.checkpoint_set`). Each ``save_*`` returns the path the part will have.
 
     File contents, all loadable with :func:`load_checkpoint`:
 
@@ -214,25 +223,250 @@ class CheckpointWriter:
       ``"run_id"``.
 
     ``training_iteration`` is ``{"epoch", "update", "sample"}`` of ``position``: for ``latest`` and
-    ``last`` it tells where the file came from. A resume should check that the parts it loads agree on
-    it, since they are separate files written one after another.
+    ``last`` it tells where the file came from.
+    """
+
+    def __init__(self, writer: CheckpointWriter, tag: str) -> None:
+        checkpoint_file_name("model", tag, "model")  # a tag that cannot name a file fails before any write
+        self.writer = writer
+        self.tag = tag
+        #: whether the set replaces the tag's weights, optimizer and trainer files it does not rewrite
+        self.replaces = False
+        self.failed = False
+        self._staged: dict[Path, Path] = {}  # target -> its temporary file
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files this set writes, in the order they were saved."""
+        return list(self._staged)
+
+    def _envelope(self, position: Position) -> dict[str, Any]:
+        return {
+            "checkpoint_tag": str(self.tag),
+            "training_iteration": _position_dict(position),
+            "run_id": self.writer.run_id,
+        }
+
+    def _stage(self, payload: dict[str, Any], target: Path) -> Path:
+        check_weights_only_safe(payload, target)
+        temp = _write_temp(payload, target)
+        previous = self._staged.pop(target, None)
+        if previous is not None:  # the same part saved twice in one set: the later one counts
+            previous.unlink(missing_ok=True)
+        self._staged[target] = temp
+        return target
+
+    def save_model(
+        self,
+        model_name: str,
+        state_dict: Mapping[str, Any],
+        *,
+        position: Position,
+        ema: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """The weights of ``model_name`` (its ``state_dict()``) as ``{model}_cp={tag}_model.th``, or as
+        ``{model}_ema={ema}_cp={tag}_model.th`` for EMA weights. ``extra`` entries are added to the
+        file; they may not reuse the standard keys."""
+        path = self.writer.paths.checkpoint_file(model_name, self.tag, "model", ema)
+        payload: dict[str, Any] = {"state_dict": state_dict, **self._envelope(position)}
+        if ema is not None:
+            payload["ema"] = float(ema)
+        if extra:
+            clashes = sorted(_RESERVED_MODEL_KEYS & set(extra))
+            if clashes:
+                raise ValueError(f"extra entries may not replace {', '.join(clashes)}")
+            payload.update(extra)
+        return self._stage(payload, path)
+
+    def save_optim(self, model_name: str, state_dict: Mapping[str, Any], *, position: Position) -> Path:
+        """The optimizer state of ``model_name`` (its ``state_dict()``) as ``{model}_cp={tag}_optim.th``."""
+        path = self.writer.paths.checkpoint_file(model_name, self.tag, "optim")
+        return self._stage({"state_dict": state_dict, **self._envelope(position)}, path)
+
+    def save_trainer(self, model_name: str, state: Mapping[str, Any], *, position: Position) -> Path:
+        """The trainer's state (``callback_state_dicts``, ``grad_scaler``, ...) as
+        ``{model}_cp={tag}_trainer.th``. A ``training_iteration`` entry in ``state`` must equal
+        ``position``."""
+        path = self.writer.paths.checkpoint_file(model_name, self.tag, "trainer")
+        envelope = self._envelope(position)
+        for key in _RESERVED_TRAINER_KEYS & set(state):
+            if state[key] != envelope[key]:
+                raise ValueError(
+                    f"trainer state entry {key!r} ({state[key]!r}) disagrees with the writer's "
+                    f"({envelope[key]!r})"
+                )
+        return self._stage({**state, **envelope}, path)
+
+    def _writes_core(self) -> bool:
+        return any("_ema=" not in path.name for path in self._staged)
+
+    def _discard(self) -> None:
+        for temp in self._staged.values():
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoint sets under ``paths.checkpoints`` (see :mod:`noether_core.io.paths` for
+    the names).
+
+    Write a tag's parts in a set, which becomes visible as a whole when the block ends::
+
+        with writer.checkpoint_set("latest") as parts:
+            parts.save_model("model", model.state_dict(), position=counter)
+            parts.save_optim("model", optimizer.state_dict(), position=counter)
+            parts.save_trainer("model", state, position=counter)
+
+    After the commit the tag holds exactly the weights, optimizer and trainer files of the set: a file of
+    the tag's previous set that the new one does not rewrite (an optimizer file, when the new set has
+    none) is deleted in the same commit. EMA weights are the exception: they are replaced file by file,
+    since EMA entries save them on their own schedules. A block left by an exception commits nothing.
+
+    Inside :meth:`deferred_commit` (the trainer opens one around each step's events, ``after_training``
+    and the save on a signal) sets are committed when that block ends, all in one commit, and a second
+    ``checkpoint_set`` of the same tag adds to the first: the weights the CheckpointCallback saves and
+    the EMA weights an EmaCallback saves at the same update become visible together.
+
+    The ``save_model``, ``save_optim`` and ``save_trainer`` methods of the writer write one part: into
+    the set of that tag being written, else as a set of their own that adds the file to the tag.
+
+    ``before_commit`` (the trainer sets it) runs before every commit: the metrics logged so far reach
+    the disk before the checkpoint that a resume would start from. ``guard`` is a context manager
+    factory entered while a set is written and committed (a signal handler may defer a second signal
+    there; a second signal cannot damage a set, only end the process).
     """
 
     def __init__(self, paths: RunPaths, run_id: str | None = None) -> None:
         self.paths = paths
         self.run_id = paths.run_id if run_id is None else run_id
+        self.before_commit: Callable[[], object] | None = None
+        self.guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+        self._open: dict[str, CheckpointSet] = {}  # sets being written, or waiting for their commit
+        self._batch: list[CheckpointSet] | None = None
+        self._doomed: list[Path] = []  # files pruned, deleted with the batch's commit
+        self._recovered = False
 
-    def _write(self, payload: dict[str, Any], path: Path) -> Path:
-        check_weights_only_safe(payload, path)
-        atomic_torch_save(payload, path)
+    # ------------------------------------------------------------------------------------ sets
+
+    @property
+    def committing(self) -> bool:
+        """Whether a set is being written or waits for its commit."""
+        return bool(self._open)
+
+    @contextlib.contextmanager
+    def checkpoint_set(self, tag: str) -> Iterator[CheckpointSet]:
+        """A set of files of ``tag`` (see the class docstring): committed when the block ends, or when
+        the enclosing :meth:`deferred_commit` ends."""
+        joined = self._open.get(tag)
+        if joined is not None:
+            joined.replaces = True
+            try:
+                yield joined
+            except BaseException:
+                joined.failed = True
+                raise
+            return
+        parts = CheckpointSet(self, tag)
+        parts.replaces = True
+        self._open[tag] = parts
+        with self.guard():
+            try:
+                yield parts
+            except BaseException:
+                del self._open[tag]
+                parts._discard()
+                raise
+            if self._batch is not None:
+                self._batch.append(parts)
+            else:
+                del self._open[tag]
+                self._commit([parts])
+
+    @contextlib.contextmanager
+    def deferred_commit(self) -> Iterator[None]:
+        """Commit the sets written inside the block together when it ends (nested blocks: when the
+        outermost ends); an exception leaving the block commits none of them."""
+        if self._batch is not None:
+            yield
+            return
+        batch: list[CheckpointSet] = []
+        self._batch = batch
+        try:
+            yield
+        except BaseException:
+            self._end_batch(batch, commit=False)
+            raise
+        with self.guard():
+            self._end_batch(batch, commit=True)
+
+    def _end_batch(self, batch: list[CheckpointSet], *, commit: bool) -> None:
+        self._batch = None
+        doomed, self._doomed = self._doomed, []
+        for parts in batch:
+            self._open.pop(parts.tag, None)
+        good = [parts for parts in batch if not parts.failed]
+        for parts in batch:
+            if parts.failed or not commit:
+                parts._discard()
+        if commit:
+            self._commit(good, doomed)
+
+    def _commit(self, sets: list[CheckpointSet], doomed: list[Path] | None = None) -> None:
+        directory = self.paths.checkpoints
+        staged = [(temp, target) for parts in sets for target, temp in parts._staged.items()]
+        delete = list(doomed or ())
+        if not staged and not delete:
+            return
+        try:
+            if not self._recovered:  # an older, unfinished commit must land before this one
+                self.recover()
+            if staged and self.before_commit is not None:
+                self.before_commit()
+            written = {target for _, target in staged}
+            for parts in sets:
+                if parts.replaces and parts._writes_core():
+                    delete += checkpoint_journal.stale_files(directory, parts.tag, parts.paths)
+            delete = sorted({path for path in delete if path not in written})
+        except BaseException:  # before the commit point: nothing became visible
+            for parts in sets:
+                parts._discard()
+            raise
+        try:
+            checkpoint_journal.commit(directory, staged, delete)
+        except CheckpointWriteError:  # the journal could not be written: nothing became visible
+            for parts in sets:
+                parts._discard()
+            raise
+        # any other failure came after the commit point: the temporary files stay for the roll-forward
+        for parts in sets:
+            parts._staged.clear()
+
+    def _part(self, tag: str) -> tuple[CheckpointSet, bool]:
+        """The set a single ``save_*`` of ``tag`` goes to, and whether it must be committed at once."""
+        parts = self._open.get(tag)
+        if parts is not None:
+            return parts, False
+        parts = CheckpointSet(self, tag)
+        if self._batch is not None:
+            self._open[tag] = parts
+            self._batch.append(parts)
+            return parts, False
+        return parts, True
+
+    def _save_one(self, tag: str, save: Callable[[CheckpointSet], Path]) -> Path:
+        parts, alone = self._part(tag)
+        if not alone:
+            return save(parts)
+        with self.guard():
+            try:
+                path = save(parts)
+            except BaseException:
+                parts._discard()
+                raise
+            self._commit([parts])
         return path
-
-    def _envelope(self, tag: str, position: Position) -> dict[str, Any]:
-        return {
-            "checkpoint_tag": str(tag),
-            "training_iteration": _position_dict(position),
-            "run_id": self.run_id,
-        }
 
     def save_model(
         self,
@@ -244,43 +478,34 @@ class CheckpointWriter:
         ema: float | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write the weights of ``model_name`` (its ``state_dict()``) as ``{model}_cp={tag}_model.th``, or
-        as ``{model}_ema={ema}_cp={tag}_model.th`` for EMA weights. ``extra`` entries are added to the
-        file; they may not reuse the standard keys."""
-        path = self.paths.checkpoint_file(model_name, tag, "model", ema)
-        payload: dict[str, Any] = {"state_dict": state_dict, **self._envelope(tag, position)}
-        if ema is not None:
-            payload["ema"] = float(ema)
-        if extra:
-            clashes = sorted(_RESERVED_MODEL_KEYS & set(extra))
-            if clashes:
-                raise ValueError(f"extra entries may not replace {', '.join(clashes)}")
-            payload.update(extra)
-        return self._write(payload, path)
+        """Write the weights of ``model_name`` to tag ``tag``: see :meth:`CheckpointSet.save_model`."""
+        return self._save_one(
+            tag, lambda s: s.save_model(model_name, state_dict, position=position, ema=ema, extra=extra)
+        )
 
     def save_optim(
         self, model_name: str, tag: str, state_dict: Mapping[str, Any], *, position: Position
     ) -> Path:
-        """Write the optimizer state of ``model_name`` (its ``state_dict()``) as
-        ``{model}_cp={tag}_optim.th``."""
-        path = self.paths.checkpoint_file(model_name, tag, "optim")
-        return self._write({"state_dict": state_dict, **self._envelope(tag, position)}, path)
+        """Write the optimizer state of ``model_name`` to tag ``tag``: see
+        :meth:`CheckpointSet.save_optim`."""
+        return self._save_one(tag, lambda s: s.save_optim(model_name, state_dict, position=position))
 
     def save_trainer(
         self, model_name: str, tag: str, state: Mapping[str, Any], *, position: Position
     ) -> Path:
-        """Write the trainer's state (``callback_state_dicts``, ``grad_scaler``, ...) as
-        ``{model}_cp={tag}_trainer.th``. A ``training_iteration`` entry in ``state`` must equal
-        ``position``."""
-        path = self.paths.checkpoint_file(model_name, tag, "trainer")
-        envelope = self._envelope(tag, position)
-        for key in _RESERVED_TRAINER_KEYS & set(state):
-            if state[key] != envelope[key]:
-                raise ValueError(
-                    f"trainer state entry {key!r} ({state[key]!r}) disagrees with the writer's "
-                    f"({envelope[key]!r})"
-                )
-        return self._write({**state, **envelope}, path)
+        """Write the trainer's state to tag ``tag``: see :meth:`CheckpointSet.save_trainer`."""
+        return self._save_one(tag, lambda s: s.save_trainer(model_name, state, position=position))
+
+    # ------------------------------------------------------------------------------------ the directory
+
+    def recover(self) -> list[Path]:
+        """Finish the commits a killed writer left (roll them forward) and delete the temporary files of
+        the sets it never committed; the files of a process still running are left alone. Returns the
+        deleted temporary files. Raises :class:`~noether_core.errors.CheckpointLoadError` for a commit
+        journal that cannot be read."""
+        self._recovered = True
+        # not ``paths.checkpoints``, which creates the directory: opening a run changes nothing on disk
+        return checkpoint_journal.recover(self.paths.root / "checkpoints")
 
     def tags(self, model_name: str) -> list[str]:
         """Tags with files of ``model_name``: position tags oldest first, then the others by name."""
@@ -288,8 +513,7 @@ class CheckpointWriter:
 
     def _files_of_tag(self, model_name: str, tag: str) -> list[Path]:
         directory = self.paths.checkpoints
-        parts: tuple[CheckpointPart, ...] = ("model", "optim", "trainer")
-        files = [directory / checkpoint_file_name(model_name, tag, part) for part in parts]
+        files = [directory / checkpoint_file_name(model_name, tag, part) for part in _CORE_PARTS]
         ema_prefix = f"{model_name}_ema="
         ema_suffix = f"_cp={tag}_model.th"
         files += [
@@ -297,41 +521,39 @@ class CheckpointWriter:
             for entry in directory.iterdir()
             if entry.name.startswith(ema_prefix) and entry.name.endswith(ema_suffix)
         ]
-        return files
+        return [file for file in files if file.exists()]
 
     def prune(self, model_name: str, keep_last_n: int) -> list[Path]:
         """Delete the files (every part, EMA weights included) of all but the newest ``keep_last_n``
-        position tags (``E{e}_U{u}_S{s}``, ordered by update) of ``model_name``. Other tags (``latest``,
-        ``last``, ``best_model.*``) are never touched. Returns the deleted paths."""
+        position tags (``E{e}_U{u}_S{s}``, ordered by update) of ``model_name``, in one commit. Other tags
+        (``latest``, ``last``, ``best_model.*``) are never touched. Sets waiting in a
+        :meth:`deferred_commit` count as written, and the files go with their commit. Returns the paths
+        deleted (or to be deleted)."""
         if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 0:
             raise ValueError(f"keep_last_n must be an int >= 0, got {keep_last_n!r}")
-        positions = [tag for tag in self.tags(model_name) if parse_position_tag(tag) is not None]
-        doomed = positions[: max(len(positions) - keep_last_n, 0)]
-        deleted: list[Path] = []
-        for tag in doomed:
-            for file in self._files_of_tag(model_name, tag):
-                try:
-                    file.unlink()
-                except FileNotFoundError:
-                    continue
-                deleted.append(file)
-        return deleted
+        tags = set(self.tags(model_name))
+        prefixes = (f"{model_name}_cp=", f"{model_name}_ema=")
+        tags |= {
+            parts.tag
+            for parts in self._open.values()
+            if any(path.name.startswith(prefixes) for path in parts.paths)
+        }
+        positions = [tag for tag in sort_tags(tags) if parse_position_tag(tag) is not None]
+        doomed_tags = positions[: max(len(positions) - keep_last_n, 0)]
+        doomed = [file for tag in doomed_tags for file in self._files_of_tag(model_name, tag)]
+        if self._batch is not None:
+            self._doomed += doomed
+        else:
+            checkpoint_journal.commit(self.paths.checkpoints, [], doomed)
+        return doomed
 
     def discard_partial_writes(self) -> list[Path]:
-        """Delete temporary files left in ``checkpoints/`` by a writer that was killed mid-save.
-
-        Call it once when a run starts, before anything writes; never while another process may be
-        writing checkpoints into the same directory. Returns the deleted paths.
-        """
-        deleted: list[Path] = []
-        for entry in self.paths.checkpoints.iterdir():
-            if entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX) and entry.is_file():
-                entry.unlink(missing_ok=True)
-                deleted.append(entry)
-        return deleted
+        """:meth:`recover`: kept for callers from before checkpoint sets."""
+        return self.recover()
 
 
 __all__ = [
+    "CheckpointSet",
     "CheckpointWriter",
     "Position",
     "atomic_torch_save",

@@ -69,8 +69,8 @@ class Tracker(Protocol):
 
     Two more methods are optional, and called only where a tracker has them:
 
-    * ``flush()``: the trainer calls it before it writes a checkpoint, so a tracker that buffers does not
-      lose with the process what was logged up to then.
+    * ``flush()``: the trainer calls it before a checkpoint commits, so a tracker that buffers does not
+      lose with the process what was logged up to then (a resume from that checkpoint keeps it).
     * ``resume(update: int)``: called before ``start`` when the run resumes from a checkpoint taken at
       ``update`` (``noether train --resume``). The records of the updates after it come again, with the
       same values; a tracker whose backend already holds them (an earlier process logged them before it
@@ -227,10 +227,11 @@ class DiskTracker:
         self._update_stats(record)
 
     def flush(self) -> None:
-        """Hand every record logged so far to the operating system (the trainer calls it before it
-        writes a checkpoint)."""
+        """Write every record logged so far to the disk (the trainer calls it before a checkpoint
+        commits: the records a resume from it keeps are never lost with the process or the machine)."""
         if self._file is not None:
             self._file.flush()
+            os.fsync(self._file.fileno())
             self._flush_at = time.monotonic() + FLUSH_SECONDS
 
     def set_summary(self, key: str, value: Any) -> None:

@@ -193,7 +193,8 @@ def train(
     ``model`` trains this module instead of building the config's ``model`` section (which may then be
     left out; the run's ``config.yaml`` records ``kind: object``), and ``datasets`` uses these
     map-style datasets for their names (``{"train": ..., "val": ...}``). ``resume`` continues the run
-    in that directory from ``checkpoint`` (default ``latest``); a run trained with objects is resumed
+    in that directory from ``checkpoint`` (default: the newest resumable set, ``latest`` or a newer position
+    tag); a run trained with objects is resumed
     with the same objects.
 
     Raises what the command line reports: :class:`~noether_core.ConfigError` and
@@ -223,11 +224,11 @@ def train(
             "or choose another --run-id"
         )
     setup_logging(paths, info.is_main)
-    resume_tag = (checkpoint or "latest") if resume_paths is not None else None
     metrics = metric_properties(plan)
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
-    # nothing on disk
-    trainer = Trainer(plan, paths, metrics=metrics, resume_tag=resume_tag)
+    # nothing on disk; without --checkpoint it resumes from the newest resumable set
+    trainer = Trainer(plan, paths, metrics=metrics, resume_tag=checkpoint, resume_paths=resume_paths)
+    resume_tag = trainer.resume_tag
     if info.is_main:
         CheckpointWriter(paths).discard_partial_writes()
         if resume_tag is not None:

@@ -122,7 +122,8 @@ class Run(Protocol):
 
     @property
     def checkpoints(self) -> CheckpointWriter:
-        """Atomic checkpoint files in the run's ``checkpoints/`` (write on rank 0 only)."""
+        """The run's ``checkpoints/``, written as sets that become visible as a whole
+        (``with trainer.checkpoints.checkpoint_set(tag) as parts: ...``; rank 0 only)."""
 
     @property
     def metrics(self) -> MetricProperties:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,7 @@ from noether_core.errors import (
     PluginFailure,
 )
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint, unsafe_values
-from noether_core.io.paths import RunPaths
-from noether_core.io.trackers import Tracker
+from noether_core.io.paths import RunPaths, parse_position_tag
 from noether_core.plugins.manager import PluginManager
 from noether_core.run.counter import Counter, seek
 from noether_core.run.models import named_models
@@ -35,6 +35,16 @@ from noether_core.run.models import named_models
 log = logging.getLogger("noether")
 
 TRAINER_STATE_VERSION = 1
+
+
+def _update_of(trainer_file: Path) -> int | None:
+    """The update a trainer state file was saved at, read without loading its tensors; ``None`` when
+    the file cannot be read (the resume names the problem if that tag is chosen)."""
+    try:
+        state = torch.load(trainer_file, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["counter"]["update"])
+    except Exception:
+        return None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -177,47 +187,79 @@ class RunState:
         tag: str,
         *,
         is_main: bool,
-        trackers: Sequence[Tracker],
         weights: bool = True,
         optim: bool = True,
         trainer_state: bool = True,
         model_names: Sequence[str] | None = None,
         include_frozen: bool = True,
     ) -> list[Path]:
-        """Write the files of checkpoint ``tag`` (rank 0 writes; every rank calls it, since capturing
-        the state may take collectives). See ``Run.save_checkpoint``."""
+        """Write the files of checkpoint ``tag`` as one set (rank 0 writes; every rank calls it, since
+        capturing the state may take collectives). See ``Run.save_checkpoint``."""
         state = self.capture() if trainer_state else None
         if not is_main:
             return []
-        # the records logged so far reach the disk before the checkpoint a resume would start from
-        for tracker in trackers:
-            flush = getattr(tracker, "flush", None)
-            if callable(flush):
-                flush()
         counter = self.counter
         position = {"epoch": counter.epoch, "update": counter.update, "sample": counter.sample}
-        written: list[Path] = []
-        if weights:
-            for name, part in self.named_models():
-                if (
-                    model_names is not None
-                    and name not in model_names
-                    and name.split(".")[-1] not in model_names
-                ):
-                    continue
-                if not include_frozen and not any(p.requires_grad for p in part.parameters()):
-                    continue
-                written.append(checkpoints.save_model(name, tag, part.state_dict(), position=position))
-        if optim and self.optimizer is not None:
-            written.append(
-                checkpoints.save_optim(self.model_name, tag, self.optimizer.state_dict(), position=position)
-            )
-        if state is not None:
-            written.append(checkpoints.save_trainer(self.model_name, tag, state, position=position))
-        return written
+        with checkpoints.checkpoint_set(tag) as parts:
+            if weights:
+                for name, part in self.named_models():
+                    if (
+                        model_names is not None
+                        and name not in model_names
+                        and name.split(".")[-1] not in model_names
+                    ):
+                        continue
+                    if not include_frozen and not any(p.requires_grad for p in part.parameters()):
+                        continue
+                    parts.save_model(name, part.state_dict(), position=position)
+            if optim and self.optimizer is not None:
+                parts.save_optim(self.model_name, self.optimizer.state_dict(), position=position)
+            if state is not None:
+                parts.save_trainer(self.model_name, state, position=position)
+            return parts.paths
+
+    def resumable_tags(self, paths: RunPaths) -> list[tuple[str, int]]:
+        """The tags of ``paths`` this run can resume from, newest first, with their updates: ``latest``,
+        ``last`` and the position tags whose set holds the trainer state, the weights of every model part
+        and (when the run has an optimizer) the optimizer state. ``latest`` comes first among tags of
+        the same update; a tag whose trainer state cannot be read comes first of all (update
+        ``sys.maxsize``)."""
+        directory = paths.root / "checkpoints"
+        if not directory.is_dir():
+            return []
+        names = [name for name, _ in self.named_models()]
+        found = []
+        for tag in paths.checkpoint_tags(self.model_name):
+            position = parse_position_tag(tag)
+            if position is None and tag not in ("latest", "last"):
+                continue
+            trainer_file = paths.checkpoint_file(self.model_name, tag, "trainer")
+            needed = [trainer_file, *(paths.checkpoint_file(name, tag, "model") for name in names)]
+            if self.optimizer is not None:
+                needed.append(paths.checkpoint_file(self.model_name, tag, "optim"))
+            if not all(file.is_file() for file in needed):
+                continue
+            update = position[1] if position is not None else _update_of(trainer_file)
+            # a trainer state that cannot be read goes first: resuming from it names the damaged file,
+            # instead of quietly going back to an older set
+            found.append((tag, sys.maxsize if update is None else update))
+        order = {"latest": 0, "last": 1}
+        found.sort(key=lambda item: (-item[1], order.get(item[0], 2)))
+        return found
+
+    def _resumable_note(self, paths: RunPaths) -> str:
+        tags = [tag for tag, _ in self.resumable_tags(paths)]
+        if tags:
+            return f"resumable tags, newest first: {', '.join(tags)}"
+        return (
+            "no tag is resumable (a resumable set holds the trainer state, the weights of every model part "
+            "and the optimizer state; with CheckpointCallback's save_optim: false its position tags hold "
+            "no optimizer state)"
+        )
 
     def load_weights(self, paths: RunPaths, tag: str) -> None:
         """Load every part's weights of checkpoint ``tag`` from ``paths`` (and take its position)."""
+        CheckpointWriter(paths).recover()  # a commit a killed writer left is finished first
         position: dict[str, int] | None = None
         for name, part in self.named_models():
             file = paths.checkpoint_file(name, tag, "model")
@@ -235,15 +277,36 @@ class RunState:
         if position is not None and "update" in position:
             seek(self.counter, min(int(position["update"]), self.counter.total_updates))
 
-    def resume(self, paths: RunPaths, tag: str) -> None:
+    def resume(self, paths: RunPaths, tag: str | None = None) -> str:
         """Load checkpoint ``tag`` of the run at ``paths`` whole: weights, optimizer, trainer state,
-        plugin states, random generators. Checks everything it can before it changes anything a
-        plugin sees; a refused resume raises :class:`CheckpointLoadError` or :class:`ConfigError`."""
+        plugin states, random generators; returns the tag. Without ``tag``, the newest resumable set
+        (:meth:`resumable_tags`). Checks everything it can before it changes anything a plugin sees; a
+        refused resume raises :class:`CheckpointLoadError` (naming the resumable tags) or
+        :class:`ConfigError`."""
+        CheckpointWriter(paths).recover()  # a commit a killed writer left is finished first
+        if tag is None:
+            newest = self.resumable_tags(paths)
+            if not newest:
+                present = paths.checkpoint_tags(self.model_name)
+                raise CheckpointLoadError(
+                    paths.root / "checkpoints",
+                    f"run {str(paths.root)!r} has no checkpoint to resume from; tags present: "
+                    f"{', '.join(present) or 'none'}; {self._resumable_note(paths)}",
+                )
+            tag = newest[0][0]
+        self._load_whole(paths, tag)
+        return tag
+
+    def _load_whole(self, paths: RunPaths, tag: str) -> None:
         update: int | None = None
 
         def load(path: Path) -> dict[str, Any]:
             if not path.exists():
-                raise CheckpointLoadError(path, f"checkpoint {tag!r} is incomplete: this file is missing")
+                raise CheckpointLoadError(
+                    path,
+                    f"checkpoint {tag!r} cannot be resumed: this file is missing; "
+                    f"{self._resumable_note(paths)}",
+                )
             payload = load_checkpoint(path)
             # model, optim and trainer files are written one after another; a kill between two of them
             # leaves parts of different updates, which must not be mixed
@@ -262,7 +325,7 @@ class RunState:
             raise CheckpointLoadError(
                 trainer_file,
                 f"run {str(paths.root)!r} has no checkpoint {tag!r} with trainer state; "
-                f"tags present: {', '.join(tags) or 'none'}",
+                f"tags present: {', '.join(tags) or 'none'}; {self._resumable_note(paths)}",
             )
         state = load(trainer_file)
         update = int(state["counter"]["update"])

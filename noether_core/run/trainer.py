@@ -48,7 +48,8 @@ log = logging.getLogger("noether")
 class Trainer:
     """One run: build it from a :class:`RunPlan` and a run directory, then call :meth:`fit` (or
     :meth:`evaluate`). With ``resume_tag``, the checkpoint of that tag in ``resume_paths`` (default:
-    ``paths``) is loaded before anything else happens."""
+    ``paths``) is loaded before anything else happens; with ``resume_paths`` alone, its newest
+    resumable set."""
 
     def __init__(
         self,
@@ -93,6 +94,9 @@ class Trainer:
         self.trackers: list[Tracker] = list(trackers) if self.dist.is_main else []
         self.writer = LogWriter(self.counter, self.trackers)
         self.checkpoints = CheckpointWriter(paths, paths.run_id)
+        # the records up to a checkpoint reach the disk before it commits: a resume from it drops only
+        # records of later updates, and a kill right after it loses none
+        self.checkpoints.before_commit = self._flush_metrics
         self.plugins = plan.plugin_manager()
         self.plugins.owner_sink = self.writer
         self.state = RunState(
@@ -110,9 +114,11 @@ class Trainer:
             },
         )
         self.resumed_from: RunPaths | None = None
-        if resume_tag is not None:
+        #: the tag resumed from (``resume_paths`` without ``resume_tag``: the newest resumable set)
+        self.resume_tag: str | None = None
+        if resume_tag is not None or resume_paths is not None:
             self.resumed_from = resume_paths or paths
-            self.state.resume(self.resumed_from, resume_tag)
+            self.resume_tag = self.state.resume(self.resumed_from, resume_tag)
 
         self._stop_reason: str | None = None
         self._signals = Signals()
@@ -207,13 +213,20 @@ class Trainer:
             self.checkpoints,
             tag,
             is_main=self.is_main,
-            trackers=self.trackers,
             weights=weights,
             optim=optim,
             trainer_state=trainer_state,
             model_names=model_names,
             include_frozen=include_frozen,
         )
+
+    def _flush_metrics(self) -> None:
+        """This step's values to the trackers, and the trackers' buffers to the disk."""
+        self.writer.flush()
+        for tracker in self.trackers:
+            flush = getattr(tracker, "flush", None)
+            if callable(flush):
+                flush()
 
     def load_weights(self, paths: RunPaths, tag: str) -> None:
         """Load the weights of checkpoint ``tag`` of ``paths`` (``noether eval``) and take its position."""
@@ -360,7 +373,8 @@ class Trainer:
             eval_mode = (epoch_end and self._epoch_needs_eval_mode) or self.plugins.needs_eval_mode(due)
             if eval_mode:
                 self.model.eval()
-            with torch.no_grad():
+            # the step's checkpoint sets commit together, after the step's metrics reach the disk
+            with torch.no_grad(), self.checkpoints.deferred_commit():
                 if epoch_end:
                     self.plugins.after_epoch(self._core)
                 if due:
@@ -369,7 +383,7 @@ class Trainer:
             if eval_mode:
                 self.train_model.train()
         elif self.plugins.has_deferred:
-            with torch.no_grad():
+            with torch.no_grad(), self.checkpoints.deferred_commit():
                 self.plugins.run_deferred()
         self.writer.flush()
 
@@ -398,14 +412,14 @@ class Trainer:
         ]
         if final:
             self.model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self.checkpoints.deferred_commit():
                 self.plugins.at_eval(self._core, final)
                 self.plugins.run_deferred()
             self.writer.flush()
 
     def _finish(self, status: RunStatus) -> None:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.checkpoints.deferred_commit():
             failures = self.plugins.after_training(self._core, status)
         if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
             self._save_last()
