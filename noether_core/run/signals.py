@@ -1,11 +1,31 @@
-"""SIGTERM and SIGINT during training: the first asks for a graceful stop after the current update (a
-resumable ``latest`` is saved, exit status 130); a second SIGINT stops at once (exit status 1)."""
+"""SIGTERM and SIGINT during training.
+
+The first signal asks for a graceful stop: the current update finishes, a resumable ``latest`` is saved,
+and the run ends ``interrupted`` (exit status 130). What a later signal does depends on where the run is:
+
+* while the run still trains, a second SIGINT stops it at once, without a checkpoint (exit status 1); a
+  second SIGTERM changes nothing;
+* while a checkpoint is being written (:meth:`Signals.writing`), that stop waits until the write is
+  complete: a signal never leaves a checkpoint half-written;
+* once the stop's checkpoint is being saved, and once the run's ending is decided (``after_training``
+  runs), a signal changes nothing;
+* after the run, too, when the process ends with it (:func:`keep_handling_until_exit`, the command).
+
+The first signal also starts a watchdog: when the run has not ended ``stop_timeout`` seconds later, it
+calls the ``on_timeout`` it was given (the trainer reports what is still running and ends the process).
+It never fires in the middle of a checkpoint write; it waits for the write to finish.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
+import math
 import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -13,25 +33,137 @@ from noether_core.errors import ImmediateStop
 
 log = logging.getLogger("noether")
 
+_keep_until_exit = False
+
+
+def keep_handling_until_exit() -> None:
+    """Leave the handlers in place when a run ends, for the rest of the process: a signal that arrives
+    after the run, while the process exits, changes nothing (instead of killing it with status 143).
+    For a process that ends with its run (the ``noether`` command); a program that goes on after
+    :func:`noether_core.train` gets its own handlers back."""
+    global _keep_until_exit
+    _keep_until_exit = True
+
+
+class Phase(enum.Enum):
+    """Where the run is, as far as signals are concerned."""
+
+    RUNNING = "running"  # no signal yet
+    STOPPING = "stopping"  # a signal arrived: finishing the update
+    SAVING = "saving"  # the stop's resumable checkpoint is being written (or is written)
+    ENDING = "ending"  # the ending is decided: after_training, trackers closing
+    OVER = "over"  # the run is over
+
 
 class Signals:
     """Installs the handlers for the duration of a ``with`` block; ``received`` names the first signal
-    (or says it arrived on another rank)."""
+    (or says it arrived on another rank).
 
-    def __init__(self) -> None:
+    ``stop_timeout`` (seconds, ``None`` for no limit) bounds how long the run may take to end after the
+    first signal; when it is exceeded, ``on_timeout`` is called from the watchdog thread.
+    """
+
+    def __init__(
+        self, stop_timeout: float | None = None, on_timeout: Callable[[float], object] | None = None
+    ) -> None:
         self.received: str | None = None
+        self.stop_timeout = stop_timeout
+        self.on_timeout = on_timeout
+        self.phase = Phase.RUNNING
         self._previous: dict[int, Any] = {}
+        self._writes = 0
+        self._stop_after_write = False
+        self._idle = threading.Condition()
+        self._cancelled = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    # --------------------------------------------------------------------------------- the handler
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.received is not None and signum == signal.SIGINT:
+        if self.received is None and self.phase in (Phase.RUNNING, Phase.STOPPING):
+            self.received = name
+            self.phase = Phase.STOPPING
+            log.warning(
+                "received %s: finishing this update, then saving a resumable checkpoint "
+                "(SIGINT again stops at once)",
+                name,
+            )
+            self._start_watchdog()
+            return
+        if self.phase is Phase.STOPPING and signum == signal.SIGINT:
+            if self._writes:
+                # raising now would leave the checkpoint being written half done
+                self._stop_after_write = True
+                log.warning("received SIGINT again: stopping at once when the checkpoint write is done")
+                return
             raise ImmediateStop("stopped at once by a second SIGINT; no checkpoint was saved")
-        self.received = name
-        log.warning(
-            "received %s: finishing this update, then saving a resumable checkpoint "
-            "(SIGINT again stops at once)",
-            name,
+        log.warning("received %s: %s", name, self._what_happens_now())
+        self._start_watchdog()
+
+    def _what_happens_now(self) -> str:
+        if self.phase is Phase.STOPPING:
+            return "already stopping: finishing this update, then saving a resumable checkpoint"
+        if self.phase is Phase.SAVING:
+            return "the resumable checkpoint is being saved; the run ends after it as interrupted"
+        if self.phase is Phase.ENDING:
+            return "the run is ending already; it changes nothing"
+        return "the run is over; it changes nothing"
+
+    # ---------------------------------------------------------------------------- what the run tells
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A checkpoint write: a second SIGINT inside waits for its end, and so does the watchdog."""
+        with self._idle:
+            self._writes += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._writes -= 1
+                self._idle.notify_all()
+        if not self._writes and self._stop_after_write and self.phase is Phase.STOPPING:
+            self._stop_after_write = False
+            raise ImmediateStop(
+                "stopped at once by a second SIGINT, after the checkpoint being written was complete"
+            )
+
+    def saving(self) -> None:
+        """The stop's resumable checkpoint is being saved: from now on a signal changes nothing."""
+        self.phase = Phase.SAVING
+
+    def ending(self) -> None:
+        """The run's ending is decided (``after_training`` comes): a signal changes nothing any more."""
+        self._stop_after_write = False
+        self.phase = Phase.ENDING
+
+    # ---------------------------------------------------------------------------------- the watchdog
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None or self.stop_timeout is None or self.on_timeout is None:
+            return
+        if math.isinf(self.stop_timeout):
+            return
+        self._watchdog = threading.Thread(
+            target=self._watch,
+            args=(self.stop_timeout, self.on_timeout),
+            name="noether-stop-watchdog",
+            daemon=True,
         )
+        self._watchdog.start()
+
+    def _watch(self, timeout: float, on_timeout: Callable[[float], object]) -> None:
+        started = time.monotonic()
+        if self._cancelled.wait(min(timeout, threading.TIMEOUT_MAX)):
+            return
+        with self._idle:
+            # never in the middle of a checkpoint write: the process ends once it is complete
+            self._idle.wait_for(lambda: not self._writes or self._cancelled.is_set())
+        if not self._cancelled.is_set():
+            on_timeout(time.monotonic() - started)
+
+    # ---------------------------------------------------------------------------------- installation
 
     def __enter__(self) -> Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -40,8 +172,14 @@ class Signals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.phase = Phase.OVER
+        self._cancelled.set()
+        with self._idle:
+            self._idle.notify_all()
+        if _keep_until_exit:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-__all__ = ["Signals"]
+__all__ = ["Phase", "Signals", "keep_handling_until_exit"]
