@@ -400,25 +400,37 @@ class SignallingLinear(torch.nn.Linear):
 
 class Hang:
     """Never returns from ``hook`` at update ``update`` (any update when ``None``), after sending
-    itself ``signal`` if given: a hung plugin, for the stop watchdog."""
+    itself ``signal`` if given: a hung plugin, for the stop watchdog. With ``in_c``, it waits in C code
+    that never returns to the interpreter, as a CUDA or NCCL wait does: a shell it waits for sends the
+    signal, so the Python signal handler never gets to run."""
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         hook: str = "at_eval"
         update: int | None = 1
         signal: str | None = None
+        in_c: bool = False
         every_n_updates: int | None = 1
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def _maybe(self, hook: str, counter: Any) -> None:
+        import os
         import time
 
         due = self.config.update is None or counter.update == self.config.update
         if hook != self.config.hook or not due:
             return
-        if self.config.signal is not None:
+        if self.config.in_c:
+            send = (
+                f"kill -{self.config.signal.removeprefix('SIG')} {os.getpid()}; "
+                if self.config.signal
+                else ""
+            )
+            # a signal interrupts neither system() nor its waitpid(); the sleep keeps no pipe of the test open
+            os.system(f"{send}exec sleep 20 </dev/null >/dev/null 2>&1")
+        elif self.config.signal is not None:
             _send([self.config.signal])
         while True:
             time.sleep(0.05)

@@ -192,6 +192,20 @@ def test_a_hung_plugin_is_named_and_the_process_ends(tmp_path: Path, hook: str) 
     assert "did not return from" in (tmp_path / "r" / "log.txt").read_text()
 
 
+def test_a_plugin_blocked_where_the_handler_never_runs_is_named_too(tmp_path: Path) -> None:
+    """The main thread never gets to run the Python signal handler (as in a CUDA or NCCL wait): the
+    watchdog still starts, from the signal's byte on the wakeup fd, and names the plugin."""
+    raw = tiny_config(max_updates=6, max_epochs=None, stop_timeout=0.5)
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:Hang", "name": "stuck", "update": 3, "signal": "SIGTERM", "in_c": True}
+    ]
+    done = noether_train(tmp_path, raw, "r")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "plugin 'stuck' (sample_plugins:Hang) did not return from at_eval" in done.stderr
+    assert "received SIGTERM" not in done.stdout  # the handler never ran
+    assert status_of(tmp_path / "r") == "failed"
+
+
 def test_a_hung_plugin_with_an_earlier_checkpoint_ends_interrupted_and_resumes(tmp_path: Path) -> None:
     """The same hang at update 3 with ``latest`` saved at update 2: interrupted (130), and the resume from
     that ``latest`` ends with the uninterrupted run's weights."""

@@ -13,7 +13,10 @@ and the run ends ``interrupted`` (exit status 130). What a later signal does dep
 
 The first signal also starts a watchdog: when the run has not ended ``stop_timeout`` seconds later, it
 calls the ``on_timeout`` it was given (the trainer reports what is still running and ends the process).
-It never fires in the middle of a checkpoint write; it waits for the write to finish.
+It never fires in the middle of a checkpoint write; it waits for the write to finish. The watchdog
+starts even when the main thread never returns to the interpreter to run the handler (a plugin blocked
+in C code): a listener thread reads the signal's number from the wakeup fd
+(:func:`signal.set_wakeup_fd`), which the C-level handler writes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import enum
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -67,6 +71,8 @@ class Signals:
         self, stop_timeout: float | None = None, on_timeout: Callable[[float], object] | None = None
     ) -> None:
         self.received: str | None = None
+        #: the first signal this process received, whatever the phase (for messages)
+        self.first_signal: str | None = None
         self.stop_timeout = stop_timeout
         self.on_timeout = on_timeout
         self.phase = Phase.RUNNING
@@ -76,12 +82,18 @@ class Signals:
         self._idle = threading.Condition()
         self._cancelled = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._watchdog_lock = threading.RLock()  # the handler may run again inside itself
+        self._wakeup_write_end: int | None = None
+        self._previous_wakeup_fd = -1
 
     # --------------------------------------------------------------------------------- the handler
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.received is None and self.phase in (Phase.RUNNING, Phase.STOPPING):
+        self.first_signal = self.first_signal or name
+        # RUNNING also when another rank's signal was noted (``received`` is set then): this one is the
+        # first here
+        if self.phase is Phase.RUNNING:
             self.received = name
             self.phase = Phase.STOPPING
             log.warning(
@@ -141,17 +153,35 @@ class Signals:
     # ---------------------------------------------------------------------------------- the watchdog
 
     def _start_watchdog(self) -> None:
-        if self._watchdog is not None or self.stop_timeout is None or self.on_timeout is None:
+        if self.stop_timeout is None or self.on_timeout is None or math.isinf(self.stop_timeout):
             return
-        if math.isinf(self.stop_timeout):
+        with self._watchdog_lock:
+            if self._watchdog is not None:
+                return
+            self._watchdog = threading.Thread(
+                target=self._watch,
+                args=(self.stop_timeout, self.on_timeout),
+                name="noether-stop-watchdog",
+                daemon=True,
+            )
+            self._watchdog.start()
+
+    def _listen(self, read_end: int) -> None:
+        """Start the watchdog at a signal even when the main thread never gets to run the handler: a
+        plugin blocked in C code (a CUDA or NCCL wait, a C extension's read) that does not return to
+        the interpreter. The C-level handler writes each signal's number to the wakeup fd."""
+        wanted = {int(signal.SIGTERM), int(signal.SIGINT)}
+        try:
+            while True:
+                data = os.read(read_end, 64)
+                if not data:  # the write end was closed: the block is over
+                    return
+                if wanted.intersection(data):
+                    self._start_watchdog()
+        except OSError:
             return
-        self._watchdog = threading.Thread(
-            target=self._watch,
-            args=(self.stop_timeout, self.on_timeout),
-            name="noether-stop-watchdog",
-            daemon=True,
-        )
-        self._watchdog.start()
+        finally:
+            os.close(read_end)
 
     def _watch(self, timeout: float, on_timeout: Callable[[float], object]) -> None:
         started = time.monotonic()
@@ -169,6 +199,14 @@ class Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if self._previous and self.stop_timeout is not None and self.on_timeout is not None:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            self._previous_wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            self._wakeup_write_end = write_end
+            threading.Thread(
+                target=self._listen, args=(read_end,), name="noether-signal-listener", daemon=True
+            ).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,6 +218,11 @@ class Signals:
             return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._wakeup_write_end is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            # the listener reads the end of the pipe, closes its end and returns
+            os.close(self._wakeup_write_end)
+            self._wakeup_write_end = None
 
 
 __all__ = ["Phase", "Signals", "keep_handling_until_exit"]

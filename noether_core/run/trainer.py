@@ -447,7 +447,7 @@ class Trainer:
         frame = sys._current_frames().get(threading.main_thread().ident or -1)
         where = f" (at {frame.f_code.co_filename}:{frame.f_lineno})" if frame is not None else ""
         running = self.plugins.running(frame)
-        after = f"trainer.stop_timeout={timeout:g}s after {self._signals.received or 'a signal'}"
+        after = f"trainer.stop_timeout={timeout:g}s after {self._signals.first_signal or 'a signal'}"
         if running is not None:
             slot, hook = running
             problem = f"plugin {slot.key!r} ({slot.kind}) did not return from {hook} within {after}{where}"
