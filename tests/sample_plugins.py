@@ -509,3 +509,14 @@ class StateFails:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.config.which == "load_state_dict":
             raise KeyError("'calls' has another layout now")
+
+
+class LogAtEnd:
+    """Logs ``end/value`` in ``after_training`` (two entries log the same key: an error at the flush)."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def after_training(self, trainer: Any) -> None:
+        trainer.writer.add_scalar("end/value", 1.0)

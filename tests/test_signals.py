@@ -391,3 +391,16 @@ def test_a_second_sigint_inside_a_checkpoint_write_waits_for_its_end() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_a_metric_logged_twice_in_after_training_fails_the_summary_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tiny_config(max_updates=4, max_epochs=None)
+    raw["callbacks"] = [
+        {"kind": "sample_plugins:LogAtEnd", "name": "a"},
+        {"kind": "sample_plugins:LogAtEnd", "name": "b"},
+    ]
+    assert train(tmp_path, raw, "r") == 1
+    assert "metric 'end/value' was logged by 'a' and again by 'b'" in capsys.readouterr().err
+    assert status_of(tmp_path / "r") == "failed"

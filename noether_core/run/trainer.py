@@ -417,12 +417,20 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             failures = self.plugins.after_training(self._core, status)
+        error: Exception | None = failures[0] if failures else None
         if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
-            self._save_last()
+            try:
+                self._save_last()
+            except Exception as exc:  # raised below, once the trackers have recorded the failure
+                error = exc
         # summary.yaml and the exit status tell the same: an after_training that raised failed the run
-        final: RunStatus = "failed" if failures else status
+        final: RunStatus = "failed" if error is not None else status
         try:
             self.writer.flush()
+        except Exception as exc:  # e.g. a metric logged twice in after_training
+            logging.getLogger("noether.file").exception("flushing the last metrics failed")
+            error = error or exc
+            final = "failed"
         finally:
             report_durations(
                 self.plugins, self._train_seconds, self.trackers, self.config.trainer.slow_plugin_share
@@ -430,13 +438,13 @@ class Trainer:
             self._closed_with = final
             for tracker in self.trackers:
                 tracker.close(final)
-        if failures and status != "failed":
+        if error is not None and status != "failed":
             if status == "interrupted":
                 log.info(
                     "the resumable checkpoint 'latest' was saved before: noether train --resume %s",
                     self.paths.root,
                 )
-            raise failures[0]
+            raise error
 
     def _stop_timed_out(self, waited: float) -> None:
         """The stop watchdog's end of a run that did not end ``trainer.stop_timeout`` seconds after a
