@@ -149,6 +149,9 @@ def test_a_signal_after_the_run_keeps_its_exit_status(
         "from noether_core.cli import main\n"
         f"sys.argv = ['noether', 'train', {str(cfg)!r}, '--output-dir', {str(tmp_path)!r}, '--run-id', 'r']\n"
         "status = main()\n"
+        # ignored, not handled in Python: the interpreter's finalization keeps an ignored signal ignored
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "sys.exit(status)\n"
@@ -165,7 +168,6 @@ def test_a_signal_after_the_run_keeps_its_exit_status(
         check=False,
     )
     assert done.returncode == expected, done.stdout + done.stderr
-    assert "the run is over; it changes nothing" in done.stdout
     assert status_of(tmp_path / "r") == ("completed" if expected == 0 else "interrupted")
 
 

@@ -9,7 +9,8 @@ and the run ends ``interrupted`` (exit status 130). What a later signal does dep
   complete: a signal never leaves a checkpoint half-written;
 * once the stop's checkpoint is being saved, and once the run's ending is decided (``after_training``
   runs), a signal changes nothing;
-* after the run, too, when the process ends with it (:func:`keep_handling_until_exit`, the command).
+* after the run, too, when the process ends with it (:func:`keep_handling_until_exit`, the command):
+  then the signals are ignored until the process exits.
 
 The first signal also starts a watchdog: when the run has not ended ``stop_timeout`` seconds later, it
 calls the ``on_timeout`` it was given (the trainer reports what is still running and ends the process).
@@ -41,7 +42,7 @@ _keep_until_exit = False
 
 
 def keep_handling_until_exit() -> None:
-    """Leave the handlers in place when a run ends, for the rest of the process: a signal that arrives
+    """Ignore SIGTERM and SIGINT when a run ends, for the rest of the process: a signal that arrives
     after the run, while the process exits, changes nothing (instead of killing it with status 143).
     For a process that ends with its run (the ``noether`` command); a program that goes on after
     :func:`noether_core.train` gets its own handlers back."""
@@ -214,10 +215,10 @@ class Signals:
         self._cancelled.set()
         with self._idle:
             self._idle.notify_all()
-        if _keep_until_exit:
-            return
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # ignored, not handled in Python: the interpreter puts the default action (death by the
+            # signal) back for Python handlers when it finalizes, but leaves an ignored signal ignored
+            signal.signal(sig, signal.SIG_IGN if _keep_until_exit else handler)
         if self._wakeup_write_end is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
             # the listener reads the end of the pipe, closes its end and returns
