@@ -144,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``noether`` command with ``argv`` (default: the process's own command line, which then ends
+    with the command)."""
     args = _parser().parse_args(argv)
+    args.ends_process = argv is None
     try:
         return int(_dispatch(args) or EXIT_OK)
     except NoetherError as exc:
@@ -199,6 +202,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             run_id=args.run_id,
             resume=args.resume,
             checkpoint=args.checkpoint,
+            ends_process=args.ends_process,
         )
     if args.command == "eval":
         from noether_core.run.launch import eval_from_cli

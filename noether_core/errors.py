@@ -24,6 +24,13 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PLUGIN = 3
 EXIT_INTERRUPTED = 130
+#: The exit status of ``noether train`` for each way a run ends (``summary.yaml``'s ``status``).
+EXIT_BY_STATUS = {
+    "completed": EXIT_OK,
+    "stopped": EXIT_OK,
+    "interrupted": EXIT_INTERRUPTED,
+    "failed": EXIT_FAILED,
+}
 
 
 class NoetherError(Exception):
@@ -136,7 +143,16 @@ class PluginFailure(TrainingError):
         self.entry = entry
         self.kind = kind
         self.hook = hook
-        super().__init__(f"plugin {entry!r} ({kind}) failed in {hook}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, SystemExit):
+            what = (
+                f"it called sys.exit({exc.code!r}); a plugin ends a run with trainer.request_stop(reason) "
+                "or by raising an exception"
+            )
+        elif isinstance(exc, KeyboardInterrupt):
+            what = "it raised KeyboardInterrupt; a plugin ends a run with trainer.request_stop(reason)"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        super().__init__(f"plugin {entry!r} ({kind}) failed in {hook}: {what}")
 
 
 class NonFiniteLossError(TrainingError):
@@ -144,8 +160,10 @@ class NonFiniteLossError(TrainingError):
 
 
 class ImmediateStop(KeyboardInterrupt):
-    """A second SIGINT: the run stops where it is, without a checkpoint (exit status 1). A
-    ``KeyboardInterrupt`` so that nothing on the way (a plugin's ``except Exception``) swallows it."""
+    """A second SIGINT: the run stops where it is (after a checkpoint write in progress), without saving
+    a checkpoint (exit status 1). A ``KeyboardInterrupt`` so that nothing on the way (a plugin's
+    ``except Exception``) swallows it; raised by the trainer's signal handler only, so that the dispatch
+    tells it from a plugin's own ``KeyboardInterrupt`` (that plugin's failure)."""
 
 
 class CheckpointWriteError(NoetherError):
@@ -215,6 +233,7 @@ class UnknownMetricDirectionError(NoetherError):
 
 
 __all__ = [
+    "EXIT_BY_STATUS",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",

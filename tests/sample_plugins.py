@@ -324,3 +324,199 @@ def nan_at_updates(model: torch.nn.Module, batch: Any) -> Any:
 
 nan_at_updates.calls = 0  # type: ignore[attr-defined]
 NAN_UPDATES: set[int] = set()
+
+
+# ------------------------------------------------------------------------------ signals and endings
+
+
+def _send(signals: list[str]) -> None:
+    import os
+    import signal
+
+    for name in signals:
+        os.kill(os.getpid(), getattr(signal, name))
+
+
+class SignalIn:
+    """Sends itself ``signals`` (in that order) in ``hook`` at update ``update`` (any update when
+    ``None``): real signals at points a test chooses (``after_training`` comes after the stop's save)."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        hook: str = "after_training"
+        update: int | None = None
+        signals: list[str] = attrs.Factory(lambda: ["SIGTERM", "SIGINT"])
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sent = False
+
+    def _maybe(self, hook: str, counter: Any) -> None:
+        due = self.config.update is None or counter.update == self.config.update
+        if hook == self.config.hook and due and not self.sent:
+            self.sent = True
+            _send(self.config.signals)
+
+    @hookimpl
+    def after_update(self, counter: Any) -> None:
+        self._maybe("after_update", counter)
+
+    @hookimpl
+    def after_training(self, counter: Any) -> None:
+        self._maybe("after_training", counter)
+
+
+#: Signals a :class:`SignallingLinear` sends itself the next time its weights are saved.
+SIGNALS_ON_SAVE: list[str] = []
+
+
+class SignalOnSave(SignalIn):
+    """Like :class:`SignalIn` (SIGTERM by default), and arms every :class:`SignallingLinear` with
+    ``on_save``: the second signal then arrives while the checkpoint of the stop is being written,
+    between two of its files."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(SignalIn.Config):
+        hook: str = "after_update"
+        signals: list[str] = attrs.Factory(lambda: ["SIGTERM"])
+        on_save: list[str] = attrs.Factory(lambda: ["SIGINT"])
+
+    def _maybe(self, hook: str, counter: Any) -> None:
+        if not self.sent and hook == self.config.hook and counter.update == self.config.update:
+            SIGNALS_ON_SAVE.extend(self.config.on_save)
+        super()._maybe(hook, counter)
+
+
+class SignallingLinear(torch.nn.Linear):
+    """A linear layer (a model part) that sends itself the signals of :data:`SIGNALS_ON_SAVE` when its
+    ``state_dict()`` is taken: its file is written after the parts listed before it."""
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        signals = list(SIGNALS_ON_SAVE)
+        SIGNALS_ON_SAVE.clear()
+        _send(signals)
+        return super().state_dict(*args, **kwargs)
+
+
+class Hang:
+    """Never returns from ``hook`` at update ``update`` (any update when ``None``), after sending
+    itself ``signal`` if given: a hung plugin, for the stop watchdog. With ``in_c``, it waits in C code
+    that never returns to the interpreter, as a CUDA or NCCL wait does: a shell it waits for sends the
+    signal, so the Python signal handler never gets to run."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        hook: str = "at_eval"
+        update: int | None = 1
+        signal: str | None = None
+        in_c: bool = False
+        every_n_updates: int | None = 1
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def _maybe(self, hook: str, counter: Any) -> None:
+        import os
+        import time
+
+        due = self.config.update is None or counter.update == self.config.update
+        if hook != self.config.hook or not due:
+            return
+        if self.config.in_c:
+            send = (
+                f"kill -{self.config.signal.removeprefix('SIG')} {os.getpid()}; "
+                if self.config.signal
+                else ""
+            )
+            # a signal interrupts neither system() nor its waitpid(); the sleep keeps no pipe of the test open
+            os.system(f"{send}exec sleep 20 </dev/null >/dev/null 2>&1")
+        elif self.config.signal is not None:
+            _send([self.config.signal])
+        while True:
+            time.sleep(0.05)
+
+    @hookimpl
+    def after_update(self, counter: Any) -> None:
+        self._maybe("after_update", counter)
+
+    @hookimpl
+    def at_eval(self, counter: Any) -> None:
+        self._maybe("at_eval", counter)
+
+    @hookimpl
+    def after_training(self, counter: Any) -> None:
+        self._maybe("after_training", counter)
+
+
+class RaiseIn:
+    """Raises in ``hook`` at update ``update``: ``SystemExit(code)`` (a plugin calling ``sys.exit``),
+    ``KeyboardInterrupt`` or ``RuntimeError``."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        hook: str = "after_update"
+        update: int | None = 1
+        error: str = "SystemExit"
+        code: int = 0
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def _maybe(self, hook: str, counter: Any) -> None:
+        import sys
+
+        due = self.config.update is None or counter.update == self.config.update
+        if hook != self.config.hook or not due:
+            return
+        if self.config.error == "SystemExit":
+            sys.exit(self.config.code)
+        if self.config.error == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        raise RuntimeError(f"{self.config.error} in {hook}")
+
+    @hookimpl
+    def after_update(self, counter: Any) -> None:
+        self._maybe("after_update", counter)
+
+    @hookimpl
+    def after_training(self, counter: Any) -> None:
+        self._maybe("after_training", counter)
+
+
+class StateFails:
+    """A stateful plugin whose ``state_dict()`` raises from its ``after``-th call on (``which:
+    state_dict``), or whose ``load_state_dict()`` raises (``which: load_state_dict``)."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        which: str = "state_dict"
+        after: int = 1
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.calls = 0
+
+    @hookimpl
+    def before_training(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.config.which == "state_dict" and self.calls > self.config.after:
+            raise RuntimeError("cannot serialize the cache")
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.config.which == "load_state_dict":
+            raise KeyError("'calls' has another layout now")
+
+
+class LogAtEnd:
+    """Logs ``end/value`` in ``after_training`` (two entries log the same key: an error at the flush)."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def after_training(self, trainer: Any) -> None:
+        trainer.writer.add_scalar("end/value", 1.0)

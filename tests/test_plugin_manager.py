@@ -22,7 +22,7 @@ import sample_plugins
 import torch
 
 from noether_core import CallbackConfig, PluginLoadError, PluginValidationError, TrainingError, hookimpl
-from noether_core.errors import PluginFailure
+from noether_core.errors import ImmediateStop, PluginFailure
 from noether_core.io.log_writer import LogWriter
 from noether_core.plugins.dispatch import HOOKS, Slot
 from noether_core.plugins.manager import PluginManager
@@ -441,15 +441,30 @@ def test_every_exception_is_wrapped(error: Exception, start: Any) -> None:
     assert info.value.__cause__ is error
 
 
-@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])
-def test_interrupts_are_not_wrapped(error: BaseException, start: Any) -> None:
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(0), SystemExit(3)])
+def test_a_plugins_own_exit_or_interrupt_is_its_failure(error: BaseException, start: Any) -> None:
+    """``sys.exit()`` or ``KeyboardInterrupt`` raised by a plugin fails that plugin; only the trainer's
+    signal handler ends a run as interrupted."""
     pm = PluginManager()
-    pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
+    slot = pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
     pm.freeze()
     core = make_core()
     core["trainer"].to_raise = error
     start(pm, core)
-    with pytest.raises(type(error)):
+    with pytest.raises(PluginFailure) as info:
+        pm.after_update(core, losses={}, times={}, grad_norm=None)
+    assert (info.value.entry, info.value.hook) == (slot.key, "after_update")
+    assert info.value.__cause__ is error
+
+
+def test_a_second_sigint_passes_through_the_dispatch_unwrapped(start: Any) -> None:
+    pm = PluginManager()
+    pm.register(plugin(Raises), JournalConfig(kind="Raises", name="r"))
+    pm.freeze()
+    core = make_core()
+    core["trainer"].to_raise = ImmediateStop("second SIGINT")
+    start(pm, core)
+    with pytest.raises(ImmediateStop):
         pm.after_update(core, losses={}, times={}, grad_norm=None)
 
 

@@ -14,6 +14,8 @@ from noether_core.plugins.scheduling import Interval
 from noether_core.run.counter import RunEnd
 
 _pos_int = v.optional(v.ge(1))
+#: Seconds a run may take to end after SIGTERM/SIGINT before the stop watchdog ends the process.
+_STOP_TIMEOUT: float | None = 60.0
 
 #: Numeric precision of the forward pass: full, bfloat16 autocast, or float16 autocast with a grad scaler.
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -120,6 +122,7 @@ class TrainerConfig:
     add_default_callbacks: bool = True
     save_last: bool = True
     slow_plugin_share: float = attrs.field(default=0.25, validator=[v.gt(0.0), v.le(1.0)])
+    stop_timeout: float | None = attrs.field(default=_STOP_TIMEOUT, validator=v.optional(v.gt(0.0)))
     deterministic: bool = True
     num_threads: int | None = attrs.field(default=None, validator=_pos_int)
 

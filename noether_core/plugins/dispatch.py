@@ -15,15 +15,21 @@ import itertools
 import linecache
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from types import FrameType
 from typing import Any, Protocol
 
 import attrs
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginFailure
+from noether_core.errors import ImmediateStop, PluginFailure
 from noether_core.plugins import hookspecs
 from noether_core.plugins.registry import Plugin
 from noether_core.plugins.scheduling import Interval
+
+#: What a plugin may raise that fails the plugin, not the process: a plugin's ``sys.exit()`` or
+#: ``KeyboardInterrupt`` is its failure too (a real SIGINT reaches the trainer's handler instead, which
+#: raises :class:`~noether_core.errors.ImmediateStop`, passed on unwrapped).
+PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 
 HOOKS = hookspecs.HOOK_NAMES
 HOOK_INDEX = {name: i for i, name in enumerate(HOOKS)}
@@ -135,6 +141,8 @@ def compile_event(
     namespace: dict[str, Any] = {
         "_clock": time.perf_counter,
         "_PluginFailure": PluginFailure,
+        "_ImmediateStop": ImmediateStop,
+        "_PLUGIN_ERRORS": PLUGIN_ERRORS,
         "_sink": sink,
         "_slots": [call[0] for call in calls],
         **{f"_core_{name}": core[name] for name in CORE_ARGS},
@@ -170,15 +178,15 @@ def compile_event(
             "        _start = _end",
         ]
     lines += [
-        "    except _PluginFailure:",
-        "        raise",  # a child entry's failure, dispatched by its owner: it names the child already
-        "    except Exception as exc:",
+        "    except (_PluginFailure, _ImmediateStop):",
+        "        raise",  # a child entry's failure names the child already; a second SIGINT is no plugin's
+        "    except _PLUGIN_ERRORS as exc:",
         f"        raise _PluginFailure(_slots[_i].key, _slots[_i].plugin.kind, {hook!r}, exc) from exc",
     ]
     if sink is not None:
         lines += ["    finally:", "        _sink.owner, _sink.owner_is_default = _previous"]
     source = "\n".join(lines) + "\n"
-    filename = f"<noether {hook} dispatch {next(_compiled_count)}>"
+    filename = f"{_COMPILED_PREFIX}{hook} dispatch {next(_compiled_count)}>"
     exec(compile(source, filename, "exec"), namespace)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     dispatch: Callable[..., None] = namespace[hook]
@@ -186,6 +194,7 @@ def compile_event(
 
 
 _compiled_count = itertools.count(1)
+_COMPILED_PREFIX = "<noether "
 
 
 def run_calls(hook: str, calls: Iterable[Call], kwargs: dict[str, Any], sink: OwnerAware | None) -> None:
@@ -211,9 +220,11 @@ def run_calls(hook: str, calls: Iterable[Call], kwargs: dict[str, Any], sink: Ow
                     function(*[kwargs[a] for a in positional], **{a: kwargs[a] for a in keyword})
                 else:
                     function(*[kwargs[a] for a in positional])
-            except PluginFailure:
-                raise  # a child entry's failure, dispatched by its owner: it names the child already
-            except Exception as exc:  # KeyboardInterrupt and SystemExit pass unwrapped
+            except (PluginFailure, ImmediateStop):
+                # a child entry's failure, dispatched by its owner, names the child already; a second
+                # SIGINT is the signal handler's, not the plugin's
+                raise
+            except PLUGIN_ERRORS as exc:
                 raise PluginFailure(slot.key, slot.plugin.kind, hook, exc) from exc
             # one clock read per entry: each entry's time runs from the end of the previous one
             end = clock()
@@ -248,7 +259,9 @@ def run_wrapped(
                 raise PluginFailure(
                     slot.key, slot.kind, hook, RuntimeError("the wrapper returned without yielding")
                 ) from None
-            except Exception as exc:
+            except ImmediateStop:
+                raise
+            except PLUGIN_ERRORS as exc:
                 raise PluginFailure(slot.key, slot.kind, hook, exc) from exc
             finally:
                 slot.seconds[hook_index] += clock() - start
@@ -265,9 +278,9 @@ def run_wrapped(
                 generator.throw(error)
         except StopIteration as stop:
             error, result = None, stop.value
-        except PluginFailure as exc:
+        except (PluginFailure, ImmediateStop) as exc:
             error = exc
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             # the exception it was handed passes through as it was; a new one is the wrapper's own
             error = exc if exc is error else PluginFailure(slot.key, slot.kind, hook, exc)
         except BaseException as exc:
@@ -282,16 +295,34 @@ def run_wrapped(
     return result
 
 
+def entry_in_frame(frame: FrameType) -> tuple[Slot, str] | None:
+    """The entry and event that ``frame``, a frame of the dispatch above, is calling now; ``None`` for
+    any other frame. How the stop watchdog names a plugin that does not return: it walks the main
+    thread's stack from the innermost frame outwards, which costs the dispatch itself nothing."""
+    code = frame.f_code
+    if code is run_calls.__code__ or code is run_wrapped.__code__:
+        slot, hook = frame.f_locals.get("slot"), frame.f_locals.get("hook")
+        if isinstance(slot, Slot) and isinstance(hook, str):
+            return slot, hook
+    elif code.co_filename.startswith(_COMPILED_PREFIX):
+        slots, i = frame.f_globals.get("_slots"), frame.f_locals.get("_i")
+        if isinstance(slots, list) and isinstance(i, int) and 0 <= i < len(slots):
+            return slots[i], code.co_name
+    return None
+
+
 __all__ = [
     "CORE_ARGS",
     "HOOKS",
     "HOOK_INDEX",
     "PER_UPDATE_HOOKS",
+    "PLUGIN_ERRORS",
     "Call",
     "OwnerAware",
     "Slot",
     "call_arguments",
     "compile_event",
+    "entry_in_frame",
     "run_calls",
     "run_wrapped",
 ]

@@ -213,6 +213,10 @@ def after_training(
         stop, e.g. early stopping), ``"interrupted"`` (SIGTERM/SIGINT; a resumable checkpoint was saved
         before this call) or ``"failed"`` (an exception is about to be re-raised; save nothing you would
         trust).
+
+    An exception raised here fails the run (``summary.yaml`` and the exit status say ``failed``), but
+    every other entry's ``after_training`` still runs. Signals that arrive now change nothing; after
+    one, ``trainer.stop_timeout`` bounds how long this may take.
     """
 
 

@@ -16,22 +16,31 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from noether_core.config.schema import CallbackConfig
-from noether_core.errors import PluginFailure, PluginLoadError, PluginValidationError, raised_at
+from noether_core.errors import (
+    ImmediateStop,
+    PluginFailure,
+    PluginLoadError,
+    PluginValidationError,
+    raised_at,
+)
 from noether_core.plugins import hookspecs
 from noether_core.plugins.dispatch import (
     HOOK_INDEX,
     HOOKS,
     PER_UPDATE_HOOKS,
+    PLUGIN_ERRORS,
     Call,
     OwnerAware,
     Slot,
     call_arguments,
     compile_event,
+    entry_in_frame,
     run_calls,
     run_wrapped,
 )
@@ -257,7 +266,9 @@ class PluginManager:
                 start = time.perf_counter()
                 try:
                     action()
-                except Exception as exc:
+                except (PluginFailure, ImmediateStop):
+                    raise  # it names its entry already (a state_dict() that raised while saving)
+                except PLUGIN_ERRORS as exc:
                     if slot is None:
                         raise
                     raise PluginFailure(slot.key, slot.kind, "at_eval", exc) from exc
@@ -267,6 +278,22 @@ class PluginManager:
         finally:
             if sink is not None:
                 sink.owner, sink.owner_is_default = previous
+
+    @staticmethod
+    def running(frame: FrameType | None) -> tuple[Slot, str] | None:
+        """The entry, and the event, that the thread whose innermost frame is ``frame`` is running: the
+        innermost dispatch on its stack (a child entry rather than the owner that dispatched it). A
+        deferred action counts as its entry's ``at_eval``."""
+        while frame is not None:
+            found = entry_in_frame(frame)
+            if found is not None:
+                return found
+            if frame.f_code is PluginManager.run_deferred.__code__:
+                slot = frame.f_locals.get("slot")
+                if isinstance(slot, Slot):
+                    return slot, "at_eval"
+            frame = frame.f_back
+        return None
 
     # ------------------------------------------------------------------------------------- dispatch
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from noether_core.config.loader import load_config, unstructure_config
 from noether_core.config.schema import RunConfig
-from noether_core.errors import EXIT_INTERRUPTED, EXIT_OK, NoetherError, TrainingError, UsageError
+from noether_core.errors import EXIT_BY_STATUS, EXIT_OK, NoetherError, TrainingError, UsageError
 from noether_core.example import example_yaml
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.metric_properties import MetricProperties
@@ -41,6 +41,7 @@ from noether_core.run.device import pick_device
 from noether_core.run.distributed import barrier, init_from_env, shutdown
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
+from noether_core.run.signals import keep_handling_until_exit
 from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
@@ -397,8 +398,13 @@ def train_from_cli(
     run_id: str | None,
     resume: Path | None,
     checkpoint: str | None,
+    ends_process: bool = False,
 ) -> int:
-    """``noether train``: the exit status (0, or 130 when interrupted)."""
+    """``noether train``: the exit status of the run's ending (0 completed or stopped, 130 interrupted).
+    ``ends_process``: the process exits after the run, so a signal that arrives after it changes
+    nothing (it would otherwise kill the process, status 143)."""
+    if ends_process:
+        keep_handling_until_exit()
     result = train(
         config_path,
         output_dir=output_dir,
@@ -407,7 +413,7 @@ def train_from_cli(
         resume=resume,
         checkpoint=checkpoint,
     )
-    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+    return EXIT_BY_STATUS[result.status]
 
 
 def eval_from_cli(*, run_dir: Path, checkpoint: str) -> int:

@@ -23,11 +23,15 @@ from noether_core.errors import (
     CheckpointLoadError,
     ConfigError,
     ConfigIssue,
+    ImmediateStop,
     NonFiniteLossError,
     PluginFailure,
+    PluginLoadError,
+    raised_at,
 )
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint, unsafe_values
 from noether_core.io.paths import RunPaths, parse_position_tag
+from noether_core.plugins.dispatch import PLUGIN_ERRORS
 from noether_core.plugins.manager import PluginManager
 from noether_core.run.counter import Counter, seek
 from noether_core.run.models import named_models
@@ -143,7 +147,13 @@ class RunState:
         for slot in self.plugins.slots:
             kept = []
             if slot.stateful:
-                plugins[slot.key] = slot.obj.state_dict()  # type: ignore[attr-defined]
+                try:
+                    plugins[slot.key] = slot.obj.state_dict()  # type: ignore[attr-defined]
+                except ImmediateStop:
+                    raise
+                except PLUGIN_ERRORS as exc:
+                    # its own failure, not that of the entry whose save asked for the state
+                    raise PluginFailure(slot.key, slot.kind, "state_dict()", exc) from exc
                 kept.append(("state_dict()", plugins[slot.key]))
             if slot.state:
                 states[slot.key] = dict(slot.state)
@@ -361,7 +371,20 @@ class RunState:
         saved = dict(state.get("plugins", {}))
         for slot in self.plugins.stateful():
             if slot.key in saved:
-                slot.obj.load_state_dict(saved.pop(slot.key))  # type: ignore[attr-defined]
+                try:
+                    slot.obj.load_state_dict(saved.pop(slot.key))  # type: ignore[attr-defined]
+                except ImmediateStop:
+                    raise
+                except PLUGIN_ERRORS as exc:
+                    source = slot.plugin.source
+                    raise PluginLoadError(
+                        slot.kind,
+                        f"entry {slot.key!r} could not load its state from checkpoint {tag!r} of "
+                        f"{str(paths.root)!r}: load_state_dict() raised {type(exc).__name__}: {exc}"
+                        f"{raised_at(exc)}",
+                        source.distribution,
+                        source.version,
+                    ) from exc
             else:
                 log.warning(
                     "resume: plugin %r has state but the checkpoint holds none for it; it starts fresh",

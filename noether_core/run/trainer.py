@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from noether_core.config.schema import CallbackConfig
+from noether_core.errors import EXIT_BY_STATUS
 from noether_core.io.checkpoints import CheckpointWriter
 from noether_core.io.log_writer import LogWriter
 from noether_core.io.metric_properties import MetricProperties
@@ -121,7 +125,11 @@ class Trainer:
             self.resume_tag = self.state.resume(self.resumed_from, resume_tag)
 
         self._stop_reason: str | None = None
-        self._signals = Signals()
+        self._signals = Signals(tcfg.stop_timeout, self._stop_timed_out)
+        # every set, also one a plugin writes through trainer.checkpoints, holds a second SIGINT back
+        self.checkpoints.guard = self._signals.writing
+        # the status the trackers were closed with (what summary.yaml says), once they are
+        self._closed_with: RunStatus | None = None
         self._train_seconds = 0.0
         self._batches: TrainBatches | None = None
         # the core arguments never change during a run: the per-update events are compiled for them
@@ -209,16 +217,18 @@ class Trainer:
         model_names: Sequence[str] | None = None,
         include_frozen: bool = True,
     ) -> list[Path]:
-        return self.state.save(
-            self.checkpoints,
-            tag,
-            is_main=self.is_main,
-            weights=weights,
-            optim=optim,
-            trainer_state=trainer_state,
-            model_names=model_names,
-            include_frozen=include_frozen,
-        )
+        # a second SIGINT waits until the set is complete, and so does the stop watchdog
+        with self._signals.writing():
+            return self.state.save(
+                self.checkpoints,
+                tag,
+                is_main=self.is_main,
+                weights=weights,
+                optim=optim,
+                trainer_state=trainer_state,
+                model_names=model_names,
+                include_frozen=include_frozen,
+            )
 
     def _flush_metrics(self) -> None:
         """This step's values to the trackers, and the trackers' buffers to the disk."""
@@ -258,6 +268,7 @@ class Trainer:
                 finally:
                     self._train_seconds = time.perf_counter() - started
                 if any_rank(self._signals.received is not None, self.dist, self.device):
+                    self._signals.saving()
                     self.save_checkpoint("latest")
                     # no rank may exit before rank 0 has written it: torchrun ends the others at the
                     # first exit status that is not 0
@@ -418,21 +429,96 @@ class Trainer:
             self.writer.flush()
 
     def _finish(self, status: RunStatus) -> None:
+        self._signals.ending()
         self.model.eval()
         with torch.no_grad(), self.checkpoints.deferred_commit():
             failures = self.plugins.after_training(self._core, status)
+        error: Exception | None = failures[0] if failures else None
         if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
-            self._save_last()
+            try:
+                self._save_last()
+            except Exception as exc:  # raised below, once the trackers have recorded the failure
+                error = exc
+        # summary.yaml and the exit status tell the same: an after_training that raised failed the run
+        final: RunStatus = "failed" if error is not None else status
         try:
             self.writer.flush()
+        except Exception as exc:  # e.g. a metric logged twice in after_training
+            logging.getLogger("noether.file").exception("flushing the last metrics failed")
+            error = error or exc
+            final = "failed"
         finally:
             report_durations(
                 self.plugins, self._train_seconds, self.trackers, self.config.trainer.slow_plugin_share
             )
+            self._closed_with = final
             for tracker in self.trackers:
-                tracker.close(status)
-        if failures and status != "failed":
-            raise failures[0]
+                tracker.close(final)
+        if error is not None and status != "failed":
+            if status == "interrupted":
+                log.info(
+                    "the resumable checkpoint 'latest' was saved before: noether train --resume %s",
+                    self.paths.root,
+                )
+            raise error
+
+    def _stop_timed_out(self, waited: float) -> None:
+        """The stop watchdog's end of a run that did not end ``trainer.stop_timeout`` seconds after a
+        signal (called from its thread): say what is still running, record the ending, end the
+        process. Interrupted (130) when a resumable ``latest`` is on disk, saved at this stop or before;
+        else failed (1). A checkpoint write is never cut short: the watchdog waits for it."""
+        timeout = self.config.trainer.stop_timeout
+        frame = sys._current_frames().get(threading.main_thread().ident or -1)
+        where = f" (at {frame.f_code.co_filename}:{frame.f_lineno})" if frame is not None else ""
+        running = self.plugins.running(frame)
+        after = f"trainer.stop_timeout={timeout:g}s after {self._signals.first_signal or 'a signal'}"
+        if running is not None:
+            slot, hook = running
+            problem = f"plugin {slot.key!r} ({slot.kind}) did not return from {hook} within {after}{where}"
+        else:
+            problem = f"the run did not end within {after}{where}"
+        status = self._closed_with
+        if status is None:
+            status = "interrupted" if self._resumable_latest() else "failed"
+            self._close_trackers_bounded(status)
+        if status == "interrupted":
+            outcome = f"the resumable checkpoint 'latest' stays: noether train --resume {self.paths.root}"
+        elif status == "failed":
+            outcome = "no resumable checkpoint was saved"
+        else:
+            outcome = f"the run had {status}"
+        message = f"{problem}; ending the process without waiting for it ({outcome})"
+        logging.getLogger("noether.file").error("%s", message)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(Exception):
+            print(f"noether: error: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_BY_STATUS[status])
+
+    def _resumable_latest(self) -> bool:
+        """Whether this run's directory holds a complete ``latest`` to resume from (weights of every
+        part, optimizer, trainer state)."""
+        files = [self.paths.checkpoint_file(name, "latest", "model") for name, _ in self.named_models()]
+        files.append(self.paths.checkpoint_file(self.model_name, "latest", "trainer"))
+        if self.optimizer is not None:
+            files.append(self.paths.checkpoint_file(self.model_name, "latest", "optim"))
+        return all(file.exists() for file in files)
+
+    def _close_trackers_bounded(self, status: RunStatus) -> None:
+        """Close the trackers with ``status`` from the watchdog, waiting a few seconds at most (one of
+        them may be what hangs)."""
+
+        def close() -> None:
+            for tracker in self.trackers:
+                try:
+                    tracker.close(status)
+                except Exception:
+                    logging.getLogger("noether.file").exception("closing a tracker failed")
+
+        closing = threading.Thread(target=close, name="noether-close-trackers", daemon=True)
+        closing.start()
+        closing.join(timeout=10.0)
 
     def _save_last(self) -> None:
         """A finished run always leaves its weights as ``last`` (``trainer.save_last``), unless an entry
