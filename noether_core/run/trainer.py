@@ -40,6 +40,7 @@ from noether_core.run.plan import RunPlan
 from noether_core.run.protocol import Entry, Run
 from noether_core.run.signals import Signals
 from noether_core.run.state import RunState
+from noether_core.run.teardown import Teardown
 from noether_core.run.train_step import StepOutput, as_step_output
 
 log = logging.getLogger("noether")
@@ -224,6 +225,7 @@ class Trainer:
     def fit(self) -> RunStatus:
         """Train until the configured end, a stop request or a signal; always runs ``after_training``."""
         status: RunStatus = "failed"
+        error: BaseException | None = None
         with self._signals:
             try:
                 self.model.eval()
@@ -254,8 +256,12 @@ class Trainer:
                     status = "stopped"
                 else:
                     status = "completed"
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                self._finish(status)
+                # with ``error`` on its way out, no teardown error may take its place
+                self._finish(status, Teardown(error))
         return status
 
     def _train_batches(self) -> TrainBatches:
@@ -403,22 +409,28 @@ class Trainer:
                 self.plugins.run_deferred()
             self.writer.flush()
 
-    def _finish(self, status: RunStatus) -> None:
+    def _finish(self, status: RunStatus, teardown: Teardown) -> None:
+        """``after_training``, the last weights, the last metrics, the trackers closed: every step runs,
+        and the first error is the one raised (none if the run failed already)."""
         self.model.eval()
         with torch.no_grad():
             failures = self.plugins.after_training(self._core, status)
-        if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
-            self._save_last()
-        try:
-            self.writer.flush()
-        finally:
-            report_durations(
-                self.plugins, self._train_seconds, self.trackers, self.config.trainer.slow_plugin_share
-            )
-            for tracker in self.trackers:
-                tracker.close(status)
         if failures and status != "failed":
-            raise failures[0]
+            teardown.add(failures[0])
+        if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
+            teardown.run("saving the last weights", self._save_last)
+        teardown.run("flushing the last metrics", self.writer.flush)
+        teardown.run(
+            "reporting plugin durations",
+            report_durations,
+            self.plugins,
+            self._train_seconds,
+            self.trackers,
+            self.config.trainer.slow_plugin_share,
+        )
+        for tracker in self.trackers:
+            teardown.run("closing the trackers", tracker.close, status)
+        teardown.raise_first()
 
     def _save_last(self) -> None:
         """A finished run always leaves its weights as ``last`` (``trainer.save_last``), unless an entry
@@ -441,9 +453,11 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             self.plugins.at_eval(self._core, self.plugins.scheduled, interval)
-        self.writer.flush()
+        teardown = Teardown()
+        teardown.run("flushing the metrics", self.writer.flush)
         for tracker in self.trackers:
-            tracker.close(status)
+            teardown.run("closing the trackers", tracker.close, status)
+        teardown.raise_first()
 
 
 def _a_trainer_is_a_run(trainer: Trainer) -> Run:
