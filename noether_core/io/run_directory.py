@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -32,6 +31,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a run directory is not locked there
+    fcntl = None  # type: ignore[assignment]
 
 from noether_core.errors import RunDirectoryBusyError, UsageError
 from noether_core.io.paths import RunPaths, generate_run_id
@@ -85,7 +89,7 @@ class RunLock:
     The lock is advisory: it keeps out other noether processes, not other programs.
     """
 
-    def __init__(self, directory: Path, fd: int) -> None:
+    def __init__(self, directory: Path, fd: int | None) -> None:
         self.directory = directory
         self._fd: int | None = fd
 
@@ -104,9 +108,11 @@ class RunLock:
 
         Raises :class:`~noether_core.errors.RunDirectoryBusyError` (naming the owner's pid) when another
         process holds it, and :class:`~noether_core.errors.UsageError` when the lock file cannot be
-        created (a read-only directory).
+        created (a read-only directory). Where ``fcntl`` is missing (Windows) nothing is locked.
         """
         directory = Path(directory)
+        if fcntl is None:
+            return cls(directory, None)
         path = directory / LOCK_FILE
         while True:
             try:
@@ -253,7 +259,7 @@ def create_run_directory(output_dir: Path | str, run_id: str | None = None) -> t
     for attempt in range(attempts):
         name = generate_run_id() if run_id is None else _check_run_id(run_id)
         root = output / name
-        tmp = output / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.new"
+        tmp = output / f".noether-new-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             tmp.mkdir()
         except OSError as error:
