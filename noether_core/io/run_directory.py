@@ -220,7 +220,12 @@ def _read_holder(fd: int) -> dict[str, Any]:
 def _refuse_existing(root: Path) -> None:
     """Raise the error for a run directory that exists: busy (naming the owner) or simply taken."""
     if root.is_dir():
-        RunLock.acquire(root).release()  # raises RunDirectoryBusyError while a process owns it
+        try:
+            RunLock.acquire(root).release()
+        except RunDirectoryBusyError:
+            raise  # a process owns it: name that process
+        except UsageError:
+            pass  # cannot even be locked (not ours to write): it exists, which is all there is to say
         raise UsageError(
             f"{str(root)!r} already holds a run; continue it with --resume {root}, start it over under "
             "the same id with --restart (only while it has no checkpoint), or choose another --run-id"
