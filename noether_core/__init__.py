@@ -79,6 +79,7 @@ _FACE: dict[str, str] = {
     "atomic_torch_save": "noether_core.io.checkpoints",
     "check_weights_only_safe": "noether_core.io.checkpoints",
     "read_metrics": "noether_core.io.metrics_file",
+    "atomic_write_text": "noether_core.io.atomic_files",
     # metric names and checkpoint tags
     "tag_for_metric": "noether_core.io.paths",
     "format_ema_factor": "noether_core.io.paths",
@@ -107,6 +108,7 @@ _FACE: dict[str, str] = {
     "ConfigError": "noether_core.errors",
     "ConfigIssue": "noether_core.errors",
     "UsageError": "noether_core.errors",
+    "RunDirectoryBusyError": "noether_core.errors",
     "PluginLoadError": "noether_core.errors",
     "PluginValidationError": "noether_core.errors",
     "UnknownKindError": "noether_core.errors",
@@ -132,11 +134,13 @@ if TYPE_CHECKING:
         PluginFailure,
         PluginLoadError,
         PluginValidationError,
+        RunDirectoryBusyError,
         TrainingError,
         UnknownKindError,
         UnknownMetricDirectionError,
         UsageError,
     )
+    from noether_core.io.atomic_files import atomic_write_text
     from noether_core.io.checkpoints import (
         CheckpointSet,
         CheckpointWriter,
@@ -212,6 +216,7 @@ __all__ = [
     "PluginValidationError",
     "Run",
     "RunConfig",
+    "RunDirectoryBusyError",
     "RunEnd",
     "RunPaths",
     "RunResult",
@@ -226,6 +231,7 @@ __all__ = [
     "__version__",
     "as_step_output",
     "atomic_torch_save",
+    "atomic_write_text",
     "batch_length",
     "check_weights_only_safe",
     "collate",

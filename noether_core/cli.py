@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint", default=None, metavar="TAG", help="with --resume: tag to resume (latest)"
     )
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --run-id: start that run over from update 0, removing its files (refused if it has "
+        "any checkpoint)",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint with its evaluators")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -203,6 +209,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             resume=args.resume,
             checkpoint=args.checkpoint,
             ends_process=args.ends_process,
+            restart=args.restart,
         )
     if args.command == "eval":
         from noether_core.run.launch import eval_from_cli

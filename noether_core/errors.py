@@ -73,6 +73,30 @@ class UsageError(NoetherError):
     exit_status = EXIT_USAGE
 
 
+class RunDirectoryBusyError(UsageError):
+    """A run directory that another process owns: it is training, resuming or evaluating that run and
+    holds the directory's lock (``RUN_DIR/.lock``). ``pid``, ``host`` and ``command`` describe that
+    process as it recorded itself (``None`` where it had not yet); exit status 2."""
+
+    def __init__(
+        self, path: object, pid: int | None, host: str | None = None, command: str | None = None
+    ) -> None:
+        self.path = str(path)
+        self.pid = pid
+        self.host = host
+        self.command = command
+        if pid is None:
+            holder = "another process"
+        else:
+            holder = f"process {pid}" + (f" on {host}" if host else "")
+            if command:
+                holder += f" ({command})"
+        super().__init__(
+            f"run directory {self.path!r} is in use by {holder}; only one process may train, resume or "
+            "evaluate a run at a time. Wait for it to end or stop it, then try again."
+        )
+
+
 class PluginLoadError(NoetherError):
     """A plugin that could not be imported or is not a valid plugin.
 
@@ -251,6 +275,7 @@ __all__ = [
     "PluginFailure",
     "PluginLoadError",
     "PluginValidationError",
+    "RunDirectoryBusyError",
     "TrainingError",
     "UnknownKindError",
     "UnknownMetricDirectionError",

@@ -44,6 +44,7 @@ from noether_core.errors import (
     PluginLoadError,
     TrainingError,
 )
+from noether_core.io.atomic_files import atomic_write_text
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.metrics_file import POSITION_KEYS, encode_value, read_metrics
 from noether_core.io.paths import RunPaths
@@ -109,7 +110,7 @@ def truncate_metrics(path: Path | str, after_update: int) -> int:
         text = "".join(
             json.dumps({k: encode_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in kept
         )
-        _atomic_write_text(path, text)
+        atomic_write_text(path, text)
     return len(records) - len(kept)
 
 
@@ -267,7 +268,7 @@ class DiskTracker:
         if self._paths is None:
             return
         document = {"status": status, "metrics": self.metric_summary(), "summary": dict(self._summary)}
-        _atomic_write_text(self._paths.summary_yaml, yaml.safe_dump(document, sort_keys=False))
+        atomic_write_text(self._paths.summary_yaml, yaml.safe_dump(document, sort_keys=False))
 
 
 def _drop_unterminated_tail(path: Path) -> None:
@@ -283,19 +284,6 @@ def _drop_unterminated_tail(path: Path) -> None:
         file.seek(0)
         keep = file.read().rfind(b"\n") + 1
         file.truncate(keep)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def available_tracker_kinds() -> list[str]:

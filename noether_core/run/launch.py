@@ -21,12 +21,28 @@ from torch.utils.data import Dataset
 
 from noether_core.config.loader import load_config, unstructure_config
 from noether_core.config.schema import RunConfig
-from noether_core.errors import EXIT_BY_STATUS, EXIT_OK, NoetherError, TrainingError, UsageError
+from noether_core.errors import (
+    EXIT_BY_STATUS,
+    EXIT_FAILED,
+    EXIT_OK,
+    NoetherError,
+    TrainingError,
+    UsageError,
+)
 from noether_core.example import example_yaml
+from noether_core.io.atomic_files import atomic_write_text
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.io.log_file import RunLogFileHandler
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.metrics_file import POSITION_KEYS
-from noether_core.io.paths import RunPaths, generate_run_id
+from noether_core.io.paths import RunPaths
+from noether_core.io.run_directory import (
+    RunLock,
+    check_run_files,
+    checkpoint_entries,
+    create_run_directory,
+    restart_run_directory,
+)
 from noether_core.io.trackers import (
     DiskTracker,
     Tracker,
@@ -42,6 +58,7 @@ from noether_core.run.distributed import barrier, init_from_env, shutdown
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
 from noether_core.run.signals import keep_handling_until_exit
+from noether_core.run.teardown import Teardown
 from noether_core.run.trainer import Trainer
 
 log = logging.getLogger("noether")
@@ -63,7 +80,7 @@ def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
     for handler in list(file_only.handlers):
         file_only.removeHandler(handler)
     if paths is not None and is_main:
-        file_handler = logging.FileHandler(paths.log_txt, encoding="utf-8")
+        file_handler = RunLogFileHandler(paths.log_txt)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(file_handler)
         file_only.addHandler(file_handler)
@@ -114,16 +131,97 @@ def load_run_config(
     return load_config(None, registry, overrides, text=example_yaml(), edit=objects), None
 
 
-def _agree_on_run_id(run_id: str | None, device: str) -> str | None:
-    """Every rank of a torchrun job must write into one directory: rank 0 picks the id."""
-    info = init_from_env(device)
-    if not info.is_distributed or run_id is not None:
-        return run_id
-    import torch.distributed as dist
+class _ErrorOnRankZero(NoetherError):
+    """What the other ranks of a torchrun job raise when rank 0 could not claim the run directory."""
 
-    box: list[Any] = [generate_run_id() if info.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return str(box[0])
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _claim_here(
+    output_dir: str, run_id: str | None, resume: RunPaths | None, restart: bool
+) -> tuple[RunPaths, RunLock, list[str]]:
+    """The run directory, locked for this process: ``resume``'s, or a new one in ``output_dir``
+    (started over with ``restart``); also the names a restart removed."""
+    if resume is None:
+        if restart:
+            assert run_id is not None
+            return restart_run_directory(output_dir, run_id)
+        paths, lock = create_run_directory(output_dir, run_id)
+        return paths, lock, []
+    lock = RunLock.acquire(resume.root)
+    try:
+        check_run_files(resume)
+        if not checkpoint_entries(resume.root):
+            root = resume.root
+            raise UsageError(
+                f"run {str(root)!r} has no checkpoint to resume from: it stopped before its first one. "
+                f"Start it over under the same id with: noether train [CONFIG] --output-dir {root.parent} "
+                f"--run-id {root.name} --restart"
+            )
+    except BaseException:
+        lock.release()
+        raise
+    return resume, lock, []
+
+
+def _claim_run_directory(
+    output_dir: str, run_id: str | None, resume: RunPaths | None, restart: bool, device: str
+) -> tuple[RunPaths, RunLock | None, list[str]]:
+    """The run directory, created or checked and locked by rank 0 alone (the one process that writes
+    into it); the other ranks of a torchrun job wait for its outcome and fail with it, so that no rank
+    goes on into a directory that was refused. Returns the paths, the lock (rank 0) and the names a
+    restart removed."""
+    info = init_from_env(device)
+    lock: RunLock | None = None
+    removed: list[str] = []
+    outcome: dict[str, Any]
+    failure: BaseException | None = None
+    if info.is_main:
+        try:
+            paths, lock, removed = _claim_here(output_dir, run_id, resume, restart)
+            outcome = {"root": str(paths.root), "run_id": paths.run_id}
+        except Exception as exc:  # told to the other ranks first, then raised
+            failure = exc
+            status = exc.exit_status if isinstance(exc, NoetherError) else EXIT_FAILED
+            outcome = {"error": f"rank 0: {exc}", "exit_status": status}
+    if info.is_distributed:
+        import torch
+        import torch.distributed as dist
+
+        box: list[Any] = [outcome if info.is_main else None]
+        on = torch.device("cuda", info.local_rank) if device == "cuda" else None
+        try:
+            dist.broadcast_object_list(box, src=0, device=on)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        outcome = box[0]
+    if failure is not None:
+        raise failure
+    if "error" in outcome:
+        raise _ErrorOnRankZero(str(outcome["error"]), int(outcome["exit_status"]))
+    return RunPaths(Path(outcome["root"]), str(outcome["run_id"])), lock, removed
+
+
+def _write_config(paths: RunPaths, plain: Mapping[str, Any]) -> None:
+    """``config.yaml``, atomically, and only when its text changes (a resume with the same config
+    leaves the file alone)."""
+    text = yaml.safe_dump(dict(plain), sort_keys=False)
+    try:
+        if paths.config_yaml.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass  # no file yet, or one to replace
+    try:
+        atomic_write_text(paths.config_yaml, text)
+    except OSError as error:
+        raise TrainingError(
+            f"could not write {str(paths.config_yaml)!r}: {error.strerror or error}; the file there "
+            "before, if any, is unchanged"
+        ) from error
 
 
 def _start_trackers(
@@ -186,6 +284,7 @@ def train(
     datasets: Mapping[str, Dataset[Any]] | None = None,
     resume: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
+    restart: bool = False,
 ) -> RunResult:
     """Train a run, exactly as ``noether train`` does: the same plan, plugins, files and checks.
 
@@ -195,8 +294,12 @@ def train(
     left out; the run's ``config.yaml`` records ``kind: object``), and ``datasets`` uses these
     map-style datasets for their names (``{"train": ..., "val": ...}``). ``resume`` continues the run
     in that directory from ``checkpoint`` (default: the newest resumable set, ``latest`` or a newer position
-    tag); a run trained with objects is resumed
-    with the same objects.
+    tag); a run trained with objects is resumed with the same objects. ``restart`` starts the run
+    ``run_id`` over from update 0 when it has no checkpoint (its files are removed; refused, naming them,
+    if it has any).
+
+    The run directory is locked for the whole call: a second process (or call) on the same run raises
+    :class:`~noether_core.RunDirectoryBusyError`, naming the owner's pid.
 
     Raises what the command line reports: :class:`~noether_core.ConfigError` and
     :class:`~noether_core.UsageError` (exit status 2), :class:`~noether_core.PluginLoadError` (3),
@@ -206,6 +309,10 @@ def train(
     resume_paths = RunPaths.existing(os.fspath(resume)) if resume is not None else None
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
+    if restart and resume_paths is not None:
+        raise UsageError("--restart starts a run over from update 0; it cannot be combined with --resume")
+    if restart and run_id is None:
+        raise UsageError("--restart needs --run-id ID: the run to start over")
     config_, source = load_run_config(
         config, overrides, registry, resume_paths, model=model, datasets=datasets
     )
@@ -214,47 +321,67 @@ def train(
     extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
 
     device = pick_device(config_.trainer.device).type
-    if resume_paths is not None:
-        paths = resume_paths
-    else:
-        paths = RunPaths.create(os.fspath(output_dir), _agree_on_run_id(run_id, device))
-    info = init_from_env(device)
-    if resume_paths is None and paths.config_yaml.exists():
-        raise UsageError(
-            f"{str(paths.root)!r} already holds a run; continue it with --resume {paths.root}, "
-            "or choose another --run-id"
-        )
+    paths, lock, removed = _claim_run_directory(os.fspath(output_dir), run_id, resume_paths, restart, device)
+    try:
+        return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed)
+    finally:
+        if lock is not None:
+            lock.release()  # last: the files are complete when the next process may take the run
+
+
+def _train_in(
+    paths: RunPaths,
+    plan: RunPlan,
+    registry: PluginRegistry,
+    extra_trackers: Sequence[Tracker],
+    resume_paths: RunPaths | None,
+    checkpoint: str | None,
+    removed: Sequence[str],
+) -> RunResult:
+    """:func:`train` in its run directory, which this process owns now."""
+    config_ = plan.config
+    info = init_from_env(pick_device(config_.trainer.device).type)
     setup_logging(paths, info.is_main)
+    if removed:
+        log.info("restart: removed %s from %s", ", ".join(removed), paths.root)
     metrics = metric_properties(plan)
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
     # nothing on disk; without --checkpoint it resumes from the newest resumable set
     trainer = Trainer(plan, paths, metrics=metrics, resume_tag=checkpoint, resume_paths=resume_paths)
     resume_tag = trainer.resume_tag
     if info.is_main:
-        CheckpointWriter(paths).discard_partial_writes()
+        CheckpointWriter(paths).recover()
         if resume_tag is not None:
             _forget_metrics_after(paths, config_.model.name, resume_tag)
         plain = unstructure_config(config_, registry)
-        paths.config_yaml.write_text(yaml.safe_dump(plain, sort_keys=False))
+        _write_config(paths, plain)
         resume_update = trainer.counter.update if resume_tag is not None else None  # the checkpoint's
         trainer.attach_trackers(_start_trackers(paths, plain, metrics, extra_trackers, resume_update))
     log.info("run directory: %s", paths.root)
+    failure: BaseException | None = None
     try:
         status = trainer.fit()
         # every rank tears the process group down together: a gloo rank whose peer already left can abort
         barrier(trainer.dist)
-    except NoetherError:
+    except NoetherError as exc:
+        failure = exc
         # the console gets one paragraph (the CLI prints it); the traceback goes to log.txt
         logging.getLogger("noether.file").exception("training failed")
         raise
     except Exception as exc:
+        failure = exc
         logging.getLogger("noether.file").exception("training failed")
         raise TrainingError(
             f"training failed at update {trainer.counter.update}: {type(exc).__name__}: {exc} "
             f"(full traceback in {paths.log_txt})"
         ) from exc
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        shutdown(trainer.dist)
+        teardown = Teardown(failure)
+        teardown.run("leaving the process group", shutdown, trainer.dist)
+        teardown.raise_first()
     result = _result(status, paths, trainer)
     _log_metrics(result.metrics, "final metrics")
     log.info("run %s %s at %s; files in %s", paths.run_id, status, trainer.counter.tag, paths.root)
@@ -279,8 +406,19 @@ def evaluate(
     checkpoint when it has exactly one. ``model`` and ``datasets`` stand in for objects the run was
     trained with (see :func:`train`).
     """
-    registry = PluginRegistry.from_environment()
     paths = RunPaths.existing(os.fspath(run_dir))
+    with RunLock.acquire(paths.root):  # the run's trackers' files are written too, and eval/<TAG>/
+        return _evaluate_in(paths, checkpoint, model, datasets)
+
+
+def _evaluate_in(
+    paths: RunPaths,
+    checkpoint: str,
+    model: nn.Module | None,
+    datasets: Mapping[str, Dataset[Any]] | None,
+) -> RunResult:
+    """:func:`evaluate` of the run in ``paths``, which this process owns now."""
+    registry = PluginRegistry.from_environment()
     config, source = load_run_config(None, (), registry, paths, model=model, datasets=datasets)
     plan = RunPlan(config, registry, source=source, defaults=False, model=model, datasets=datasets)
     tag = _checkpoint_tag(paths, checkpoint)
@@ -289,6 +427,7 @@ def evaluate(
     eval_paths = RunPaths(paths.root / "eval" / tag, tag)
     trainer = Trainer(plan, eval_paths, metrics=metrics)
     trainer.load_weights(paths, tag)  # a tag without weights fails here, before the directory exists
+    check_run_files(eval_paths)
     eval_paths.root.mkdir(parents=True, exist_ok=True)
     for stale in (eval_paths.metrics_jsonl, eval_paths.summary_yaml, eval_paths.log_txt):
         stale.unlink(missing_ok=True)  # an evaluation of the same tag again replaces the earlier one
@@ -399,6 +538,7 @@ def train_from_cli(
     resume: Path | None,
     checkpoint: str | None,
     ends_process: bool = False,
+    restart: bool = False,
 ) -> int:
     """``noether train``: the exit status of the run's ending (0 completed or stopped, 130 interrupted).
     ``ends_process``: the process exits after the run, so a signal that arrives after it changes
@@ -412,6 +552,7 @@ def train_from_cli(
         overrides=overrides,
         resume=resume,
         checkpoint=checkpoint,
+        restart=restart,
     )
     return EXIT_BY_STATUS[result.status]
 

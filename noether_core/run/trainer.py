@@ -44,6 +44,7 @@ from noether_core.run.plan import RunPlan
 from noether_core.run.protocol import Entry, Run
 from noether_core.run.signals import Signals
 from noether_core.run.state import RunState
+from noether_core.run.teardown import Teardown
 from noether_core.run.train_step import StepOutput, as_step_output
 
 log = logging.getLogger("noether")
@@ -247,6 +248,7 @@ class Trainer:
     def fit(self) -> RunStatus:
         """Train until the configured end, a stop request or a signal; always runs ``after_training``."""
         status: RunStatus = "failed"
+        error: BaseException | None = None
         with self._signals:
             try:
                 self.model.eval()
@@ -278,8 +280,12 @@ class Trainer:
                     status = "stopped"
                 else:
                     status = "completed"
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                self._finish(status)
+                # with ``error`` on its way out, no teardown error may take its place
+                self._finish(status, Teardown(error))
         return status
 
     def _train_batches(self) -> TrainBatches:
@@ -428,39 +434,37 @@ class Trainer:
                 self.plugins.run_deferred()
             self.writer.flush()
 
-    def _finish(self, status: RunStatus) -> None:
+    def _finish(self, status: RunStatus, teardown: Teardown) -> None:
+        """``after_training``, the last weights, the last metrics, the trackers closed: every step runs,
+        and the first error is the one raised (none if the run failed already)."""
         self._signals.ending()
         self.model.eval()
         with torch.no_grad(), self.checkpoints.deferred_commit():
             failures = self.plugins.after_training(self._core, status)
-        error: Exception | None = failures[0] if failures else None
+        if failures and status != "failed":
+            teardown.add(failures[0])
         if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
-            try:
-                self._save_last()
-            except Exception as exc:  # raised below, once the trackers have recorded the failure
-                error = exc
-        # summary.yaml and the exit status tell the same: an after_training that raised failed the run
-        final: RunStatus = "failed" if error is not None else status
-        try:
-            self.writer.flush()
-        except Exception as exc:  # e.g. a metric logged twice in after_training
-            logging.getLogger("noether.file").exception("flushing the last metrics failed")
-            error = error or exc
-            final = "failed"
-        finally:
-            report_durations(
-                self.plugins, self._train_seconds, self.trackers, self.config.trainer.slow_plugin_share
+            teardown.run("saving the last weights", self._save_last)
+        teardown.run("flushing the last metrics", self.writer.flush)  # e.g. a metric logged twice
+        teardown.run(
+            "reporting plugin durations",
+            report_durations,
+            self.plugins,
+            self._train_seconds,
+            self.trackers,
+            self.config.trainer.slow_plugin_share,
+        )
+        # summary.yaml and the exit status tell the same: an error in the run's ending fails the run
+        final: RunStatus = "failed" if teardown.first is not None else status
+        self._closed_with = final
+        for tracker in self.trackers:
+            teardown.run("closing the trackers", tracker.close, final)
+        if teardown.pending is None and teardown.first is not None and status == "interrupted":
+            log.info(
+                "the resumable checkpoint 'latest' was saved before: noether train --resume %s",
+                self.paths.root,
             )
-            self._closed_with = final
-            for tracker in self.trackers:
-                tracker.close(final)
-        if error is not None and status != "failed":
-            if status == "interrupted":
-                log.info(
-                    "the resumable checkpoint 'latest' was saved before: noether train --resume %s",
-                    self.paths.root,
-                )
-            raise error
+        teardown.raise_first()
 
     def _stop_timed_out(self, waited: float) -> None:
         """The stop watchdog's end of a run that did not end ``trainer.stop_timeout`` seconds after a
@@ -541,9 +545,11 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             self.plugins.at_eval(self._core, self.plugins.scheduled, interval)
-        self.writer.flush()
+        teardown = Teardown()
+        teardown.run("flushing the metrics", self.writer.flush)
         for tracker in self.trackers:
-            tracker.close(status)
+            teardown.run("closing the trackers", tracker.close, status)
+        teardown.raise_first()
 
 
 def _a_trainer_is_a_run(trainer: Trainer) -> Run:

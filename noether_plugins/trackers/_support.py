@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from noether_core import ConfigError, ConfigIssue
+from noether_core import ConfigError, ConfigIssue, atomic_write_text
 
 #: The keys every record starts with (``noether_core.io.trackers.POSITION_KEYS``).
 POSITION_KEYS = ("epoch", "update", "sample")
@@ -62,10 +61,9 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def write_state(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` to ``path`` as JSON, atomically: a process killed meanwhile leaves the old file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` as JSON, atomically: a process killed meanwhile, or a full disk, leaves
+    the old file."""
+    atomic_write_text(path, json.dumps(dict(data), indent=2) + "\n")
 
 
 def check_type(value: object, types: type | tuple[type, ...], field: str, expected: str) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from noether_core import ConfigError, ConfigIssue, RunPaths
+from noether_core import ConfigError, ConfigIssue, RunPaths, atomic_write_text
 from noether_plugins.trackers._support import POSITION_KEYS, check_type
 
 #: Seconds rows may wait in the file's buffer, as for ``metrics.jsonl``.
@@ -147,9 +146,8 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def _rewrite(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
     """``rows`` under the header ``columns``, replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, list(columns), restval="", extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(columns), restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
