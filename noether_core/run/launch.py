@@ -26,10 +26,11 @@ from noether_core.example import example_yaml
 from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.metrics_file import POSITION_KEYS
-from noether_core.io.paths import RunPaths, generate_run_id
+from noether_core.io.paths import RunPaths, check_checkpoint_tag, check_run_id, generate_run_id
 from noether_core.io.trackers import (
     DiskTracker,
     Tracker,
+    check_run_files,
     load_trackers,
     name_trackers,
     truncate_metrics,
@@ -204,12 +205,19 @@ def train(
     resume_paths = RunPaths.existing(os.fspath(resume)) if resume is not None else None
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
+    if run_id is not None:
+        check_run_id(run_id)
+    if checkpoint is not None:
+        check_checkpoint_tag(checkpoint)
     config_, source = load_run_config(
         config, overrides, registry, resume_paths, model=model, datasets=datasets
     )
     plan = RunPlan(config_, registry, source=source, model=model, datasets=datasets)
     check_metric_dependencies(plan)
     extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
+    plan.geometry  # noqa: B018 (and a run too long to count: refused before its directory exists)
+    # a damaged summary.yaml refuses the resume here, not at its end
+    damaged = check_run_files(resume_paths) if resume_paths is not None else []
 
     device = pick_device(config_.trainer.device).type
     if resume_paths is not None:
@@ -223,6 +231,8 @@ def train(
             "or choose another --run-id"
         )
     setup_logging(paths, info.is_main)
+    for warning in damaged:
+        log.warning("%s", warning)
     resume_tag = (checkpoint or "latest") if resume_paths is not None else None
     metrics = metric_properties(plan)
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
@@ -276,6 +286,7 @@ def evaluate(
     trained with (see :func:`train`).
     """
     registry = PluginRegistry.from_environment()
+    check_checkpoint_tag(checkpoint)
     paths = RunPaths.existing(os.fspath(run_dir))
     config, source = load_run_config(None, (), registry, paths, model=model, datasets=datasets)
     plan = RunPlan(config, registry, source=source, defaults=False, model=model, datasets=datasets)
