@@ -62,7 +62,6 @@ from noether_core.lookup import (
     kwargs_problem,
 )
 
-
 if TYPE_CHECKING:
     from noether_core.config.schema import TrackerConfig
 
