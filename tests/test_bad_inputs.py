@@ -359,6 +359,13 @@ CONFIG_CASES = [
         status=3,
     ),
     # the same checks when training: refused before anything is written
+    Case(
+        "train_plugin_constructor_raises",
+        ("train", "{cfg}", "--output-dir", "{out}", "--run-id", "r"),
+        "creating it for entry 'p' failed: ValueError: no GPU to profile",
+        with_changes(callbacks=[{"kind": "sample_plugins:Refuses", "name": "p"}]),
+        status=3,
+    ),
     train("train_anchor_bomb", bomb(), "more than 50000 values"),
     train("train_nested_50000", "a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than 100"),
     train("train_invalid_utf8", GOOD_YAML.encode() + b"\xff", "not valid UTF-8"),

@@ -216,6 +216,7 @@ def train(
     check_metric_dependencies(plan)
     extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
     plan.geometry  # noqa: B018 (and a run too long to count: refused before its directory exists)
+    plan.plugin_manager(defaults=False)  # a plugin constructor that raises: also before the directory
     # a damaged summary.yaml refuses the resume here, not at its end
     damaged = check_run_files(resume_paths) if resume_paths is not None else []
 
