@@ -698,6 +698,32 @@ def test_max_updates_of_a_billion_starts_at_once(tmp_path: Path, capsys: pytest.
     assert "500000000 to come" in (tmp_path / "r" / "log.txt").read_text()
 
 
+def test_a_mapping_that_contains_itself_or_nests_too_deep_is_a_config_error(tmp_path: Path) -> None:
+    """The Python API gets the limits too: no RecursionError, no run directory."""
+    import noether_core
+    from noether_core import ConfigError
+
+    looped = yaml.safe_load(GOOD_YAML)
+    looped["datasets"]["train"]["kwargs"]["again"] = looped
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5000):
+        node["k"] = node = {}
+    too_deep = {**yaml.safe_load(GOOD_YAML), "extra": deep}
+    for config, message in [(looped, "contains itself"), (too_deep, "nested more than 100 levels")]:
+        with pytest.raises(ConfigError, match=message):
+            noether_core.train(config, output_dir=tmp_path / "runs", run_id="r")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_on_an_aliased_value_changes_only_that_place(tmp_path: Path) -> None:
+    from noether_core.config.loader import apply_overrides, parse_yaml
+
+    raw = parse_yaml("a: &k {size: 1}\nb: *k\n", "<test>")
+    apply_overrides(raw, ["b.size=2"])
+    assert raw == {"a": {"size": 1}, "b": {"size": 2}}
+
+
 # ------------------------------------------------------------------------------------------ fuzzing
 
 _FIELDS = ["trainer", "model", "datasets", "callbacks", "kind", "kwargs", "max_updates", "name", "seed"]
