@@ -443,20 +443,30 @@ def _schedule(args: argparse.Namespace) -> int:
     geometry, scheduler = plan.geometry, plan.scheduler
     labels = {id(e): f"{e.key} (default)" for e in plan.default_entries}
     rows = plan.all_entries
-    timeline = scheduler.timeline(rows)
     upe, ebs, total = geometry.updates_per_epoch, geometry.effective_batch_size, geometry.total_updates
     print(f"{geometry.end}: {total} updates, {upe} per epoch, effective batch size {ebs}")
     for row in rows:
         if row.interval is not None:
-            n = sum(1 for _ in scheduler.due_updates(row.interval))
+            n = scheduler.count_due(row.interval)
             times = f"{n} time{'s' if n != 1 else ''}"
             print(f"  {labels.get(id(row), row.key)}: {row.interval.verbose}, fires {times}")
     print()
     width = len(str(total))
-    for update, due in timeline.items():
+    # computed tick by tick, never as a whole: a run of 10**9 updates prints at once
+    for shown, (update, due) in enumerate(scheduler.iter_timeline(rows)):
+        if shown == SCHEDULE_ROWS:
+            print(
+                f"... the first {SCHEDULE_ROWS} updates with an entry due are shown; "
+                f"the run goes on to U{total}"
+            )
+            break
         epoch_end = f"  end of epoch {update // upe}" if update % upe == 0 else ""
         print(f"U{update:<{width}}  {', '.join(labels.get(id(r), r.key) for r in due)}{epoch_end}")
     return EXIT_OK
+
+
+#: How many ticks ``noether schedule`` prints at most.
+SCHEDULE_ROWS = 500
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -147,7 +147,7 @@ class CheckpointCallback:
         per_position = weights * config.save_weights + optim * config.save_optim
         latest = all_weights * config.save_latest_weights + optim * config.save_latest_optim
         interval = config.interval
-        left = len(list(trainer.scheduler.due_updates(interval, counter.update))) if interval else 0
+        left = trainer.scheduler.count_due(interval, counter.update) if interval else 0
         message = (
             f"checkpoint sizes (estimated): weights {format_bytes(weights)}, "
             f"optimizer {format_bytes(optim)}; latest {format_bytes(latest)}"

@@ -239,6 +239,8 @@ def test_scheduler_matches_brute_force(
             assert until == (None if nxt is None else nxt - after)
             assert until != 0
             assert due_list(sched, iv, start=after) == [d for d in due if d > after]
+            # counted, not enumerated (noether schedule, CheckpointCallback)
+            assert sched.count_due(iv, after) == len([d for d in due if d > after])
         for d in due:
             expected_timeline.setdefault(d, []).append(entry)
 
@@ -265,6 +267,9 @@ def test_scheduler_matches_brute_force(
     got = {u: list(resumed.due(u)) for u in range(r + 1, total + 1)}
     assert {u: es for u, es in got.items() if es} == {u: es for u, es in expected_timeline.items() if u > r}
     assert sched.timeline(entries, start=r) == {u: es for u, es in expected_timeline.items() if u > r}
+    assert list(sched.iter_timeline(entries, start=r)) == [
+        (u, es) for u, es in sorted(expected_timeline.items()) if u > r
+    ]
 
     # seek on a used cursor (possibly after it ran past r) also repositions exactly
     cursor.seek(r)
@@ -507,3 +512,35 @@ def test_scheduler_validation() -> None:
     sched = IntervalScheduler(updates_per_epoch=1, effective_batch_size=1, total_updates=0)
     assert due_list(sched, Interval("update", 1)) == []
     assert sched.next_due(Interval("update", 1), 0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    upe=st.integers(1, 7),
+    ebs=st.integers(1, 12),
+    total=st.integers(1, 400),
+    consumer=st.tuples(st.sampled_from(["epoch", "update", "sample"]), st.integers(1, 40)),
+    producers=st.lists(
+        st.tuples(st.sampled_from(["epoch", "update", "sample"]), st.integers(1, 40)), max_size=3
+    ),
+)
+def test_missed_evaluations_are_counted_from_one_period(
+    upe: int, ebs: int, total: int, consumer: tuple[str, int], producers: list[tuple[str, int]]
+) -> None:
+    """The metric-dependency check counts a consumer's ticks that no producer covers from one period
+    of the patterns, never the whole run; it agrees with looking at every tick."""
+    from noether_core.run.metric_dependencies import _missed
+
+    sched = IntervalScheduler(upe, ebs, total)
+    c = Interval(*consumer)  # type: ignore[arg-type]
+    ps = [Interval(*p) for p in producers]  # type: ignore[arg-type]
+    missed = [u for u in sched.due_updates(c) if not any(sched.is_due(p, u) for p in ps)]
+    assert _missed(sched, c, ps) == (len(missed), missed[0] if missed else 0)
+
+
+def test_a_billion_updates_are_counted_at_once() -> None:
+    sched = IntervalScheduler(7, 3, 10**9)
+    assert sched.count_due(Interval("sample", 10)) == 3 * 10**8
+    assert sched.count_due(Interval("epoch", 2), start=10) == 10**9 // 14
+    first = list(itertools.islice(sched.iter_timeline([Entry("u4", Interval("update", 4))]), 3))
+    assert [u for u, _ in first] == [4, 8, 12]

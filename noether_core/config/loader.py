@@ -8,7 +8,6 @@ validators (attrs) run in a second pass so that all of them report, not only the
 
 from __future__ import annotations
 
-import copy
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,7 +16,6 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 import cattrs
-import yaml
 from cattrs.errors import (
     AttributeValidationNote,
     ClassValidationError,
@@ -37,6 +35,7 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
         return converter._structure_dict
 
 
+from noether_core.config.bounded_yaml import LIMITS, bounded_tree, load_yaml, read_config_file
 from noether_core.config.schema import CallbackConfig, RunConfig, nested_entries
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UnknownKindError, UsageError
 from noether_core.lookup import did_you_mean
@@ -67,8 +66,8 @@ def _string_hint(value: Any, expected: type) -> str:
         mantissa, _, exponent = value.strip().lower().partition("e")
         return f"; YAML reads an exponent without a dot as a string, write {mantissa}.0e{exponent}"
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+        parsed = load_yaml(value, "<value>")
+    except ConfigError:
         return ""
     if isinstance(parsed, expected) and (expected is bool or not isinstance(parsed, bool)):
         return "; remove the quotes"
@@ -77,16 +76,25 @@ def _string_hint(value: Any, expected: type) -> str:
     return ""
 
 
+#: Every int of a config fits in 64 bits: it may reach torch, NumPy or C code, which would overflow.
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _strict_int(value: Any, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected int, got {_show(value)}{_string_hint(value, int)}")
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise ValueError(f"expected an int between -2**63 and 2**63-1, got {_show(value)}")
     return value
 
 
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected number, got {_show(value)}{_string_hint(value, float)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"expected a number a float can hold, got {_show(value)}") from None
 
 
 def _strict_str(value: Any, _: type) -> str:
@@ -248,7 +256,7 @@ def _walk(
             _walk(sub, _child_path(sub, path), issues, plugin_errors)
     elif isinstance(exc, ForbiddenExtraKeysError):
         known = _field_names(exc.cl)
-        for extra in sorted(exc.extra_fields):
+        for extra in sorted(map(str, exc.extra_fields)):  # YAML keys may be ints, bools, None
             hint = did_you_mean(extra, known) or f"known fields: {', '.join(known)}"
             issues.append(ConfigIssue(_join(path, extra), f"unknown field; {hint}"))
     elif isinstance(exc, UnknownKindError):
@@ -459,30 +467,14 @@ def structure_config(
 
 
 def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` of a file; a syntax error names the file, line and column."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"config file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    return parse_yaml(text, str(path))
+    """A config file parsed with ``yaml.safe_load`` semantics and the limits of
+    :mod:`noether_core.config.bounded_yaml`; a syntax error names the file, line and column."""
+    return read_config_file(path)
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = exc.problem or exc.context or "cannot parse"
-        if exc.context and exc.problem:
-            ctx = exc.context_mark
-            since = f" started at line {ctx.line + 1}, column {ctx.column + 1}" if ctx is not None else ""
-            problem = f"{exc.problem} ({exc.context}{since})"
-        raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("", f"YAML error: {exc}")], source) from None
+    """YAML ``text`` parsed as :func:`read_yaml` parses a file."""
+    return load_yaml(text, source)
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -516,10 +508,14 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
         if not sep or not key:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set trainer.max_epochs=3")
         try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+            value = load_yaml(text, f"--set {key}") if text else ""
+        except ConfigError as exc:
+            if not any(i.message.startswith(("YAML syntax error", "YAML error")) for i in exc.issues):
+                raise UsageError(f"--set {item!r}: {'; '.join(map(str, exc.issues))}") from None
+            value = text  # not YAML: the text itself, as a string
         parts = _parse_key(key.strip())
+        if len(parts) > LIMITS.max_depth:
+            raise UsageError(f"--set {item!r}: the key is nested more than {LIMITS.max_depth} levels deep")
         node = raw
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -559,7 +555,7 @@ def load_config(
             str(path) if path is not None else "<mapping>" if document is not None else "<bundled example>"
         )
     if document is not None:
-        raw: Any = copy.deepcopy(dict(document))
+        raw: Any = bounded_tree(dict(document), source)  # a copy: the caller's mapping is never changed
     elif text is not None:
         raw = parse_yaml(text, source)
     else:
@@ -569,7 +565,8 @@ def load_config(
             "the file is empty; a config needs at least 'trainer' and 'model' (see: noether config example)"
         )
         raise ConfigError([ConfigIssue("", message)], source)
-    raw = apply_overrides(raw, overrides)
+    if overrides:
+        raw = bounded_tree(apply_overrides(raw, overrides), source)
     if edit is not None and isinstance(raw, dict):
         edit(raw)
     return structure_config(raw, registry, source=source)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -16,6 +18,29 @@ from noether_core.run.counter import RunEnd
 _pos_int = v.optional(v.ge(1))
 #: Seconds a run may take to end after SIGTERM/SIGINT before the stop watchdog ends the process.
 _STOP_TIMEOUT: float | None = 60.0
+
+#: ``trainer.num_threads`` at most: torch takes a C int, and no machine has more cores.
+MAX_THREADS = 4096
+#: How long a model name may be: it starts every checkpoint file's name (255 bytes at most on most
+#: file systems, with the tag and the part after it).
+MAX_MODEL_NAME = 100
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _finite(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    # NaN passes every comparison validator and infinity most; neither is a usable setting here
+    values = value if isinstance(value, tuple) else (value,)
+    if any(x is not None and not math.isfinite(x) for x in values):
+        raise ValueError(f"'{attribute.name}' must be a finite number: {value!r}")
+
+
+def _model_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _MODEL_NAME.fullmatch(value) or value in (".", "..") or len(value) > MAX_MODEL_NAME:
+        raise ValueError(
+            f"must be 1 to {MAX_MODEL_NAME} letters, digits, '_', '-' and '.', and not '.' or '..' "
+            f"(it starts the checkpoint files' names), got {value!r}"
+        )
+
 
 #: Numeric precision of the forward pass: full, bfloat16 autocast, or float16 autocast with a grad scaler.
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -108,8 +133,8 @@ class TrainerConfig:
     precision: Precision = "fp32"
     device: str = "auto"
     seed: int = 0
-    clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)))
-    clip_grad_value: float | None = attrs.field(default=None, validator=v.optional(v.gt(0.0)))
+    clip_grad_norm: float | None = attrs.field(default=None, validator=v.optional([_finite, v.gt(0.0)]))
+    clip_grad_value: float | None = attrs.field(default=None, validator=v.optional([_finite, v.gt(0.0)]))
     skip_nan_loss: bool = False
     skip_nan_loss_max_count: int = attrs.field(default=100, validator=v.ge(1))
     train_step: str | None = None
@@ -121,10 +146,10 @@ class TrainerConfig:
     track_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
     add_default_callbacks: bool = True
     save_last: bool = True
-    slow_plugin_share: float = attrs.field(default=0.25, validator=[v.gt(0.0), v.le(1.0)])
+    slow_plugin_share: float = attrs.field(default=0.25, validator=[_finite, v.gt(0.0), v.le(1.0)])
     stop_timeout: float | None = attrs.field(default=_STOP_TIMEOUT, validator=v.optional(v.gt(0.0)))
     deterministic: bool = True
-    num_threads: int | None = attrs.field(default=None, validator=_pos_int)
+    num_threads: int | None = attrs.field(default=None, validator=v.optional([v.ge(1), v.le(MAX_THREADS)]))
 
     def __attrs_post_init__(self) -> None:
         _exactly_one_end(self)
@@ -168,7 +193,7 @@ class ModelConfig:
     parts are built from their own configs and saved separately."""
 
     kind: str = "composite"
-    name: str = attrs.field(default="model", validator=v.matches_re(r"[A-Za-z0-9_.-]+"))
+    name: str = attrs.field(default="model", validator=_model_name)
     kwargs: dict[str, Any] = attrs.Factory(dict)
     parts: dict[str, ModelConfig] | None = None
     frozen: bool = False
@@ -181,17 +206,19 @@ class ScheduleConfig:
 
     kind: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_updates: int = attrs.field(default=0, validator=v.ge(0))
-    warmup_fraction: float | None = attrs.field(default=None, validator=v.optional([v.ge(0.0), v.lt(1.0)]))
-    end_factor: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    warmup_fraction: float | None = attrs.field(
+        default=None, validator=v.optional([_finite, v.ge(0.0), v.lt(1.0)])
+    )
+    end_factor: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
 
 
 @attrs.frozen(kw_only=True)
 class OptimizerConfig:
     kind: Literal["adamw", "sgd"] = "adamw"
-    lr: float = attrs.field(default=1e-3, validator=v.gt(0.0))
-    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    lr: float = attrs.field(default=1e-3, validator=[_finite, v.gt(0.0)])
+    weight_decay: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_finite)
+    momentum: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
     lr_schedule: ScheduleConfig | None = None
     wd_schedule: ScheduleConfig | None = None
 

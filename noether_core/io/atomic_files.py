@@ -36,9 +36,15 @@ def fsync_directory(directory: Path | str) -> None:
 
 
 def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> None:
-    """Replace the file at ``path`` with ``text``, atomically.
+    """Replace the file at ``path`` with ``text`` encoded with ``encoding``, atomically: see
+    :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode(encoding))
 
-    The text goes to a temporary file beside ``path`` (created exclusively, never through a name someone
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Replace the file at ``path`` with ``data``, atomically.
+
+    The data goes to a temporary file beside ``path`` (created exclusively, never through a name someone
     else made), which is flushed, fsynced and renamed onto ``path``; the directory is fsynced after the
     rename. The text is written as given: no newline translation. A process killed at any moment, a
     full disk or a file size limit leaves the previous file at ``path`` (or none) exactly as it was,
@@ -49,7 +55,6 @@ def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -
     """
     target = Path(path)
     tmp = temporary_sibling(target)
-    data = text.encode(encoding)
     try:
         # 0o666: the umask decides, as for any file the run writes (tempfile.mkstemp would give 0o600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -65,4 +70,4 @@ def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -
     fsync_directory(target.parent)
 
 
-__all__ = ["TMP_SUFFIX", "atomic_write_text", "fsync_directory", "temporary_sibling"]
+__all__ = ["TMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "fsync_directory", "temporary_sibling"]

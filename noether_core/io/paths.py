@@ -94,6 +94,48 @@ def _check_name(what: str, value: str) -> str:
     return value
 
 
+#: The longest run id: it names a directory (255 bytes at most on most file systems).
+MAX_RUN_ID = 200
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run directory inside the output directory, else
+    :class:`~noether_core.errors.UsageError` saying why (empty, ``.``/``..``, a path separator, a control
+    character, longer than :data:`MAX_RUN_ID`)."""
+    problem = None
+    if not run_id:
+        problem = "it is empty"
+    elif run_id in (".", "..") or "/" in run_id or "\\" in run_id:
+        problem = "a run id names one directory inside --output-dir: no '/', '\\', '.' or '..'"
+    elif not run_id.isprintable():
+        problem = "it contains a control character"
+    elif len(run_id) > MAX_RUN_ID:
+        problem = f"it is {len(run_id)} characters long, more than {MAX_RUN_ID}"
+    elif run_id.startswith("-"):
+        problem = "it starts with '-', which command lines would read as an option"
+    if problem is not None:
+        shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
+        raise UsageError(f"--run-id {shown!r} cannot be used: {problem}")
+    return run_id
+
+
+def check_checkpoint_tag(tag: str) -> str:
+    """``tag`` if it can be a checkpoint tag (part of a file name), else
+    :class:`~noether_core.errors.UsageError`."""
+    try:
+        _check_name("checkpoint tag", tag)
+        if len(tag) > MAX_RUN_ID or not tag.isprintable():
+            raise ValueError(tag)
+    except ValueError:
+        shown = tag if len(tag) <= 60 else tag[:57] + "..."
+        raise UsageError(
+            f"--checkpoint {shown!r} is not a checkpoint tag: a tag is a name such as latest, last, "
+            f"E1_U10_S320 or best_model.<metric>, at most {MAX_RUN_ID} printable characters, without "
+            "'/' or '_cp='"
+        ) from None
+    return tag
+
+
 def checkpoint_file_name(model_name: str, tag: str, part: CheckpointPart, ema: float | None = None) -> str:
     """The bare file name of a checkpoint part; see :meth:`RunPaths.checkpoint_file`."""
     _check_name("model name", model_name)
@@ -229,8 +271,11 @@ class RunPaths:
 
 
 __all__ = [
+    "MAX_RUN_ID",
     "CheckpointPart",
     "RunPaths",
+    "check_checkpoint_tag",
+    "check_run_id",
     "checkpoint_file_name",
     "find_checkpoint_tags",
     "format_ema_factor",

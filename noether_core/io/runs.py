@@ -18,14 +18,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import attrs
-import yaml
 
-from noether_core.errors import EXIT_OK, UsageError
+from noether_core.config.bounded_yaml import read_config_file
+from noether_core.errors import EXIT_OK, ConfigError, UsageError
 from noether_core.io.metrics_file import POSITION_KEYS, iter_metrics
 
 #: What ``noether runs list`` and ``noether plot`` show without ``--keys``.
@@ -81,8 +82,8 @@ def _status(run_dir: Path) -> str:
     if metrics_path.exists() and metrics_path.stat().st_mtime_ns > summary_time:
         return "running"
     try:
-        summary = yaml.safe_load(summary_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        summary = read_config_file(summary_path)
+    except (UsageError, ConfigError):  # unreadable or not the plain YAML noether writes
         return "unknown"
     status = summary.get("status") if isinstance(summary, dict) else None
     return str(status) if status else "unknown"
@@ -103,10 +104,10 @@ def _records(run_dir: Path) -> Iterator[dict[str, Any]]:
     metrics_path = _metrics_file(run_dir)
     if not metrics_path.exists():  # a run that has not flushed its first record yet
         return
-    try:
-        yield from iter_metrics(metrics_path)
-    except ValueError as error:
-        raise UsageError(f"cannot read the metrics of {str(run_dir)!r}: {error}") from None
+    bad_lines: list[str] = []
+    yield from iter_metrics(metrics_path, bad_lines)
+    for line in bad_lines:  # a damaged line does not hide the others, nor the other runs
+        print(f"noether: warning: {line}; skipped", file=sys.stderr)
 
 
 def read_run(run_dir: Path | str) -> RunInfo:

@@ -43,10 +43,17 @@ from noether_core.errors import (
     NoetherError,
     PluginLoadError,
     TrainingError,
+    UsageError,
 )
-from noether_core.io.atomic_files import atomic_write_text
+from noether_core.io.atomic_files import atomic_write_bytes, atomic_write_text
 from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.metrics_file import POSITION_KEYS, encode_value, read_metrics
+from noether_core.io.metrics_file import (
+    POSITION_KEYS,
+    encode_value,
+    iter_metrics,
+    parse_record,
+    read_metrics,
+)
 from noether_core.io.paths import RunPaths
 from noether_core.lookup import (
     claims_by_kind,
@@ -104,14 +111,23 @@ def truncate_metrics(path: Path | str, after_update: int) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    records = read_metrics(path)
-    kept = [r for r in records if int(r.get("update", 0)) <= after_update]
-    if len(kept) != len(records):
-        text = "".join(
-            json.dumps({k: encode_value(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in kept
-        )
-        atomic_write_text(path, text)
-    return len(records) - len(kept)
+    kept: list[str] = []
+    dropped = 0
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as file:
+        for line in file:
+            if not line.endswith("\n"):
+                break  # a fragment of a crash mid-write
+            try:
+                update = parse_record(line[:-1]).get("update", 0) if line.strip() else 0
+            except ValueError:
+                update = 0  # a damaged line is kept as it is (read_metrics with bad_lines names it)
+            if isinstance(update, int | float) and update > after_update:
+                dropped += 1
+            else:
+                kept.append(line)
+    if dropped:
+        atomic_write_bytes(path, "".join(kept).encode("utf-8", errors="surrogateescape"))
+    return dropped
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -197,14 +213,12 @@ class DiskTracker:
 
     def _resume_from_disk(self, paths: RunPaths) -> None:
         if paths.metrics_jsonl.exists():
-            for record in read_metrics(paths.metrics_jsonl):
+            for record in read_metrics(paths.metrics_jsonl, bad_lines=[]):  # check_run_files named them
                 self._update_stats(record)
             _drop_unterminated_tail(paths.metrics_jsonl)
-        if paths.summary_yaml.exists():
-            with paths.summary_yaml.open(encoding="utf-8") as file:
-                previous = yaml.safe_load(file)
-            if isinstance(previous, dict) and isinstance(previous.get("summary"), dict):
-                self._summary.update(previous["summary"])
+        previous = read_summary(paths)
+        if isinstance(previous, dict) and isinstance(previous.get("summary"), dict):
+            self._summary.update(previous["summary"])
 
     def _update_stats(self, record: Mapping[str, Any]) -> None:
         for key, value in record.items():
@@ -269,6 +283,39 @@ class DiskTracker:
             return
         document = {"status": status, "metrics": self.metric_summary(), "summary": dict(self._summary)}
         atomic_write_text(self._paths.summary_yaml, yaml.safe_dump(document, sort_keys=False))
+
+
+def read_summary(paths: RunPaths) -> Any:
+    """The run's ``summary.yaml`` (``None`` when there is none), or :class:`UsageError` when it is not
+    the plain YAML noether writes (a ``!!python`` tag, a syntax error, invalid UTF-8)."""
+    from noether_core.config.bounded_yaml import read_config_file
+
+    if not paths.summary_yaml.exists():
+        return None
+    try:
+        return read_config_file(paths.summary_yaml)
+    except ConfigError as exc:
+        problems = "; ".join(map(str, exc.issues))
+        raise UsageError(
+            f"{str(paths.summary_yaml)!r} is not the plain YAML noether writes ({problems}); the run "
+            "directory is damaged: fix or remove summary.yaml (it is rewritten at the end of the run)"
+        ) from None
+
+
+def damaged_record_warnings(paths: RunPaths) -> list[str]:
+    """Before a resume writes anything: ``summary.yaml`` must be readable (:func:`read_summary`). Returns
+    warnings naming the lines of ``metrics.jsonl`` that are not records (``FILE:LINE: why``): they do
+    not block the resume; they are kept as they are and skipped by every reader, the good records
+    around them stay."""
+    read_summary(paths)
+    bad_lines: list[str] = []
+    if paths.metrics_jsonl.exists():
+        for _ in iter_metrics(paths.metrics_jsonl, bad_lines):
+            pass
+    warnings = [f"{line}; the line is kept as it is and skipped" for line in bad_lines[:10]]
+    if len(bad_lines) > 10:
+        warnings.append(f"... and {len(bad_lines) - 10} more damaged lines in {paths.metrics_jsonl}")
+    return warnings
 
 
 def _drop_unterminated_tail(path: Path) -> None:

@@ -16,6 +16,7 @@ no scheduler state and every rank agrees.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -162,17 +163,49 @@ class IntervalScheduler:
             yield nxt
             nxt = self.next_due(interval, nxt)
 
+    def count_due(self, interval: Interval, start: int = 0) -> int:
+        """How many updates in ``(start, total_updates]`` ``interval`` is due at, computed (O(1), however
+        long the run): ``len(list(due_updates(interval, start)))`` without the list."""
+        start, end, n = max(start, 0), self.total_updates, interval.every
+        if end <= start:
+            return 0
+        if interval.unit == "update":
+            return end // n - start // n
+        if interval.unit == "epoch":
+            period = self.updates_per_epoch * n
+            return end // period - start // period
+        ebs = self.effective_batch_size
+        if n <= ebs:  # every update crosses a multiple of n
+            return end - start
+        # an update spans ebs <= n samples, so it crosses at most one multiple: count the multiples
+        return (end * ebs) // n - (start * ebs) // n
+
+    def iter_timeline(self, entries: Sequence[T], start: int = 0) -> Iterator[tuple[int, list[T]]]:
+        """``(update, entries due there)`` for the rest of the run, in update order, each tick's entries
+        in list order (dispatch order). Keeps one pending update per entry: O(len(entries)) memory
+        however long the run."""
+        pending: list[tuple[int, int]] = []
+        scheduled = [e for e in entries if e.interval is not None]
+        for i, entry in enumerate(scheduled):
+            nxt = self.next_due(entry.interval, start)  # type: ignore[arg-type]
+            if nxt is not None:
+                pending.append((nxt, i))
+        heapq.heapify(pending)
+        while pending:
+            update = pending[0][0]
+            due: list[int] = []
+            while pending and pending[0][0] == update:
+                due.append(heapq.heappop(pending)[1])
+            for i in due:
+                nxt = self.next_due(scheduled[i].interval, update)  # type: ignore[arg-type]
+                if nxt is not None:
+                    heapq.heappush(pending, (nxt, i))
+            yield update, [scheduled[i] for i in sorted(due)]
+
     def timeline(self, entries: Sequence[T], start: int = 0) -> dict[int, list[T]]:
-        """Update -> entries due there, for the rest of the run (``noether schedule``)."""
-        out: dict[int, list[T]] = {}
-        for entry in entries:
-            if entry.interval is None:
-                continue
-            for u in self.due_updates(entry.interval, start):
-                out.setdefault(u, []).append(entry)
-        # keep each tick's entries in list order, since that is dispatch order
-        order = {id(e): i for i, e in enumerate(entries)}
-        return {u: sorted(es, key=lambda e: order[id(e)]) for u, es in sorted(out.items())}
+        """Update -> entries due there, for the rest of the run, as one dict: for short runs and tests;
+        :meth:`iter_timeline` takes memory independent of the run's length."""
+        return dict(self.iter_timeline(entries, start))
 
     def cursor(self, entries: Sequence[T], update: int = 0) -> DueCursor[T]:
         """A cheap per-tick view: ticks at which nothing is due cost one comparison."""

@@ -7,6 +7,7 @@ before anything is built, so ``noether config validate`` reports them with their
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -63,6 +64,9 @@ def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> Non
         raise _Problem(problem, "kwargs")
 
 
+_PART_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> None:
     if cfg.parts is not None:
         if cfg.kind != COMPOSITE:
@@ -72,6 +76,14 @@ def _model_issues(cfg: ModelConfig, path: str, issues: list[ConfigIssue]) -> Non
         if not cfg.parts:
             issues.append(ConfigIssue(f"{path}.parts", "a composite model needs at least one part"))
         for name, part in cfg.parts.items():
+            if not _PART_NAME.fullmatch(str(name)):
+                issues.append(
+                    ConfigIssue(
+                        f"{path}.parts.{name}",
+                        "a part's name is 1 to 100 letters, digits, '_' and '-' (it is part of its "
+                        "checkpoint files' names)",
+                    )
+                )
             _model_issues(part, f"{path}.parts.{name}", issues)
         return
     if cfg.kind == COMPOSITE:  # the default kind, without parts: the user left out the kind

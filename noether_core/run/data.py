@@ -15,7 +15,7 @@ from noether_core.config.schema import DatasetConfig
 from noether_core.errors import ConfigError, ConfigIssue
 from noether_core.run.counter import Counter
 from noether_core.run.distributed import DistInfo
-from noether_core.run.sampling import EpochSampler
+from noether_core.run.sampling import EpochSampler, generator_seed
 
 
 def micro_batch_size(batch_size: int, dist_info: DistInfo, accumulation_steps: int) -> int:
@@ -141,7 +141,7 @@ class TrainBatches:
         self._sampler.set_epoch(epoch, skip=skip_micro_batches * self._micro)
         # workers draw their seeds from this generator, not the global RNG, so resuming mid-epoch
         # leaves the global RNG stream exactly where an uninterrupted run has it
-        self._generator.manual_seed(self._seed * 7919 + epoch)
+        self._generator.manual_seed(generator_seed(self._seed * 7919 + epoch))
         return iter(self._loader)
 
     def updates(self, counter: Counter) -> Iterator[list[tuple[Any, float]]]:

@@ -35,7 +35,7 @@ from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
 from noether_core.io.log_file import RunLogFileHandler
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.metrics_file import POSITION_KEYS
-from noether_core.io.paths import RunPaths
+from noether_core.io.paths import RunPaths, check_checkpoint_tag, check_run_id
 from noether_core.io.run_directory import (
     RunLock,
     check_run_files,
@@ -46,6 +46,7 @@ from noether_core.io.run_directory import (
 from noether_core.io.trackers import (
     DiskTracker,
     Tracker,
+    damaged_record_warnings,
     load_trackers,
     name_trackers,
     truncate_metrics,
@@ -309,6 +310,10 @@ def train(
     resume_paths = RunPaths.existing(os.fspath(resume)) if resume is not None else None
     if checkpoint is not None and resume_paths is None:
         raise UsageError("--checkpoint only makes sense with --resume RUN_DIR")
+    if run_id is not None:
+        check_run_id(run_id)
+    if checkpoint is not None:
+        check_checkpoint_tag(checkpoint)
     if restart and resume_paths is not None:
         raise UsageError("--restart starts a run over from update 0; it cannot be combined with --resume")
     if restart and run_id is None:
@@ -319,11 +324,15 @@ def train(
     plan = RunPlan(config_, registry, source=source, model=model, datasets=datasets)
     check_metric_dependencies(plan)
     extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
+    plan.geometry  # noqa: B018 (and a run too long to count: refused before its directory exists)
+    plan.plugin_manager(defaults=False)  # a plugin constructor that raises: also before the directory
+    # a damaged summary.yaml refuses the resume here, not at its end
+    damaged = damaged_record_warnings(resume_paths) if resume_paths is not None else []
 
     device = pick_device(config_.trainer.device).type
     paths, lock, removed = _claim_run_directory(os.fspath(output_dir), run_id, resume_paths, restart, device)
     try:
-        return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed)
+        return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed, damaged)
     finally:
         if lock is not None:
             lock.release()  # last: the files are complete when the next process may take the run
@@ -337,6 +346,7 @@ def _train_in(
     resume_paths: RunPaths | None,
     checkpoint: str | None,
     removed: Sequence[str],
+    damaged: Sequence[str],
 ) -> RunResult:
     """:func:`train` in its run directory, which this process owns now."""
     config_ = plan.config
@@ -344,6 +354,8 @@ def _train_in(
     setup_logging(paths, info.is_main)
     if removed:
         log.info("restart: removed %s from %s", ", ".join(removed), paths.root)
+    for warning in damaged:
+        log.warning("%s", warning)
     metrics = metric_properties(plan)
     # the trainer checks the checkpoint before this run's files are touched: a refused resume changes
     # nothing on disk; without --checkpoint it resumes from the newest resumable set
@@ -406,6 +418,7 @@ def evaluate(
     checkpoint when it has exactly one. ``model`` and ``datasets`` stand in for objects the run was
     trained with (see :func:`train`).
     """
+    check_checkpoint_tag(checkpoint)
     paths = RunPaths.existing(os.fspath(run_dir))
     with RunLock.acquire(paths.root):  # the run's trackers' files are written too, and eval/<TAG>/
         return _evaluate_in(paths, checkpoint, model, datasets)

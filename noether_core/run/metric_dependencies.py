@@ -38,7 +38,9 @@ Entries with a ``dataset_key`` must name a dataset of the config.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -196,20 +198,47 @@ def _node(planned: PlannedEntry, run_config: RunConfig, issues: list[ConfigIssue
     return node
 
 
+#: At most this many of a consumer's due updates are looked at one by one (see :func:`_missed`).
+_TICK_BUDGET = 100_000
+
+
+def _period(scheduler: IntervalScheduler, iv: Interval) -> int:
+    """Updates after which ``iv``'s due pattern repeats (``is_due(iv, u) == is_due(iv, u + period)``)."""
+    if iv.unit == "update":
+        return iv.every
+    if iv.unit == "epoch":
+        return iv.every * scheduler.updates_per_epoch
+    return iv.every // math.gcd(iv.every, scheduler.effective_batch_size)
+
+
+def _missed(
+    scheduler: IntervalScheduler, consumer: Interval, producers: Sequence[Interval]
+) -> tuple[int, int]:
+    """``(n, first)``: how many of ``consumer``'s due updates none of ``producers`` is due at, and the
+    first of them (0 when none). The patterns repeat every ``lcm`` of their periods, so one period is
+    looked at (at most :data:`_TICK_BUDGET` ticks of it) and the rest counted, never the whole run."""
+    total = scheduler.total_updates
+    horizon = min(math.lcm(*(_period(scheduler, iv) for iv in (consumer, *producers))), total)
+    ticks = list(
+        itertools.islice(
+            itertools.takewhile(lambda u: u <= horizon, scheduler.due_updates(consumer)), _TICK_BUDGET
+        )
+    )
+    missed = [u for u in ticks if not any(scheduler.is_due(iv, u) for iv in producers)]
+    if not missed:
+        return 0, 0
+    if len(ticks) == _TICK_BUDGET:  # a period too long to look at whole: what was seen, a lower bound
+        return len(missed), missed[0]
+    full, rest = divmod(total, horizon)
+    return full * len(missed) + sum(1 for u in missed if u <= rest), missed[0]
+
+
 def _covers(scheduler: IntervalScheduler, consumer: Interval, producer: Interval) -> bool:
-    """Whether ``producer`` is due at every update ``consumer`` is (exact for update and epoch units)."""
-
-    def period(iv: Interval) -> int | None:
-        if iv.unit == "update":
-            return iv.every
-        if iv.unit == "epoch":
-            return iv.every * scheduler.updates_per_epoch
-        return None
-
-    pc, pp = period(consumer), period(producer)
-    if pc is not None and pp is not None:
+    """Whether ``producer`` is due at every update ``consumer`` is."""
+    pc, pp = _period(scheduler, consumer), _period(scheduler, producer)
+    if consumer.unit != "sample" and producer.unit != "sample":
         return pc % pp == 0
-    return all(scheduler.is_due(producer, u) for u in scheduler.due_updates(consumer))
+    return _missed(scheduler, consumer, [producer])[0] == 0
 
 
 def _problem(
@@ -225,13 +254,13 @@ def _problem(
     if None not in intervals and not any(
         _covers(scheduler, interval, iv) for iv in intervals if iv is not None
     ):
-        ticks = list(scheduler.due_updates(interval))
-        missed = [u for u in ticks if not any(iv is not None and scheduler.is_due(iv, u) for iv in intervals)]
+        missed, first = _missed(scheduler, interval, [iv for iv in intervals if iv is not None])
         if missed:
             producers = "; ".join(c.describe() for c in candidates)
             return (
-                f"{where}, but its producers are not due at {len(missed)} of its {len(ticks)} evaluations "
-                f"(first at update {missed[0]}): {producers}. Give them the same interval"
+                f"{where}, but its producers are not due at {missed} of its "
+                f"{scheduler.count_due(interval)} evaluations (first at update {first}): {producers}. "
+                "Give them the same interval"
             )
     if consumer.entry.eval_at_end and not any(c.eval_at_end and c.interval == interval for c in candidates):
         return (

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from noether_core.config.loader import make_converter
 from noether_core.config.schema import CallbackConfig, RunConfig, child_entries
-from noether_core.errors import PluginLoadError
+from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError
 from noether_core.plugins.dispatch import Slot
 from noether_core.plugins.manager import PluginManager
 from noether_core.plugins.registry import Plugin, PluginRegistry
@@ -37,6 +37,9 @@ from noether_core.run.building import build_dataset, check_buildable, updates_pe
 from noether_core.run.counter import RunEnd
 
 log = logging.getLogger("noether")
+
+#: The longest run, in samples: positions are stored as 64-bit ints.
+MAX_RUN_SAMPLES = 2**63 - 1
 
 #: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true. Named, never
 #: imported: a kind that is not installed is left out. Producers of metrics come first, so consumers in
@@ -156,7 +159,19 @@ class RunPlan:
         upe = updates_per_epoch(len(train), self.config)  # type: ignore[arg-type]
         ebs = self.config.trainer.batch_size
         end = self.config.trainer.end
-        return Geometry(upe, ebs, end, end.total_updates(upe, ebs))
+        total = end.total_updates(upe, ebs)
+        if total * ebs > MAX_RUN_SAMPLES:
+            # counters reach torch and the checkpoints as 64-bit ints
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        f"trainer.max_{end.unit}s",
+                        f"the run would be {total} updates of {ebs} samples, more than 2**63-1 samples",
+                    )
+                ],
+                self.source,
+            )
+        return Geometry(upe, ebs, end, total)
 
     @functools.cached_property
     def scheduler(self) -> IntervalScheduler:

@@ -12,6 +12,12 @@ import torch
 from torch.utils.data import Sampler
 
 
+def generator_seed(value: int) -> int:
+    """``value`` as a ``torch.Generator`` seed: torch takes -2**63 .. 2**64-1; a value outside (a large
+    config seed times a multiplier) is reduced modulo 2**64, values inside are kept so orders stay."""
+    return value if -(2**63) <= value < 2**64 else value % 2**64
+
+
 class EpochSampler(Sampler[int]):
     """Indices of one rank for one epoch: a seeded permutation (or the identity), truncated to the
     ``samples_per_rank`` that full updates use, dealt round-robin to ranks, starting ``skip`` samples in.
@@ -47,7 +53,7 @@ class EpochSampler(Sampler[int]):
 
     def indices(self, epoch: int) -> list[int]:
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(generator_seed(self.seed * 1_000_003 + epoch))
             order = torch.randperm(self.dataset_len, generator=gen)
         else:
             order = torch.arange(self.dataset_len)
@@ -62,4 +68,4 @@ class EpochSampler(Sampler[int]):
         return self.samples_per_rank - self.skip
 
 
-__all__ = ["EpochSampler"]
+__all__ = ["EpochSampler", "generator_seed"]

@@ -8,10 +8,11 @@ under each entry's name, its plugin's ``state_dict()`` and its ``state`` dict.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,70 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _saved_update(state: Mapping[str, Any], file: Path) -> int:
+    """The update a trainer state was saved at (its ``counter``), or :class:`CheckpointLoadError`."""
+    counter = state.get("counter")
+    update = counter.get("update") if isinstance(counter, Mapping) else None
+    if isinstance(update, bool) or not isinstance(update, int) or update < 0:
+        found = "no 'counter'" if counter is None else f"counter {counter!r}"[:80]
+        raise CheckpointLoadError(
+            file,
+            f"it is not a trainer state noether wrote: expected counter.update, an int >= 0, found {found}",
+        )
+    return update
+
+
+@contextlib.contextmanager
+def _damaged(file: Path, what: str, verb: str = "does") -> Iterator[None]:
+    """A part of a checkpoint that does not load (a missing key, a wrong type or size) is named as
+    such, not as the raw error of the code that read it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointLoadError(
+            file,
+            f"its {what} {verb} not load ({type(exc).__name__}: {detail}); the file is damaged or "
+            "from another run",
+        ) from exc
+
+
+def load_weights_into(part: nn.Module, name: str, payload: Mapping[str, Any], file: Path) -> None:
+    """Load the weights of model part ``name`` from a model file's ``payload``, after checking that
+    they fit: every parameter and buffer present, with the model's shapes. A mismatch (a config whose
+    model differs from the checkpoint's) is a :class:`CheckpointLoadError` naming the parameters, and
+    leaves the part unchanged."""
+    weights = payload.get("state_dict")
+    if not isinstance(weights, Mapping):
+        raise CheckpointLoadError(
+            file, "it holds no 'state_dict' of weights; it is not a model file noether wrote"
+        )
+    own = part.state_dict()
+    problems = []
+    for key, tensor in own.items():
+        saved = weights.get(key)
+        if saved is None:
+            problems.append(f"{key!r} is missing")
+        elif not isinstance(saved, torch.Tensor):
+            problems.append(f"{key!r} is a {type(saved).__name__}, not a tensor")
+        elif saved.shape != tensor.shape:
+            problems.append(
+                f"{key!r} has shape {list(saved.shape)} in the checkpoint, {list(tensor.shape)} in the model"
+            )
+    unknown = [str(k) for k in weights if k not in own]
+    if unknown:
+        problems.append(f"the checkpoint also has {', '.join(repr(k) for k in unknown[:3])}")
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise CheckpointLoadError(
+            file,
+            f"the weights do not fit model part {name!r} as the config builds it: {shown}. The config's "
+            "model differs from the one the checkpoint was saved with; resume with the run's own config",
+        )
+    with _damaged(file, "weights"):
+        part.load_state_dict(weights)
 
 
 class RunState:
@@ -279,13 +344,12 @@ class RunState:
                     file, f"no weights of {name!r} for tag {tag!r}; tags present: {', '.join(tags) or 'none'}"
                 )
             payload = load_checkpoint(file)
-            try:
-                part.load_state_dict(payload["state_dict"])
-            except (KeyError, RuntimeError) as exc:
-                raise CheckpointLoadError(file, f"the weights do not fit model part {name!r}: {exc}") from exc
-            position = payload.get("training_iteration", position)
-        if position is not None and "update" in position:
-            seek(self.counter, min(int(position["update"]), self.counter.total_updates))
+            load_weights_into(part, name, payload, file)
+            saved_at = payload.get("training_iteration")
+            position = saved_at if isinstance(saved_at, dict) else position
+        update = position.get("update") if position is not None else None
+        if isinstance(update, int) and update >= 0:
+            seek(self.counter, min(update, self.counter.total_updates))
 
     def resume(self, paths: RunPaths, tag: str | None = None) -> str:
         """Load checkpoint ``tag`` of the run at ``paths`` whole: weights, optimizer, trainer state,
@@ -309,6 +373,11 @@ class RunState:
 
     def _load_whole(self, paths: RunPaths, tag: str) -> None:
         update: int | None = None
+        if not (paths.root / "checkpoints").is_dir():  # looking for files would create the folder
+            raise CheckpointLoadError(
+                paths.root / "checkpoints",
+                f"run {str(paths.root)!r} has no checkpoints folder: nothing to resume",
+            )
 
         def load(path: Path) -> dict[str, Any]:
             if not path.exists():
@@ -320,7 +389,8 @@ class RunState:
             payload = load_checkpoint(path)
             # model, optim and trainer files are written one after another; a kill between two of them
             # leaves parts of different updates, which must not be mixed
-            saved_at = payload.get("training_iteration", {}).get("update")
+            iteration = payload.get("training_iteration")
+            saved_at = iteration.get("update") if isinstance(iteration, dict) else None
             if update is not None and saved_at is not None and saved_at != update:
                 raise CheckpointLoadError(
                     path,
@@ -338,10 +408,11 @@ class RunState:
                 f"tags present: {', '.join(tags) or 'none'}; {self._resumable_note(paths)}",
             )
         state = load(trainer_file)
-        update = int(state["counter"]["update"])
+        update = _saved_update(state, trainer_file)
+        saved_geometry = state.get("geometry")
         changed = {
             k: (v, self.geometry[k])
-            for k, v in state.get("geometry", {}).items()
+            for k, v in (saved_geometry if isinstance(saved_geometry, dict) else {}).items()
             if self.geometry.get(k) != v
         }
         if changed:
@@ -350,11 +421,14 @@ class RunState:
                 [ConfigIssue("trainer", f"resuming needs the run's batch geometry unchanged ({detail})")]
             )
         for name, part in self.named_models():
-            part.load_state_dict(load(paths.checkpoint_file(name, tag, "model"))["state_dict"])
+            file = paths.checkpoint_file(name, tag, "model")
+            load_weights_into(part, name, load(file), file)
         if self.optimizer is not None:
-            optim = load(paths.checkpoint_file(self.model_name, tag, "optim"))
-            self.optimizer.load_state_dict(optim["state_dict"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
+            file = paths.checkpoint_file(self.model_name, tag, "optim")
+            with _damaged(file, "optimizer state"):
+                self.optimizer.load_state_dict(load(file)["state_dict"])
+        with _damaged(trainer_file, "grad scaler state"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         counter = self.counter
         if update > counter.total_updates:
             raise ConfigError(
@@ -367,8 +441,10 @@ class RunState:
                 ]
             )
         seek(counter, update)
-        self.nan_streak = int(state.get("nan_streak", 0))
-        saved = dict(state.get("plugins", {}))
+        with _damaged(trainer_file, "plugin states", verb="do"):
+            self.nan_streak = int(state.get("nan_streak", 0))
+            saved = dict(state.get("plugins", {}))
+            states = dict(state.get("entry_state", {}))
         for slot in self.plugins.stateful():
             if slot.key in saved:
                 try:
@@ -394,12 +470,12 @@ class RunState:
             log.warning(
                 "resume: the checkpoint holds state of plugin %r, which this run does not have; ignored", key
             )
-        states = state.get("entry_state", {})
         for slot in self.plugins.slots:
             slot.state.clear()
             slot.state.update(states.get(slot.key, {}))
-        restore_rng(state["rng"])
+        with _damaged(trainer_file, "random generators' state"):
+            restore_rng(state["rng"])
         log.info("resumed from %s (tag %s) at %s", paths.root, tag, counter.tag)
 
 
-__all__ = ["TRAINER_STATE_VERSION", "RunState", "capture_rng", "restore_rng"]
+__all__ = ["TRAINER_STATE_VERSION", "RunState", "capture_rng", "load_weights_into", "restore_rng"]
