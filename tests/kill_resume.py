@@ -13,16 +13,18 @@ What it does:
    ``CheckpointCallback`` (every position tag resumable, and ``latest``), ``EmaCallback`` (with an EMA
    evaluation child), ``BestCheckpointCallback`` (with a tolerance), ``OfflineLossCallback``, an
    ``OnlineLossCallback`` whose window straddles the checkpoints, the default plugins, and a
-   ``MetricEarlyStopper`` that stops the run three quarters of the way through (so both a long run and
-   the stop path are covered).
+   ``MetricEarlyStopper`` that stops the run at update 160 of 200 (so both a long run and the stop path
+   are covered).
 2. Trains it once without interruption (the reference) and once more (the control: two uninterrupted
    runs must compare equal, or the comparison itself is wrong).
 3. Runs trials: each starts ``noether train CONFIG`` and, after every kill, ``noether train --resume``,
-   until a process ends by itself. A trial is given 1 to :data:`MAX_KILLS_PER_RUN` faults, drawn from a
-   seeded RNG, each one of:
+   until a process ends by itself. A trial is given 1 to :data:`MAX_KILLS_PER_RUN` faults, dealt from
+   a shuffled :data:`DECK` (seeded RNG), each striking at a random moment of its window. The windows
+   are measured as the processes run (the median of the latest ones), since a loaded machine is
+   slower:
 
-   * ``startup``: a kill at a random moment while the process starts (imports, setup);
-   * ``training``: at a random moment of training;
+   * ``startup``: while the process starts (imports, setup), before its first line of output;
+   * ``training``: the training still to come (a resumed process has less), up to the process's end;
    * ``commit``: inside a checkpoint commit. ``checkpoints/`` is polled for a new hidden file or
      ``*.tmp`` (a partial write, a journal); the process is stopped (SIGSTOP), and killed if the file is
      still there, else let go to try the next commit;
@@ -32,7 +34,10 @@ What it does:
 
    Every kill is a stop, a look at ``checkpoints/`` (a kill of any kind that finds a partial write
    there counts as inside a commit) and a SIGKILL. A run that has no checkpoint yet when it is killed is
-   started afresh (its directory removed).
+   started afresh (its directory removed). A process killed after its run had ended (while it exits) is
+   resumed like any other, as a job scheduler would: the resume has to leave the run as it was. A trial
+   whose faults all came after its process had ended is one more uninterrupted run; the report counts
+   it apart.
 4. Compares each finished trial with the reference: every ``*.th`` file in ``checkpoints/`` (the same
    names; each pair loaded with ``torch.load(weights_only=True)`` and equal bit for bit, tensors,
    numbers and all: weights, EMA weights, optimizer state, trainer state with the counter, the random
@@ -180,7 +185,10 @@ class ProcessRecord:
     fault: Fault | None
     fraction: float
     returncode: int | None = None
+    signalled: bool = False
+    """The harness sent it SIGKILL."""
     killed: bool = False
+    """... and it died of it (exit status -9)."""
     in_commit: bool = False
     hung: bool = False
     seconds: float = 0.0
@@ -879,6 +887,7 @@ class Harness:
                 killed, in_commit = watched.kill_in_commit(deadline)
         record.returncode, record.hung = watched.finish(deadline - time.monotonic())
         self._measure(watched, record.returncode, start_update)
+        record.signalled = killed
         record.killed = killed and record.returncode == -signal.SIGKILL
         record.in_commit = in_commit and record.killed
         record.seconds = time.monotonic() - watched.started

@@ -201,7 +201,7 @@ def test_faults_land_inside_commits_and_resumes(report: Report, reference: Path)
     assert report.kills_in_commit >= 1, report.table()
     assert report.kills_in_resume >= 1, report.table()
     assert report.resumes >= 1
-    assert all(p.returncode == -signal.SIGKILL for p in report.processes if p.killed)
+    assert all(p.returncode == -signal.SIGKILL for p in report.processes if p.signalled)
     assert compare_runs(reference, report.reference) == ([], 0, 0)
     assert report.reference_status == "stopped"  # the stopper ended it, after enough updates
     assert report.reference_updates == 160
