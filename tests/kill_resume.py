@@ -189,6 +189,9 @@ class ProcessRecord:
     """The harness sent it SIGKILL."""
     killed: bool = False
     """... and it died of it (exit status -9)."""
+    moment: Fault | None = None
+    """Where the kill landed: ``startup`` if the process had printed nothing yet (whatever the fault
+    aimed at), else the fault's own kind."""
     in_commit: bool = False
     hung: bool = False
     seconds: float = 0.0
@@ -196,7 +199,7 @@ class ProcessRecord:
 
     @property
     def in_resume(self) -> bool:
-        return self.killed and self.fault == "resume"
+        return self.killed and self.moment == "resume"
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,8 @@ class Report:
     def kills(self) -> int:
         return sum(p.killed for p in self.processes)
 
-    def kills_by_fault(self) -> Counter[str]:
-        return Counter(p.fault for p in self.processes if p.killed and p.fault is not None)
+    def kills_by_moment(self) -> Counter[str]:
+        return Counter(p.moment for p in self.processes if p.killed and p.moment is not None)
 
     @property
     def kills_in_commit(self) -> int:
@@ -320,12 +323,14 @@ class Report:
 
     def table(self, *, per_trial: bool = True) -> str:
         runs = len(self.runs)
-        by_fault = self.kills_by_fault()
+        by_moment = self.kills_by_moment()
         rows: list[tuple[str, str]] = [
             ("kills (SIGKILL, exit status -9)", str(self.kills)),
-            ("  inside a checkpoint commit", str(self.kills_in_commit)),
+            ("  while the process started (no output yet)", str(by_moment["startup"])),
+            ("  at a random moment of training (or exit)", str(by_moment["training"])),
+            ("  aimed at a checkpoint commit", str(by_moment["commit"])),
             ("  inside a resume", str(self.kills_in_resume)),
-            *((f"  fault '{f}'", str(by_fault.get(f, 0))) for f in FAULTS),
+            ("  of all these, inside a checkpoint commit", str(self.kills_in_commit)),
             ("resumes (noether train --resume)", str(self.resumes)),
             ("fresh starts of a run killed before its first checkpoint", str(self.restarts)),
             ("runs killed at least once", str(runs)),
@@ -374,7 +379,7 @@ class Report:
             lines += ["", "runs:"]
             for t in self.trials:
                 kills = ", ".join(
-                    f"{p.fault}{'+commit' if p.in_commit and p.fault != 'commit' else ''}"
+                    f"{p.moment}{'+commit' if p.in_commit and p.moment != 'commit' else ''}"
                     for p in t.processes
                     if p.killed
                 )
@@ -883,13 +888,16 @@ class Harness:
             elif fault == "resume":
                 if watched.sleep(fraction * RESUME_WINDOW_S):
                     killed, in_commit = watched.kill()
-            elif watched.sleep(fraction * 0.6 * left):  # commit: then at the next one
+            elif watched.sleep(fraction * 0.3 * left):  # commit: then at the next one
                 killed, in_commit = watched.kill_in_commit(deadline)
         record.returncode, record.hung = watched.finish(deadline - time.monotonic())
         self._measure(watched, record.returncode, start_update)
         record.signalled = killed
         record.killed = killed and record.returncode == -signal.SIGKILL
         record.in_commit = in_commit and record.killed
+        if record.killed:
+            printed = bool(watched.lines)  # all read by now, and all written before the kill
+            record.moment = "training" if fault == "startup" and printed else fault if printed else "startup"
         record.seconds = time.monotonic() - watched.started
         record.output = watched.lines[-30:]
         return record
@@ -997,7 +1005,7 @@ def summary_figures(report: Report) -> dict[str, Any]:
         "kills": report.kills,
         "kills_in_commit": report.kills_in_commit,
         "kills_in_resume": report.kills_in_resume,
-        "kills_by_fault": dict(report.kills_by_fault()),
+        "kills_by_moment": dict(report.kills_by_moment()),
         "resumes": report.resumes,
         "restarts": report.restarts,
         "runs": len(report.runs),
