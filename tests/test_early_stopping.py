@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from test_evaluation import validate
 from tiny_runs import entry, fit, ramp_config
@@ -72,6 +73,26 @@ def test_early_stop_exits_0_with_status_stopped(tmp_path: Path) -> None:
     assert yaml.safe_load((run_dir / "summary.yaml").read_text())["status"] == "stopped"
     assert [r["update"] for r in read_metrics(run_dir / "metrics.jsonl")] == [3, 6]
     assert (run_dir / "checkpoints" / "model_cp=final_model.th").exists()
+
+
+def test_a_resume_from_the_checkpoint_of_the_stop_trains_no_further(tmp_path: Path) -> None:
+    """A run killed after its stop was decided (say while it exits) resumes from the checkpoint taken at
+    that update: it ends ``stopped`` there, as the uninterrupted run did, instead of training on."""
+    raw = ramp_config(max_updates=20)
+    raw["callbacks"] = [
+        {"kind": "FixedEarlyStopper", "stop_at_update": 7, "every_n_updates": 1},
+        {"kind": "CheckpointCallback", "every_n_updates": 7, "save_latest_weights": True},
+    ]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    run_dir = tmp_path / "r"
+    tag = next(p.name for p in (run_dir / "checkpoints").glob("model_cp=E*_U7_*_trainer.th"))
+    tag = tag.removeprefix("model_cp=").removesuffix("_trainer.th")
+    assert main(["train", "--resume", str(run_dir), "--checkpoint", tag]) == 0
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["status"] == "stopped"
+    last = torch.load(run_dir / "checkpoints" / "model_cp=last_model.th", weights_only=True)
+    assert last["training_iteration"]["update"] == 7  # not 8, one update more and a second stop
 
 
 @pytest.mark.parametrize(

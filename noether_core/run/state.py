@@ -182,6 +182,9 @@ class RunState:
         self.plugins = plugins
         self.geometry = dict(geometry)
         self.nan_streak = 0
+        #: why a plugin asked the run to stop (``trainer.request_stop``); saved, so that a run killed
+        #: after its stop was decided and resumed from a checkpoint taken then ends without training on
+        self.stop_reason: str | None = None
 
     def note_nan(self, update: int, limit: int) -> None:
         """Count an update skipped for a non-finite loss; more than ``limit`` in a row fail the run."""
@@ -252,6 +255,7 @@ class RunState:
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng(),
             "nan_streak": self.nan_streak,
+            "stop_reason": self.stop_reason,
             "plugins": plugins,
             "entry_state": states,
         }
@@ -443,6 +447,8 @@ class RunState:
         seek(counter, update)
         with _damaged(trainer_file, "plugin states", verb="do"):
             self.nan_streak = int(state.get("nan_streak", 0))
+            stop_reason = state.get("stop_reason")
+            self.stop_reason = None if stop_reason is None else str(stop_reason)
             saved = dict(state.get("plugins", {}))
             states = dict(state.get("entry_state", {}))
         for slot in self.plugins.stateful():

@@ -125,7 +125,6 @@ class Trainer:
             self.resumed_from = resume_paths or paths
             self.resume_tag = self.state.resume(self.resumed_from, resume_tag)
 
-        self._stop_reason: str | None = None
         self._signals = Signals(tcfg.stop_timeout, self._stop_timed_out)
         # every set, also one a plugin writes through trainer.checkpoints, holds a second SIGINT back
         self.checkpoints.guard = self._signals.writing
@@ -194,13 +193,13 @@ class Trainer:
             self.plugins.call_slots(hook, slots, self._core, **arguments)
 
     def request_stop(self, reason: str) -> None:
-        if self._stop_reason is None:
+        if self.state.stop_reason is None:
             log.info("stop requested: %s", reason)
-            self._stop_reason = reason
+            self.state.stop_reason = reason
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_reason is not None
+        return self.state.stop_reason is not None
 
     def after_this_step(self, action: Callable[[], object]) -> None:
         self.plugins.defer(action)
@@ -260,11 +259,18 @@ class Trainer:
                 self.train_model.train()
                 started = time.perf_counter()
                 try:
-                    for batches in self._train_batches().updates(self.counter):
-                        self._update(batches)
-                        self._tick()
-                        if self._leave_loop():
-                            break
+                    if self.state.stop_reason is not None:  # resumed from the update where it stopped
+                        log.info(
+                            "the run had stopped at update %d: %s",
+                            self.counter.update,
+                            self.state.stop_reason,
+                        )
+                    else:
+                        for batches in self._train_batches().updates(self.counter):
+                            self._update(batches)
+                            self._tick()
+                            if self._leave_loop():
+                                break
                     if self._signals.received is None:
                         self._final_evaluations()
                 finally:
@@ -276,7 +282,7 @@ class Trainer:
                     # first exit status that is not 0
                     barrier(self.dist)
                     status = "interrupted"
-                elif self._stop_reason is not None:
+                elif self.state.stop_reason is not None:
                     status = "stopped"
                 else:
                     status = "completed"
@@ -407,14 +413,14 @@ class Trainer:
     def _leave_loop(self) -> bool:
         """Whether to stop after this update. Ranks agree: a signal or a stop request on any rank stops
         every rank at the same update (else they would wait on each other's collectives)."""
-        signalled, stopping = self._signals.received is not None, self._stop_reason is not None
+        signalled, stopping = self._signals.received is not None, self.state.stop_reason is not None
         if not self.dist.is_distributed:  # the common case, on every update: no collective to build
             return signalled or stopping
         any_signal, any_stop = any_rank_each((signalled, stopping), self.dist, self._flag_group)
         if any_signal and not signalled:
             self._signals.received = "a signal on another rank"
         if any_stop and not stopping:
-            self._stop_reason = "a stop requested on another rank"
+            self.state.stop_reason = "a stop requested on another rank"
         return any_signal or any_stop
 
     def _final_evaluations(self) -> None:
