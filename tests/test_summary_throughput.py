@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from tiny_runs import UPE, composite_model, make_trainer, tiny_config, train
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
 from noether_core.cli import main
+from noether_core.run.train_step import StepOutput, default_train_step, split_batch
 
 # ------------------------------------------------------------------------------------ ModelSummary
 
@@ -167,3 +169,30 @@ def test_throughput_window_survives_a_resume(tmp_path: Path) -> None:
     _within_2x(samples_per_sec, 6 * 16 / wall)
     _within_2x(updates_per_sec, 6 / wall)
     _within_2x(logged[18][0], 6 * 16 / (after[18] - after[12]))
+
+
+def token_step(model: nn.Module, batch: Any) -> StepOutput:
+    """The default step, reporting 7 tokens per sample of the micro-batch (a tensor, as a real step's
+    count of non-padding tokens would be)."""
+    step = default_train_step(model, batch)
+    x, _ = split_batch(batch)
+    return StepOutput(total=step.total, outputs={"num_tokens": torch.tensor(7 * x.shape[0])})
+
+
+def test_tokens_per_second_counts_every_micro_batch(tmp_path: Path) -> None:
+    raw = _config(4, accumulation_steps=2, train_step="test_summary_throughput:token_step")
+    Clock.marks = []
+    assert train(tmp_path, raw) == 0
+    run_dir = tmp_path / "r"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "throughput/tokens_per_sec" in r]
+    assert [r["update"] for r in logged] == list(range(4, 2 * UPE + 1, 4))
+    for record in logged:
+        tokens, samples = record["throughput/tokens_per_sec"], record["throughput/samples_per_sec"]
+        assert tokens == pytest.approx(7 * samples)  # both micro-batches of each update counted
+
+
+def test_no_tokens_key_without_num_tokens(tmp_path: Path) -> None:
+    Clock.marks = []
+    assert train(tmp_path, _config(8)) == 0
+    assert "throughput/tokens_per_sec" not in (tmp_path / "r" / "metrics.jsonl").read_text()
