@@ -41,8 +41,8 @@ TOKENS_KEY = "throughput/tokens_per_sec"
 
 
 class ThroughputCallback:
-    """Logs ``throughput/samples_per_sec`` and ``throughput/updates_per_sec`` over the window since its
-    previous log."""
+    """Logs ``throughput/samples_per_sec``, ``throughput/updates_per_sec`` and (when the train step
+    reports ``num_tokens``) ``throughput/tokens_per_sec`` over the window since its previous log."""
 
     #: It never runs the model: its ticks leave the model in train mode.
     needs_eval_mode = False
