@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from noether_core.errors import CheckpointLoadError, CheckpointWriteError
+from noether_core.io.atomic_files import fsync_directory
 
 TMP_SUFFIX = ".tmp"
 JOURNAL_PREFIX = ".commit-"
@@ -37,17 +38,6 @@ def temp_path(path: Path) -> Path:
     """A dot-name beside ``path``: the same filesystem (so ``os.replace`` is atomic), hidden from tag
     listings, and naming the writer's pid (so recovery knows whether its writer still runs)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the renames and deletions in ``directory`` durable."""
-    if os.name == "nt":  # directories cannot be opened for syncing on Windows; renames are durable there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe(error: BaseException) -> str:
