@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from tiny_runs import run_noether, tiny_config, train, write_config
+from tiny_runs import composite_model, run_noether, tiny_config, train, write_config
 
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
@@ -66,22 +66,14 @@ def checkpointing(every: int = 2) -> dict[str, Any]:
 
 
 def composite_with_signalling_head() -> dict[str, Any]:
-    """Two parts, so the stop's ``latest`` is several files; the head sends the armed signals when its
-    file is about to be written, after the encoder's."""
-    return {
-        "kind": "composite",
-        "name": "clf",
-        "parts": {
-            "encoder": {
-                "kind": "mlp",
-                "kwargs": {"in_features": 2, "out_features": 8, "hidden": 8, "depth": 1},
-            },
-            "head": {
-                "kind": "sample_plugins:SignallingLinear",
-                "kwargs": {"in_features": 8, "out_features": 4},
-            },
-        },
+    """The composite ``clf`` of :func:`tiny_runs.composite_model`, so the stop's ``latest`` is several
+    files; the head sends the armed signals when its file is about to be written, after the encoder's."""
+    model = composite_model()
+    model["parts"]["head"] = {
+        "kind": "sample_plugins:SignallingLinear",
+        "kwargs": {"in_features": 8, "out_features": 4},
     }
+    return model
 
 
 def test_a_second_signal_during_the_stops_checkpoint_write_waits_for_it(tmp_path: Path) -> None:
