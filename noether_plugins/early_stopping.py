@@ -8,8 +8,12 @@ status 0. Stoppers do nothing under ``noether eval``.
 * :class:`FixedEarlyStopper` stops once the run reaches ``stop_at_epoch``, ``stop_at_update`` or
   ``stop_at_sample`` (exactly one). It checks after every update unless given an interval.
 * :class:`MetricEarlyStopper` watches ``metric_key`` (logged earlier in the same step) and stops after
-  ``tolerance`` consecutive evaluations without a strict improvement on the best value so far (an equal
-  value is no improvement). Its best value and count are kept across resume.
+  ``tolerance`` consecutive evaluations without an improvement on the best value so far by more than
+  ``min_delta`` (an equal value is no improvement), in its ``mode`` (by default the metric's declared
+  direction). Its best value and count are kept across resume.
+* :class:`ThresholdStopper` watches ``metric_key`` and stops once it crosses ``stop_at`` in its better
+  direction (a success), or ``diverge_at`` in the other, or is not finite (a divergence); either way the
+  run ends ``stopped`` with exit status 0, and ``summary.yaml`` gives the reason (``summary.stop_reason``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("noether.early_stopping")
 
 _pos: Callable[..., Any] = v.optional(v.ge(1))
+
+
+def _finite(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, got {value}")
+
+
+def _higher_is_better(trainer: Run, key: str, mode: Literal["min", "max"] | None) -> bool:
+    if mode is not None:
+        return mode == "max"
+    return trainer.metrics.higher_is_better(key)
 
 
 class FixedEarlyStopper:
@@ -86,6 +101,10 @@ class MetricEarlyStopper:
         """The metric to watch, e.g. ``loss/val/total``; logged this step by an earlier entry."""
         tolerance: int = attrs.field(validator=v.ge(1))
         """Consecutive evaluations without a strict improvement on the best value that stop the run."""
+        min_delta: float = attrs.field(default=0.0, validator=[v.ge(0.0), _finite])
+        """An improvement on the best value by no more than this does not count (nor reset the count)."""
+        mode: Literal["min", "max"] | None = None
+        """``min`` (lower is better) or ``max``; by default the metric's declared direction."""
         on_nan: Literal["stagnate", "stop", "fail"] = "stagnate"
         """A NaN value: ``stagnate`` counts it as an evaluation without improvement, ``stop`` stops at once,
         ``fail`` ends the run with an error."""
@@ -112,9 +131,10 @@ class MetricEarlyStopper:
             if cfg.on_nan == "stop":
                 trainer.request_stop(f"{cfg.key}: {cfg.metric_key} is NaN (on_nan: stop)")
                 return
-        higher = trainer.metrics.higher_is_better(cfg.metric_key)
+        higher = _higher_is_better(trainer, cfg.metric_key, cfg.mode)
+        delta = cfg.min_delta
         if not math.isnan(value) and (
-            self.best is None or (value > self.best if higher else value < self.best)
+            self.best is None or (value - self.best > delta if higher else self.best - value > delta)
         ):
             self.best = value
             self.stagnant = 0
@@ -152,4 +172,64 @@ class MetricEarlyStopper:
         return []
 
 
-__all__ = ["FixedEarlyStopper", "MetricEarlyStopper"]
+class ThresholdStopper:
+    """Stops when ``metric_key`` reaches ``stop_at`` (success) or ``diverge_at`` / a non-finite value."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        metric_key: str = attrs.field(validator=v.min_len(1))
+        """The metric to watch, e.g. ``loss/val/total``; logged this step by an earlier entry."""
+        stop_at: float | None = attrs.field(default=None, validator=_finite)
+        """Stop as a success once the value is this good or better (``<=`` for lower is better)."""
+        diverge_at: float | None = attrs.field(default=None, validator=_finite)
+        """Stop as diverged once the value is this bad or worse (``>=`` for lower is better)."""
+        mode: Literal["min", "max"] | None = None
+        """``min`` (lower is better) or ``max``; by default the metric's declared direction."""
+        stop_on_non_finite: bool = True
+        """A NaN or infinite value stops the run as diverged."""
+
+        def __attrs_post_init__(self) -> None:
+            if self.stop_at is None and self.diverge_at is None and not self.stop_on_non_finite:
+                raise ValueError("set stop_at, diverge_at or stop_on_non_finite: otherwise it never stops")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def at_eval(self, trainer: Run, counter: Counter, interval: EvalInterval) -> None:
+        if interval == "eval":
+            return
+        cfg = self.config
+        value = trainer.writer.get(cfg.metric_key)
+        if value is None:
+            raise LookupError(
+                f"{cfg.metric_key!r} was not logged in this step; list its producer before {cfg.key!r}, "
+                "due at the same updates"
+            )
+        where = f"at update {counter.update}"
+        if not math.isfinite(value):
+            if cfg.stop_on_non_finite:
+                trainer.request_stop(f"{cfg.key}: diverged: {cfg.metric_key} is {value} {where}")
+            return
+        higher = _higher_is_better(trainer, cfg.metric_key, cfg.mode)
+        if cfg.diverge_at is not None and (value <= cfg.diverge_at if higher else value >= cfg.diverge_at):
+            trainer.request_stop(
+                f"{cfg.key}: diverged: {cfg.metric_key} = {value:.6g} crossed diverge_at={cfg.diverge_at} "
+                f"{where}"
+            )
+        elif cfg.stop_at is not None and (value >= cfg.stop_at if higher else value <= cfg.stop_at):
+            trainer.request_stop(
+                f"{cfg.key}: reached the threshold: {cfg.metric_key} = {value:.6g} crossed "
+                f"stop_at={cfg.stop_at} {where}"
+            )
+
+    @classmethod
+    def consumes(cls, config: Config) -> list[str]:
+        return [config.metric_key]
+
+    @staticmethod
+    def produces(config: CallbackConfig, run_config: RunConfig) -> list[str]:
+        return []
+
+
+__all__ = ["FixedEarlyStopper", "MetricEarlyStopper", "ThresholdStopper"]

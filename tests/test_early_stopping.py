@@ -256,3 +256,120 @@ def test_stoppers_do_nothing_in_eval(tmp_path: Path) -> None:
         MetricEarlyStopper.Config(kind="MetricEarlyStopper", metric_key="x", tolerance=1)
     )
     metric.at_eval(Trainer(), interval="eval")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "stops_at"),
+    [
+        ({}, 6),  # every strict improvement counts: 2.75, 2.5 and 2.25 reset the count
+        ({"min_delta": 0.5}, 3),  # 2.75 and 2.5 improve by no more than 0.5 on 3.0
+    ],
+)
+def test_metric_stopper_min_delta(tmp_path: Path, fields: dict[str, Any], stops_at: int) -> None:
+    values = [3.0, 2.75, 2.5, 2.25, 2.25, 2.25]  # exact in binary
+    trainer, _ = fit(tmp_path, metric_config(values, 2, **fields))
+    assert trainer.counter.update == stops_at
+    assert recorder_events(trainer)[-1] == ("after_training", stops_at, "stopped")
+
+
+def test_metric_stopper_explicit_mode_overrides_the_declared_direction(tmp_path: Path) -> None:
+    # a loss is lower-is-better, but mode: max watches it rising: best 2.0 at update 2, then two misses
+    values = [1.0, 2.0, 1.5, 1.8, 0.1, 0.1]
+    trainer, _ = fit(tmp_path, metric_config(values, 2, mode="max"))
+    assert trainer.counter.update == 4
+    trainer, _ = fit(tmp_path, metric_config(values, 2, mode="min"), run_id="min")
+    assert trainer.counter.update == 3  # 1.0 is best; 2.0 and 1.5 are no improvement
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"min_delta": -0.1}, "min_delta: must be >= 0.0"),
+        ({"mode": "up"}, "mode"),
+    ],
+)
+def test_metric_stopper_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: dict[str, Any], message: str
+) -> None:
+    raw = metric_config([1.0], 1, **fields)
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert message in err
+
+
+# --------------------------------------------------------------------------------------- threshold
+
+
+def threshold_config(metric: str, values: list[float], **fields: Any) -> dict[str, Any]:
+    raw = ramp_config(max_updates=len(values) + 2)
+    raw["callbacks"] = [
+        {
+            "kind": "test_evaluation:Scripted",
+            "metric": metric,
+            "values": [*values, 0.0, 0.0],
+            "every_n_updates": 1,
+        },
+        {"kind": "ThresholdStopper", "every_n_updates": 1, "metric_key": metric, **fields},
+    ]
+    return raw
+
+
+def run_threshold(tmp_path: Path, raw: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--output-dir", str(tmp_path), "--run-id", "r"]) == 0
+    run_dir = tmp_path / "r"
+    summary = yaml.safe_load((run_dir / "summary.yaml").read_text())
+    assert summary["status"] == "stopped"
+    return read_metrics(run_dir / "metrics.jsonl")[-1]["update"], summary["summary"]
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "fields", "stops_at", "reason"),
+    [
+        ("loss/val/total", [3.0, 2.0, 1.0, 0.5], {"stop_at": 1.0}, 3, "reached the threshold"),
+        ("val/accuracy", [0.2, 0.5, 0.9, 0.95], {"stop_at": 0.8}, 3, "reached the threshold"),
+        ("loss/val/total", [3.0, 2.0, 5.0, 0.5], {"stop_at": 0.1, "diverge_at": 4.0}, 3, "diverged"),
+        ("val/accuracy", [0.5, 0.6, 0.05], {"diverge_at": 0.1}, 3, "diverged"),
+        ("loss/val/total", [3.0, math.nan, 1.0], {"stop_at": 0.1}, 2, "is nan"),
+        ("loss/val/total", [3.0, math.inf, 1.0], {"stop_at": 0.1}, 2, "is inf"),
+        # mode: max on a loss: 3.0 is past stop_at 2.5 in the "higher" direction
+        ("loss/val/total", [1.0, 2.0, 3.0], {"stop_at": 2.5, "mode": "max"}, 3, "reached the threshold"),
+    ],
+)
+def test_threshold_stopper_stops_with_its_reason(
+    tmp_path: Path, metric: str, values: list[float], fields: dict[str, Any], stops_at: int, reason: str
+) -> None:
+    update, summary = run_threshold(tmp_path, threshold_config(metric, values, **fields))
+    assert update == stops_at
+    assert summary["stop_reason"].startswith("ThresholdStopper: ")
+    assert reason in summary["stop_reason"]
+    assert f"at update {stops_at}" in summary["stop_reason"]
+
+
+def test_threshold_stopper_not_crossed_lets_the_run_complete(tmp_path: Path) -> None:
+    raw = threshold_config("loss/val/total", [3.0, 2.0, 1.5], stop_at=1.0, diverge_at=4.0)
+    raw["callbacks"][0]["values"] = [3.0, 2.0, 1.5, 1.5, 1.5]
+    trainer, _ = fit(tmp_path, raw, expect="completed")
+    assert trainer.counter.update == 5
+
+
+def test_threshold_stopper_on_a_real_loss(tmp_path: Path) -> None:
+    """The ramp run's real validation loss: a generous stop_at is reached at the first evaluation."""
+    raw = ramp_config(max_updates=20)
+    raw["callbacks"] = [
+        {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2},
+        {"kind": "ThresholdStopper", "every_n_updates": 2, "metric_key": "loss/val/total", "stop_at": 1e9},
+    ]
+    update, summary = run_threshold(tmp_path, raw)
+    assert update == 2
+    assert "reached the threshold: loss/val/total" in summary["stop_reason"]
+
+
+def test_threshold_stopper_that_can_never_stop_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = threshold_config("loss/val/total", [1.0], stop_on_non_finite=False)
+    status, err = validate(tmp_path, raw, capsys)
+    assert status == 2
+    assert "set stop_at, diverge_at or stop_on_non_finite" in err

@@ -114,6 +114,12 @@ class Run(Protocol):
     def skip_nan_loss(self) -> bool:
         """Whether updates with a non-finite loss are skipped instead of failing the run."""
 
+    @property
+    def grad_scale(self) -> torch.Tensor | None:
+        """The factor the gradients carry between backward and the optimizer step (fp16 loss scaling),
+        a device tensor updated in place by each step (clone it to keep it); ``None`` without loss
+        scaling. Divide a norm read in ``after_accumulation`` by it to get the true one."""
+
     # ------------------------------------------------------------------------ services
 
     @property

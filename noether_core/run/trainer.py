@@ -374,6 +374,11 @@ class Trainer:
             mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
             self._without_grad(self.plugins.after_update, mean_losses, times, grad_norm)
 
+    @property
+    def grad_scale(self) -> torch.Tensor | None:
+        """See :attr:`noether_core.Run.grad_scale`."""
+        return self.grad_scaler._scale if self.grad_scaler.is_enabled() else None
+
     def _without_grad(self, event: Callable[..., None], *args: Any) -> None:
         """Dispatch a per-update ``event`` with autograd off. The grad mode is switched directly:
         ``torch.no_grad()`` builds two context objects, 1-2 µs a use, and this runs on every update."""
@@ -449,6 +454,9 @@ class Trainer:
             failures = self.plugins.after_training(self._core, status)
         if failures and status != "failed":
             teardown.add(failures[0])
+        if status == "stopped" and self.state.stop_reason is not None:
+            # summary.yaml says why a run ended early: a success (early stopping) or a divergence
+            self.writer.add_summary("stop_reason", self.state.stop_reason)
         if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
             teardown.run("saving the last weights", self._save_last)
         teardown.run("flushing the last metrics", self.writer.flush)  # e.g. a metric logged twice
