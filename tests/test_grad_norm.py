@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_runs import entry, fit, tiny_config
+from tiny_runs import composite_model, entry, fit, tiny_config
 
 from noether_core import CallbackConfig, hookimpl
 
@@ -100,3 +100,106 @@ def test_grad_norm_logs_only_at_its_interval(tmp_path: Path) -> None:
     assert not records.values("param_norm/total")
     assert all("grad_norm/total" in r for r in records.records)  # every record is one of its ticks
     assert not any(k.startswith("grad_norm/") and k != "grad_norm/total" for r in records.records for k in r)
+
+
+def test_per_group_norms_add_up_to_the_total(tmp_path: Path) -> None:
+    raw = tiny_config(max_epochs=1)
+    raw["model"] = composite_model()  # one optimizer group per part: clf.encoder, clf.head
+    raw["callbacks"] = [{"kind": "GradNormCallback", "every_n_updates": 4, "per_group": True}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    assert trainer.optimizer is not None
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["clf.encoder", "clf.head"]
+    for update, total in records.values("grad_norm/total").items():
+        record = records.record_at(update)
+        groups = sorted(k for k in record if k.startswith("grad_norm/group/"))
+        assert groups == ["grad_norm/group/clf.encoder", "grad_norm/group/clf.head"]
+        assert all(record[k] > 0 for k in groups)
+        assert sum(record[k] ** 2 for k in groups) == pytest.approx(total**2, rel=1e-5)
+    assert sorted(records.values("grad_norm/total")) == [4, 8, 12, 16]
+    assert trainer.metrics.ordinality("grad_norm/group/clf.head") == "neutral"
+
+
+def test_per_group_norms_of_unnamed_groups_are_numbered(tmp_path: Path) -> None:
+    raw = tiny_config(max_updates=2, max_epochs=None)
+    raw["callbacks"] = [
+        {"kind": "test_grad_norm:SplitGroups"},
+        {"kind": "GradNormCallback", "every_n_updates": 1, "per_group": True},
+    ]
+    _, records = fit(tmp_path, raw, expect="completed")
+    record = records.record_at(2)
+    groups = sorted(k for k in record if k.startswith("grad_norm/group/"))
+    assert groups == ["grad_norm/group/model/0", "grad_norm/group/model/1"]  # the model name
+    assert sum(record[k] ** 2 for k in groups) == pytest.approx(record["grad_norm/total"] ** 2, rel=1e-5)
+
+
+class SplitGroups:
+    """Splits the optimizer's one group into two unnamed ones, weights and biases, before training."""
+
+    Config = CallbackConfig
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def before_training(self, trainer: Any) -> None:
+        optimizer = trainer.optimizer
+        (group,) = optimizer.param_groups
+        params = group.pop("params")
+        group.pop("name")
+        optimizer.param_groups.clear()
+        optimizer.add_param_group({**group, "params": [p for p in params if p.ndim > 1]})
+        optimizer.add_param_group({**group, "params": [p for p in params if p.ndim <= 1]})
+
+
+class WeightRecorder:
+    """Keeps copies of the trainable parameters before (at the last micro-batch) and after each update."""
+
+    Config = CallbackConfig
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+        self.before: dict[int, list[torch.Tensor]] = {}
+        self.after: dict[int, list[torch.Tensor]] = {}
+
+    @staticmethod
+    def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    @hookimpl
+    def after_accumulation(
+        self, model: torch.nn.Module, counter: Any, accumulation_step: int, accumulation_steps: int
+    ) -> None:
+        if accumulation_step == accumulation_steps - 1:
+            self.before[counter.update + 1] = self._weights(model)
+
+    @hookimpl
+    def after_update(self, model: torch.nn.Module, counter: Any) -> None:
+        self.after[counter.update] = self._weights(model)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2], ids=["one-micro-batch", "accumulate"])
+def test_update_ratio_is_the_change_of_the_weights_over_their_norm(tmp_path: Path, accumulation: int) -> None:
+    raw = tiny_config(max_epochs=1, accumulation_steps=accumulation)
+    raw["callbacks"] = [
+        {"kind": "test_grad_norm:WeightRecorder"},
+        {"kind": "GradNormCallback", "every_n_updates": 5, "update_ratio": True, "param_norm": False},
+    ]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    recorder = entry(trainer, "test_grad_norm:WeightRecorder")
+    logged = records.values("update_ratio/total")
+    assert sorted(logged) == [5, 10, 15]
+    for update, ratio in logged.items():
+        before, after = recorder.before[update], recorder.after[update]
+        by_hand = _l2([a - b for a, b in zip(after, before, strict=True)]) / _l2(before)
+        assert 0 < ratio < 1
+        assert ratio == pytest.approx(by_hand, rel=1e-5)
+    assert not records.values("param_norm/total")
+    assert trainer.metrics.ordinality("update_ratio/total") == "neutral"
+
+
+def test_no_update_ratio_by_default(tmp_path: Path) -> None:
+    raw = tiny_config(max_updates=3, max_epochs=None)
+    raw["callbacks"] = [{"kind": "GradNormCallback", "every_n_updates": 1}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    assert not records.values("update_ratio/total")
+    assert entry(trainer, "GradNormCallback")._before == []  # no copy of the weights kept
