@@ -7,7 +7,21 @@ When its interval is due it logs
 * ``throughput/updates_per_sec``: optimizer updates in the window per second, and
 * ``throughput/tokens_per_sec``: when the train step reports ``num_tokens`` in its ``outputs`` (an int
   or a one-element tensor per micro-batch), the tokens of the window (summed over micro-batches and
-  ranks) per second.
+  ranks) per second;
+* ``throughput/flops_per_sec``: with a FLOP count per sample (``flops_per_sample``, or counted with
+  ``count_flops`` / ``peak_flops``), the window's samples times that count per second, all ranks together;
+* ``throughput/mfu``: with ``peak_flops`` (the peak FLOP/s of one device), the model FLOPs utilization
+  ``flops_per_sec / (peak_flops * world_size)``.
+
+A counted FLOP count is taken once, on the first micro-batch of the run, with
+``torch.utils.flop_counter.FlopCounterMode``: the mode is entered after every entry's ``before_training``
+(a wrapper of that event) and left at this entry's ``after_accumulation`` of that micro-batch, so it sees
+the train step's forward and backward, and the count is divided by the micro-batch's samples. The counter
+knows the matrix products, convolutions and attention kernels (the ops that dominate a model's FLOPs), not
+elementwise ops; a product's backward counts its gradients for the input (where one is needed) and the
+weight, so a linear layer counts ``2 * in * out`` per sample forward and twice that backward, except a first
+layer whose input needs no gradient. The count is kept in the entry's state, so a resumed run does not
+count again.
 
 The window runs from the end of the update of its previous log (or the start of training) to the end of
 the update of this one, so it includes whatever ran between updates (evaluations of other entries):
@@ -26,30 +40,50 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
+from attrs import validators as v
 
-from noether_core import CallbackConfig, hookimpl
+from noether_core import CallbackConfig, batch_length, hookimpl
 
 if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
+
     from noether_core import Counter, EvalInterval, Run
 
 SAMPLES_KEY = "throughput/samples_per_sec"
 UPDATES_KEY = "throughput/updates_per_sec"
 TOKENS_KEY = "throughput/tokens_per_sec"
+FLOPS_KEY = "throughput/flops_per_sec"
+MFU_KEY = "throughput/mfu"
+
+_positive = v.optional([v.gt(0.0), v.lt(float("inf"))])
 
 
 class ThroughputCallback:
     """Logs ``throughput/samples_per_sec``, ``throughput/updates_per_sec`` and (when the train step
-    reports ``num_tokens``) ``throughput/tokens_per_sec`` over the window since its previous log."""
+    reports ``num_tokens``) ``throughput/tokens_per_sec``, and with a FLOP count ``throughput/flops_per_sec``
+    and ``throughput/mfu``, over the window since its previous log."""
 
     #: It never runs the model: its ticks leave the model in train mode.
     needs_eval_mode = False
 
-    Config = CallbackConfig
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        flops_per_sample: float | None = attrs.field(default=None, validator=_positive)
+        """FLOPs of one sample's forward and backward, for ``throughput/flops_per_sec``; unset: counted on
+        the first micro-batch when ``count_flops`` or ``peak_flops`` is set."""
+        count_flops: bool = False
+        """Count the FLOPs per sample on the first micro-batch (``torch.utils.flop_counter``) and log
+        ``throughput/flops_per_sec``."""
+        peak_flops: float | None = attrs.field(default=None, validator=_positive)
+        """Peak FLOP/s of one device (``312e12`` for an A100's bf16), for ``throughput/mfu``; counts the
+        FLOPs unless ``flops_per_sample`` is given."""
 
-    def __init__(self, config: CallbackConfig) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self._start_sample: int | None = None
         self._start_update: int | None = None
@@ -59,14 +93,20 @@ class ThroughputCallback:
         self._now: float | None = None
         # tokens of the window so far, a device tensor when the train step reports tensors
         self._tokens: torch.Tensor | int | None = None
+        # FLOPs of one sample's forward and backward: given, counted, or None
+        self._flops: float | None = config.flops_per_sample
+        # the counter, between the end of before_training and the first micro-batch's after_accumulation
+        self._counting: FlopCounterMode | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The partial window: its start sample and update, and the seconds it had run."""
+        """The partial window: its start sample and update, the seconds it had run, and the FLOPs per
+        sample."""
         return {
             "start_sample": self._start_sample,
             "start_update": self._start_update,
             "elapsed": self._elapsed(),
             "tokens": None if self._tokens is None else int(self._tokens),
+            "flops_per_sample": self._flops,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -76,6 +116,9 @@ class ThroughputCallback:
         self._carried = float(state["elapsed"])
         tokens = state.get("tokens")
         self._tokens = None if tokens is None else int(tokens)
+        flops = state.get("flops_per_sample")
+        if self.config.flops_per_sample is None and flops is not None:
+            self._flops = float(flops)
 
     def _elapsed(self) -> float:
         if self._now is None:
@@ -85,18 +128,34 @@ class ThroughputCallback:
     @staticmethod
     def produces(config: CallbackConfig, run_config: Any) -> list[str]:
         """``throughput/samples_per_sec``, ``throughput/updates_per_sec`` and, when the train step reports
-        ``num_tokens``, ``throughput/tokens_per_sec``."""
+        ``num_tokens``, ``throughput/tokens_per_sec``; with a FLOP count ``throughput/flops_per_sec`` and
+        ``throughput/mfu``."""
         return ["throughput/*"]
 
-    @hookimpl
-    def before_training(self, counter: Counter) -> None:
+    @staticmethod
+    def metric_directions(config: CallbackConfig) -> dict[str, str]:
+        """Rates of the machine, not of the model: neither direction is better for choosing a checkpoint."""
+        return {"throughput/*": "neutral"}
+
+    @hookimpl(wrapper=True)
+    def before_training(self, counter: Counter) -> Generator[None, None, None]:
+        # a wrapper, so that the clock and the FLOP counter start after every entry's before_training
+        yield
         if self._start_sample is None or self._start_update is None:
             self._start_sample, self._start_update = counter.sample, counter.update
+        config = self.config
+        if self._flops is None and (config.count_flops or config.peak_flops is not None):
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counting = FlopCounterMode(display=False)
+            self._counting.__enter__()
         self._t0 = time.perf_counter()
         self._now = None
 
     @hookimpl
-    def after_accumulation(self, outputs: Mapping[str, Any] | None) -> None:
+    def after_accumulation(self, batch: Any, outputs: Mapping[str, Any] | None) -> None:
+        if self._counting is not None:
+            self._stop_counting(batch_length(batch))
         if outputs is None:
             return
         tokens = outputs.get("num_tokens")
@@ -106,9 +165,21 @@ class ThroughputCallback:
             tokens = tokens.detach()
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
 
+    def _stop_counting(self, samples: int | None) -> None:
+        counting, self._counting = self._counting, None
+        assert counting is not None
+        counting.__exit__(None, None, None)
+        if samples:
+            self._flops = counting.get_total_flops() / samples
+
     @hookimpl
     def after_update(self) -> None:
         self._now = time.perf_counter()
+
+    @hookimpl
+    def after_training(self) -> None:
+        if self._counting is not None:  # no micro-batch ran
+            self._stop_counting(None)
 
     @hookimpl
     def at_eval(self, trainer: Run, counter: Counter, interval: EvalInterval) -> None:
@@ -124,6 +195,12 @@ class ThroughputCallback:
         if self._tokens is not None:
             trainer.writer.add_scalar(TOKENS_KEY, _total_over_ranks(self._tokens, trainer) / elapsed)
             self._tokens = 0
+        if self._flops is not None:
+            flops_per_sec = samples * self._flops / elapsed
+            trainer.writer.add_scalar(FLOPS_KEY, flops_per_sec)
+            peak = self.config.peak_flops
+            if peak is not None:
+                trainer.writer.add_scalar(MFU_KEY, flops_per_sec / (peak * trainer.dist.world_size))
         self._start_sample, self._start_update = counter.sample, counter.update
         self._carried = 0.0
         if self._now is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from tiny_runs import UPE, composite_model, make_trainer, tiny_config, train
+from tiny_runs import UPE, composite_model, entry, fit, make_trainer, tiny_config, train
 from torch import nn
 
 from noether_core import CallbackConfig, hookimpl
@@ -196,3 +196,109 @@ def test_no_tokens_key_without_num_tokens(tmp_path: Path) -> None:
     Clock.marks = []
     assert train(tmp_path, _config(8)) == 0
     assert "throughput/tokens_per_sec" not in (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
+# ------------------------------------------------------------------------------------ FLOP/s and MFU
+
+
+def _linear_flops(widths: list[int]) -> int:
+    """FLOPs per sample of a stack of linear layers ``widths[0] -> widths[1] -> ...``, forward and backward,
+    as ``torch.utils.flop_counter`` counts them: ``2 * in * out`` a layer forward, the same again for the
+    gradient of its weight, and again for the gradient of its input except for the first layer (the data
+    needs none). Biases, activations and the loss are not matrix products, so not counted."""
+    layers = list(zip(widths, widths[1:], strict=False))
+    forward = sum(2 * i * o for i, o in layers)
+    first_in, first_out = layers[0]
+    return 3 * forward - 2 * first_in * first_out
+
+
+@pytest.mark.parametrize(
+    ("model", "widths", "accumulation"),
+    [
+        ({"kind": "linear", "kwargs": {"in_features": 2, "out_features": 4}}, [2, 4], 1),
+        (None, [2, 16, 16, 4], 1),  # tiny_config's MLP
+        (None, [2, 16, 16, 4], 2),  # the count is per sample of a micro-batch of 8
+    ],
+    ids=["linear", "mlp", "mlp-accumulate"],
+)
+def test_flops_counted_on_the_first_batch_are_the_analytic_count(
+    tmp_path: Path, model: dict[str, Any] | None, widths: list[int], accumulation: int
+) -> None:
+    raw = tiny_config(max_updates=8, max_epochs=None, accumulation_steps=accumulation)
+    if model is not None:
+        raw["model"] = model
+    peak = 1e9
+    raw["callbacks"] = [{"kind": "ThroughputCallback", "every_n_updates": 4, "peak_flops": peak}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    flops = _linear_flops(widths)
+    assert entry(trainer, "ThroughputCallback")._flops == flops
+    assert sorted(records.values("throughput/flops_per_sec")) == [4, 8]
+    for update, flops_per_sec in records.values("throughput/flops_per_sec").items():
+        record = records.record_at(update)
+        assert flops_per_sec == pytest.approx(record["throughput/samples_per_sec"] * flops)
+        assert record["throughput/mfu"] == pytest.approx(flops_per_sec / (peak * 1))  # world size 1
+    assert trainer.metrics.ordinality("throughput/mfu") == "neutral"
+
+
+def test_flops_per_sample_given_is_not_counted(tmp_path: Path) -> None:
+    raw = tiny_config(max_updates=4, max_epochs=None)
+    raw["callbacks"] = [{"kind": "ThroughputCallback", "every_n_updates": 2, "flops_per_sample": 1000.0}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    throughput = entry(trainer, "ThroughputCallback")
+    assert throughput._flops == 1000.0
+    for update, flops_per_sec in records.values("throughput/flops_per_sec").items():
+        assert flops_per_sec == pytest.approx(records.record_at(update)["throughput/samples_per_sec"] * 1000)
+    assert not records.values("throughput/mfu")  # no peak
+
+
+def test_count_flops_without_peak_logs_no_mfu(tmp_path: Path) -> None:
+    raw = tiny_config(max_updates=4, max_epochs=None)
+    raw["callbacks"] = [{"kind": "ThroughputCallback", "every_n_updates": 2, "count_flops": True}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    assert entry(trainer, "ThroughputCallback")._flops == _linear_flops([2, 16, 16, 4])
+    assert sorted(records.values("throughput/flops_per_sec")) == [2, 4]
+    assert not records.values("throughput/mfu")
+
+
+def test_no_flops_keys_by_default(tmp_path: Path) -> None:
+    raw = tiny_config(max_updates=4, max_epochs=None)
+    raw["callbacks"] = [{"kind": "ThroughputCallback", "every_n_updates": 2}]
+    trainer, records = fit(tmp_path, raw, expect="completed")
+    assert entry(trainer, "ThroughputCallback")._flops is None
+    assert not any(k in r for r in records.records for k in ("throughput/flops_per_sec", "throughput/mfu"))
+
+
+def test_counted_flops_survive_a_resume(tmp_path: Path) -> None:
+    raw = tiny_config(max_epochs=None, max_updates=12)
+    raw["callbacks"] = [
+        {"kind": "ThroughputCallback", "every_n_updates": 3, "peak_flops": 1e9},
+        {"kind": "CheckpointCallback", "every_n_updates": 6},
+    ]
+    assert train(tmp_path, raw) == 0
+    run_dir = tmp_path / "r"
+    trainer_file = next((run_dir / "checkpoints").glob("model_cp=E*_U6_*_trainer.th"))
+    state = torch.load(trainer_file, weights_only=True)
+    assert _find(state, "flops_per_sample") == _linear_flops([2, 16, 16, 4])
+    tag = trainer_file.name.removeprefix("model_cp=").removesuffix("_trainer.th")
+    assert main(["train", "--resume", str(run_dir), "--checkpoint", tag]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "throughput/flops_per_sec" in r]
+    assert [r["update"] for r in logged] == [3, 6, 9, 12]
+    for record in logged:
+        flops = record["throughput/flops_per_sec"] / record["throughput/samples_per_sec"]
+        assert flops == pytest.approx(_linear_flops([2, 16, 16, 4]))
+        assert record["throughput/mfu"] == pytest.approx(record["throughput/flops_per_sec"] / 1e9)
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The value of the first ``key`` anywhere in nested dicts and lists."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        for item in tree:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
