@@ -39,8 +39,7 @@ the interruption; the time between the checkpoint and the resume is not counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -148,7 +147,7 @@ class ThroughputCallback:
             from torch.utils.flop_counter import FlopCounterMode
 
             self._counting = FlopCounterMode(display=False)
-            self._counting.__enter__()
+            self._counting.__enter__()  # type: ignore[no-untyped-call]
         self._t0 = time.perf_counter()
         self._now = None
 
@@ -168,7 +167,7 @@ class ThroughputCallback:
     def _stop_counting(self, samples: int | None) -> None:
         counting, self._counting = self._counting, None
         assert counting is not None
-        counting.__exit__(None, None, None)
+        counting.__exit__(None, None, None)  # type: ignore[no-untyped-call]
         if samples:
             self._flops = counting.get_total_flops() / samples
 

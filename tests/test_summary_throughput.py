@@ -4,6 +4,7 @@ of this module sees, also across a resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -206,7 +207,7 @@ def _linear_flops(widths: list[int]) -> int:
     as ``torch.utils.flop_counter`` counts them: ``2 * in * out`` a layer forward, the same again for the
     gradient of its weight, and again for the gradient of its input except for the first layer (the data
     needs none). Biases, activations and the loss are not matrix products, so not counted."""
-    layers = list(zip(widths, widths[1:], strict=False))
+    layers = list(itertools.pairwise(widths))
     forward = sum(2 * i * o for i, o in layers)
     first_in, first_out = layers[0]
     return 3 * forward - 2 * first_in * first_out
