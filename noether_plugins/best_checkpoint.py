@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from attrs import validators as v
-
 import yaml
+from attrs import validators as v
 
 from noether_core import CallbackConfig, atomic_write_text, hookimpl, load_checkpoint, tag_for_metric
 from noether_plugins.checkpoint import select_parts
@@ -211,7 +210,9 @@ class BestCheckpointCallback:
     @hookimpl
     def before_training(self, trainer: Run, config: Config) -> None:
         self._higher = trainer.metrics.higher_is_better(config.metric_key)  # unknown direction: an error now
-        parts = select_parts(trainer, config.model_names)  # a misspelled part: an error now, not at the first best
+        parts = select_parts(
+            trainer, config.model_names
+        )  # a misspelled part: an error now, not at the first best
         if config.save_top_k > 1 and trainer.is_main:
             for prefix, track in self._tracks.items():
                 self._reconcile_top(trainer, config, prefix + config.metric_key, track, [n for n, _ in parts])
@@ -319,9 +320,7 @@ class BestCheckpointCallback:
         }
         atomic_write_text(self._index_path(trainer, key), yaml.safe_dump(index, sort_keys=False))
 
-    def _reconcile_top(
-        self, trainer: Run, config: Config, key: str, track: _Track, names: list[str]
-    ) -> None:
+    def _reconcile_top(self, trainer: Run, config: Config, key: str, track: _Track, names: list[str]) -> None:
         """On resume: keep the listed entries whose files are all there, delete the top-k files nobody
         lists (written after the checkpoint this run resumed from), and rewrite the index."""
         directory = trainer.paths.checkpoints

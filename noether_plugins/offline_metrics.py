@@ -75,8 +75,10 @@ def _metric_base() -> type[Any]:
     try:
         import torchmetrics
     except ImportError:
-        raise ValueError(f"OfflineMetricsCallback needs torchmetrics, which is not installed: {_INSTALL}") from None
-    return torchmetrics.Metric  # type: ignore[no-any-return]
+        raise ValueError(
+            f"OfflineMetricsCallback needs torchmetrics, which is not installed: {_INSTALL}"
+        ) from None
+    return torchmetrics.Metric
 
 
 @attrs.frozen(kw_only=True)
@@ -187,7 +189,9 @@ class OfflineMetricsCallback(PeriodicDataIteratorCallback):
     def metrics(self, trainer: Run) -> dict[str, Any]:
         """This entry's metric objects, on the trainer's device (built once)."""
         if self._metrics is None:
-            self._metrics = {name: spec.build().to(trainer.device) for name, spec in self.config.metrics.items()}
+            self._metrics = {
+                name: spec.build().to(trainer.device) for name, spec in self.config.metrics.items()
+            }
         return self._metrics
 
     @hookimpl

@@ -49,7 +49,12 @@ def test_accuracy_above_chance_and_each_direction_honoured(tmp_path: Path) -> No
             },
         },
         {"kind": "BestCheckpointCallback", "every_n_epochs": 1, "metric_key": "acc/val"},
-        {"kind": "BestCheckpointCallback", "name": "best_flipped", "every_n_epochs": 1, "metric_key": "flipped/val"},
+        {
+            "kind": "BestCheckpointCallback",
+            "name": "best_flipped",
+            "every_n_epochs": 1,
+            "metric_key": "flipped/val",
+        },
     ]
     assert train(tmp_path, raw) == 0
     run = tmp_path / "r"
@@ -93,7 +98,9 @@ def test_custom_inputs_and_a_regression_metric(tmp_path: Path) -> None:
     assert all(0.0 <= g < 0.5 for g in gaps)
 
 
-def _validate(tmp_path: Path, metrics: dict[str, Any], pythonpath: str = "") -> subprocess.CompletedProcess[str]:
+def _validate(
+    tmp_path: Path, metrics: dict[str, Any], pythonpath: str = ""
+) -> subprocess.CompletedProcess[str]:
     raw = _example()
     raw["callbacks"] = [
         {"kind": "OfflineMetricsCallback", "every_n_epochs": 1, "dataset_key": "val", "metrics": metrics}
@@ -104,7 +111,8 @@ def _validate(tmp_path: Path, metrics: dict[str, Any], pythonpath: str = "") -> 
 def test_a_wrong_metric_is_refused_at_validation(tmp_path: Path) -> None:
     proc = _validate(tmp_path, {"acc": {"kind": "torchmetrics.classification.NoSuchMetric"}})
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "NoSuchMetric" in proc.stderr and "Traceback" not in proc.stderr
+    assert "NoSuchMetric" in proc.stderr
+    assert "Traceback" not in proc.stderr
     proc = _validate(tmp_path, {"acc": {"kind": ACCURACY, "kwargs": {"num_classes": 4, "colour": 1}}})
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "colour" in proc.stderr

@@ -506,9 +506,7 @@ def _checkpoint_tag(paths: RunPaths, checkpoint: str) -> str:
     if checkpoint != "best":
         return checkpoint
     tags = paths.all_checkpoint_tags()
-    best = [
-        t for t in tags if t.startswith("best_model.") and ".tolerance=" not in t and ".top=" not in t
-    ]
+    best = [t for t in tags if t.startswith("best_model.") and ".tolerance=" not in t and ".top=" not in t]
     if len(best) != 1:
         which = "no best checkpoint" if not best else f"{len(best)} best checkpoints"
         raise UsageError(
