@@ -123,13 +123,15 @@ class _Track:
     top: list[_TopEntry] = attrs.Factory(list)
 
     def state(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "best": self.best,
             "best_at": self.best_at,
             "stale": self.stale,
             "exhausted": dict(self.exhausted),
-            "top": [attrs.asdict(entry) for entry in self.top],
         }
+        if self.top:  # save_top_k: 1 keeps the state it always had
+            state["top"] = [attrs.asdict(entry) for entry in self.top]
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> _Track:

@@ -123,7 +123,7 @@ def _check_metrics(_: object, attribute: attrs.Attribute[Any], value: Mapping[st
         try:
             spec.build()  # a wrong path or argument: an error at validation, not at the first evaluation
         except ValueError as exc:
-            raise ValueError(f"metrics.{name}: {exc}") from None
+            raise ValueError(f"{name}: {exc}") from None
 
 
 def _check_inputs(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
