@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from tiny_runs import tiny_config, train
 
 from noether_core.cli import main
-from noether_core.io.checkpoints import load_checkpoint
+from noether_core.io.checkpoints import CheckpointWriter, load_checkpoint
+from noether_core.io.paths import RunPaths
 
 INDEX = "best_model.loss.val.total.top_k.yaml"
 
@@ -113,3 +115,28 @@ def test_resume_from_an_older_checkpoint_drops_what_came_after_it(tmp_path: Path
     assert status == 0
     after = _check_agrees(run)
     assert all(e["update"] <= 32 for e in after)
+
+
+def test_delete_tag_removes_every_file_of_the_tag_with_the_commit(tmp_path: Path) -> None:
+    writer = CheckpointWriter(RunPaths.create(tmp_path, "r"))
+    position = {"epoch": 1, "update": 2, "sample": 3}
+    weights = {"w": torch.ones(2)}
+    for tag in ("keep", "gone"):
+        with writer.checkpoint_set(tag) as parts:
+            parts.save_model("model", weights, position=position)
+            parts.save_model("model", weights, position=position, ema=0.9)
+            parts.save_optim("model", weights, position=position)
+    directory = writer.paths.checkpoints
+    with writer.deferred_commit():
+        doomed = writer.delete_tag("model", "gone")
+        assert all(path.exists() for path in doomed)  # deleted with the batch's commit, not before
+        with writer.checkpoint_set("new") as parts:
+            parts.save_model("model", weights, position=position)
+    assert sorted(p.name for p in doomed) == [
+        "model_cp=gone_model.th",
+        "model_cp=gone_optim.th",
+        "model_ema=0.9_cp=gone_model.th",
+    ]
+    assert writer.tags("model") == ["keep", "new"]
+    assert not any("gone" in p.name for p in directory.iterdir())
+    assert writer.delete_tag("model", "never") == []
