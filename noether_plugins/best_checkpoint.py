@@ -19,6 +19,17 @@ State (best value, its position, the patience count, which tolerances ran out an
 saved with the trainer state and restored on resume, so a resumed run continues the same comparison.
 Inside ``EmaCallback``'s ``eval_callbacks`` one entry serves every EMA factor: its state is kept per
 metric prefix, and the tags carry the prefix (``best_model.ema=0.999.loss.val.total``).
+
+**Top k.** With ``save_top_k: k`` (``k > 1``) the entry also keeps the weights of the ``k`` best
+evaluations so far, each under its own tag ``best_model.{key}.top={value}_U{update}`` (the value as
+``%.6g``, the update of the evaluation), and the index ``checkpoints/best_model.{key}.top_k.yaml``
+lists them best first (rank, value, position, tag, files). A value enters when fewer than ``k`` are
+kept or it is strictly better than the worst kept one, which is then evicted: its files are deleted in
+the same checkpoint commit that writes the new ones. The list is part of the entry's state; on resume
+the entry keeps the entries whose files are all present, deletes top-k files it does not list (written
+after the checkpoint the run resumed from) and rewrites the index, so index and files agree again even
+after a kill between the two. ``best_model.{key}`` is written as with ``k = 1``, which writes no top-k
+tags and no index.
 """
 
 from __future__ import annotations
@@ -27,12 +38,14 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import yaml
 from attrs import validators as v
 
-from noether_core import CallbackConfig, hookimpl, load_checkpoint, tag_for_metric
+from noether_core import CallbackConfig, atomic_write_text, hookimpl, load_checkpoint, tag_for_metric
 from noether_plugins.checkpoint import select_parts
 
 if TYPE_CHECKING:
@@ -106,14 +119,19 @@ class _Track:
     stale: int = 0
     #: tolerance -> the best value when its patience ran out
     exhausted: dict[int, float] = attrs.Factory(dict)
+    #: the kept top-k evaluations, best first (``save_top_k > 1`` only)
+    top: list[_TopEntry] = attrs.Factory(list)
 
     def state(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "best": self.best,
             "best_at": self.best_at,
             "stale": self.stale,
             "exhausted": dict(self.exhausted),
         }
+        if self.top:  # save_top_k: 1 keeps the state it always had
+            state["top"] = [attrs.asdict(entry) for entry in self.top]
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> _Track:
@@ -123,6 +141,30 @@ class _Track:
             best_at=str(state.get("best_at", "")),
             stale=int(state["stale"]),
             exhausted={int(t): float(val) for t, val in state["exhausted"].items()},
+            top=[_TopEntry.from_state(entry) for entry in state.get("top", ())],
+        )
+
+
+@attrs.define
+class _TopEntry:
+    """One kept evaluation of ``save_top_k``: its value, where it was taken, its tag and file names."""
+
+    value: float
+    epoch: int
+    update: int
+    sample: int
+    tag: str
+    files: list[str]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _TopEntry:
+        return cls(
+            value=float(state["value"]),
+            epoch=int(state["epoch"]),
+            update=int(state["update"]),
+            sample=int(state["sample"]),
+            tag=str(state["tag"]),
+            files=[str(f) for f in state["files"]],
         )
 
 
@@ -140,6 +182,10 @@ class BestCheckpointCallback:
         """Patiences to simulate, each ``>= 1``: see the module documentation."""
         model_names: list[str] | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
         """Model parts to save (composite models); ``None``: all."""
+        save_top_k: int = attrs.field(default=1, validator=[v.instance_of(int), v.ge(1)])
+        """Also keep the weights of the ``k`` best evaluations (``> 1``), each under its own
+        ``best_model.{key}.top={value}_U{update}`` tag, listed in ``best_model.{key}.top_k.yaml``; see
+        the module documentation. ``1``: only ``best_model.{key}``."""
 
     @classmethod
     def consumes(cls, config: Config) -> list[str]:
@@ -166,7 +212,12 @@ class BestCheckpointCallback:
     @hookimpl
     def before_training(self, trainer: Run, config: Config) -> None:
         self._higher = trainer.metrics.higher_is_better(config.metric_key)  # unknown direction: an error now
-        select_parts(trainer, config.model_names)  # a misspelled part: an error now, not at the first best
+        parts = select_parts(
+            trainer, config.model_names
+        )  # a misspelled part: an error now, not at the first best
+        if config.save_top_k > 1 and trainer.is_main:
+            for prefix, track in self._tracks.items():
+                self._reconcile_top(trainer, config, prefix + config.metric_key, track, [n for n, _ in parts])
 
     def _better(self, value: float, best: float | None) -> bool:
         if math.isnan(value):
@@ -204,12 +255,90 @@ class BestCheckpointCallback:
                 include_frozen=config.save_frozen_weights,
             )
             track.best, track.best_at, track.stale = value, counter.tag, 0
+            self._keep_top(trainer, counter, config, key, track, value)
             return
+        self._keep_top(trainer, counter, config, key, track, value)
         track.stale += 1
         for t in config.tolerances or ():
             if t not in track.exhausted and track.stale >= t:
                 track.exhausted[t] = math.nan if track.best is None else track.best
                 self._save_tolerance(trainer, config, key, track, t, f"patience {t} ran out at {counter.tag}")
+
+    def _keep_top(
+        self, trainer: Run, counter: Counter, config: Config, key: str, track: _Track, value: float
+    ) -> None:
+        """Add this evaluation to the top ``save_top_k`` if it belongs there, evicting the worst."""
+        k = config.save_top_k
+        if k == 1 or math.isnan(value):
+            return
+        if len(track.top) >= k and not self._better(value, track.top[-1].value):
+            return
+        tag = f"{tag_for_metric(key)}.top={value:.6g}_U{counter.update}"
+        if any(kept.tag == tag for kept in track.top):  # the same value at the same update, seen again
+            return
+        paths = trainer.save_checkpoint(
+            tag,
+            weights=True,
+            optim=False,
+            trainer_state=False,
+            model_names=config.model_names,
+            include_frozen=config.save_frozen_weights,
+        )
+        entry = _TopEntry(value, counter.epoch, counter.update, counter.sample, tag, [p.name for p in paths])
+        # after every kept value that is at least as good: an equal value is not better
+        at = next((i for i, kept in enumerate(track.top) if self._better(value, kept.value)), len(track.top))
+        track.top.insert(at, entry)
+        evicted = track.top[k:]
+        del track.top[k:]
+        if not trainer.is_main:
+            return
+        names = [name for name, _ in select_parts(trainer, config.model_names)]
+        for old in evicted:
+            log.info("%s = %s (%s) leaves the top %d of %s", key, old.value, old.tag, k, key)
+            for name in names:
+                trainer.checkpoints.delete_tag(name, old.tag)
+        self._write_index(trainer, config, key, track)
+
+    def _index_path(self, trainer: Run, key: str) -> Path:
+        return trainer.paths.checkpoints / f"{tag_for_metric(key)}.top_k.yaml"
+
+    def _write_index(self, trainer: Run, config: Config, key: str, track: _Track) -> None:
+        index = {
+            "metric": key,
+            "higher_is_better": bool(self._higher),
+            "save_top_k": config.save_top_k,
+            "checkpoints": [
+                {
+                    "rank": rank,
+                    "value": entry.value,
+                    "epoch": entry.epoch,
+                    "update": entry.update,
+                    "sample": entry.sample,
+                    "tag": entry.tag,
+                    "files": list(entry.files),
+                }
+                for rank, entry in enumerate(track.top, start=1)
+            ],
+        }
+        atomic_write_text(self._index_path(trainer, key), yaml.safe_dump(index, sort_keys=False))
+
+    def _reconcile_top(self, trainer: Run, config: Config, key: str, track: _Track, names: list[str]) -> None:
+        """On resume: keep the listed entries whose files are all there, delete the top-k files nobody
+        lists (written after the checkpoint this run resumed from), and rewrite the index."""
+        directory = trainer.paths.checkpoints
+        kept = [entry for entry in track.top if all((directory / f).exists() for f in entry.files)]
+        for entry in track.top:
+            if entry not in kept:
+                log.warning("top-k checkpoint %s of %s lost its files; dropped from the list", entry.tag, key)
+        track.top = kept
+        listed = {entry.tag for entry in kept}
+        marker = f"{tag_for_metric(key)}.top="
+        for name in names:
+            for tag in trainer.checkpoints.tags(name):
+                if tag.startswith(marker) and tag not in listed:
+                    log.info("deleting top-k checkpoint %s of %s: not in the resumed state", tag, key)
+                    trainer.checkpoints.delete_tag(name, tag)
+        self._write_index(trainer, config, key, track)
 
     def _save_tolerance(
         self, trainer: Run, config: Config, key: str, track: _Track, t: int, why: str

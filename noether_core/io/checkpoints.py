@@ -547,6 +547,18 @@ class CheckpointWriter:
             checkpoint_journal.commit(self.paths.checkpoints, [], doomed)
         return doomed
 
+    def delete_tag(self, model_name: str, tag: str) -> list[Path]:
+        """Delete every file (every part, EMA weights included) of ``tag`` for ``model_name``, in one
+        commit; inside :meth:`deferred_commit` the files go with the batch's commit, like :meth:`prune`.
+        Returns the paths deleted (or to be deleted)."""
+        checkpoint_file_name(model_name, tag, "model")
+        doomed = self._files_of_tag(model_name, tag)
+        if self._batch is not None:
+            self._doomed += doomed
+        elif doomed:
+            checkpoint_journal.commit(self.paths.checkpoints, [], doomed)
+        return doomed
+
     def discard_partial_writes(self) -> list[Path]:
         """:meth:`recover`: kept for callers from before checkpoint sets."""
         return self.recover()

@@ -501,11 +501,12 @@ class EvalTracker:
 
 
 def _checkpoint_tag(paths: RunPaths, checkpoint: str) -> str:
-    """``checkpoint``, or for ``best`` the run's one ``best_model.*`` tag (tolerances aside)."""
+    """``checkpoint``, or for ``best`` the run's one ``best_model.*`` tag (tolerances and the top-k
+    tags of ``save_top_k`` aside)."""
     if checkpoint != "best":
         return checkpoint
     tags = paths.all_checkpoint_tags()
-    best = [t for t in tags if t.startswith("best_model.") and ".tolerance=" not in t]
+    best = [t for t in tags if t.startswith("best_model.") and ".tolerance=" not in t and ".top=" not in t]
     if len(best) != 1:
         which = "no best checkpoint" if not best else f"{len(best)} best checkpoints"
         raise UsageError(
