@@ -99,8 +99,30 @@ def _strict_float(value: Any, _: type) -> float:
 
 def _strict_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected string, got {_show(value)}")
+        raise TypeError(f"expected string, got {_show(value)}{_sexagesimal_hint(value)}")
     return value
+
+
+def _sexagesimal_hint(value: Any) -> str:
+    """YAML 1.1 reads an unquoted ``2:30:00`` as 9000 (base 60): say so where a string was expected."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 60:
+        return ""
+    digits = []
+    rest = value
+    while rest:
+        rest, digit = divmod(rest, 60)
+        digits.append(digit)
+    shown = ":".join([str(digits[-1])] + [f"{d:02d}" for d in reversed(digits[:-1])])
+    return f"; YAML reads an unquoted {shown} as the number {value}: write it in quotes, {shown!r}"
+
+
+def _bool_or_strings(value: Any, _: Any) -> bool | list[str]:
+    """``true``, ``false`` or a list of strings (``trainer.add_default_callbacks``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        return [_strict_str(item, str) for item in value]
+    raise TypeError(f"expected true, false or a list of kinds, got {_show(value)}{_string_hint(value, bool)}")
 
 
 def _strict_bool(value: Any, _: type) -> bool:
@@ -140,6 +162,7 @@ def _build_converter(registry: PluginRegistry) -> cattrs.Converter:
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook_func(lambda t: _origin(t) is Literal, _structure_literal)
+    conv.register_structure_hook_func(lambda t: t == bool | list[str], _bool_or_strings)
     _register_shape_checks(conv)
 
     entry_structurers: dict[type[CallbackConfig], Any] = {}
