@@ -55,3 +55,44 @@ class RecordEnd:
             record = {"update": counter.update, "status": status, "stop": trainer.stop_requested}
             with open(os.path.join(directory, f"{trainer.rank}.json"), "w") as file:
                 json.dump(record, file)
+
+
+class FailsAt:
+    """Raises in ``at_eval`` at update ``at``."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        at: int = 1
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def at_eval(self, counter: Counter) -> None:
+        if counter.update == self.config.at:
+            raise RuntimeError(f"failing at update {counter.update}")
+
+
+class Logs:
+    """Logs 1.0 under ``key`` at its ticks and declares ``declared`` (default: ``key``) as what it
+    produces."""
+
+    @attrs.frozen(kw_only=True)
+    class Config(CallbackConfig):
+        key: str = "custom/value"
+        declared: str | None = None
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @staticmethod
+    def produces(config: Config, run_config: Any) -> list[str]:
+        return [config.declared or config.key]
+
+    @hookimpl
+    def at_eval(self, trainer: Run) -> None:
+        trainer.writer.add_scalar(self.config.key, 1.0)
+
+
+class AlsoLogs(Logs):
+    """:class:`Logs` under another kind."""

@@ -506,7 +506,15 @@ class Trainer:
         if status == "stopped" and self.state.stop_reason is not None:
             # summary.yaml says why a run ended early: a success (early stopping) or a divergence
             self.writer.add_summary("stop_reason", self.state.stop_reason)
-        if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
+        # a paused run (a time limit) is not finished: its resume saves ``last``, and a ``last`` saved now
+        # would stay, since the resume leaves one it finds alone
+        paused = self.state.stop_resumable
+        if (
+            status in ("completed", "stopped")
+            and self.config.trainer.save_last
+            and not failures
+            and not paused
+        ):
             teardown.run("saving the last weights", self._save_last)
         teardown.run("flushing the last metrics", self.writer.flush)  # e.g. a metric logged twice
         teardown.run(
