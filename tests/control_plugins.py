@@ -74,12 +74,12 @@ class FailsAt:
 
 
 class Logs:
-    """Logs 1.0 under ``key`` at its ticks and declares ``declared`` (default: ``key``) as what it
-    produces."""
+    """Logs 1.0 under ``metric`` at its ticks and declares ``declared`` (default: ``metric``) as what
+    it produces."""
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        key: str = "custom/value"
+        metric: str = "custom/value"
         declared: str | None = None
 
     def __init__(self, config: Config) -> None:
@@ -87,11 +87,11 @@ class Logs:
 
     @staticmethod
     def produces(config: Config, run_config: Any) -> list[str]:
-        return [config.declared or config.key]
+        return [config.declared or config.metric]
 
     @hookimpl
     def at_eval(self, trainer: Run) -> None:
-        trainer.writer.add_scalar(self.config.key, 1.0)
+        trainer.writer.add_scalar(self.config.metric, 1.0)
 
 
 class AlsoLogs(Logs):
