@@ -81,6 +81,7 @@ _FACE: dict[str, str] = {
     "read_metrics": "noether_core.io.metrics_file",
     "atomic_write_text": "noether_core.io.atomic_files",
     # durations as configs write them ("HH:MM:SS")
+    "Duration": "noether_core.config.durations",
     "parse_duration": "noether_core.config.durations",
     "format_duration": "noether_core.config.durations",
     # metric names and checkpoint tags
@@ -125,7 +126,7 @@ _FACE: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from noether_core.config.durations import format_duration, parse_duration
+    from noether_core.config.durations import Duration, format_duration, parse_duration
     from noether_core.config.schema import CallbackConfig, RunConfig
     from noether_core.errors import (
         CheckpointLoadError,
@@ -205,6 +206,7 @@ __all__ = [
     "DataContainer",
     "DistInfo",
     "DuplicateMetricError",
+    "Duration",
     "Entry",
     "EvalInterval",
     "Interval",

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from noether_core import CallbackConfig, format_duration, hookimpl, parse_duration
+from noether_core import CallbackConfig, Duration, format_duration, hookimpl, parse_duration
 
 if TYPE_CHECKING:
     from noether_core import Counter, Run
 
 
-def _duration(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+def _duration(_: Any, attribute: attrs.Attribute[Duration], value: Duration) -> None:
     parse_duration(value)
 
 
@@ -33,7 +33,7 @@ class TimerCallback:
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
-        duration: str = attrs.field(validator=_duration)
+        duration: Duration = attrs.field(validator=_duration)
         """How long this process may train: ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"`` (in quotes)."""
         resumable: bool = True
         """Pause the run (a resumable ``latest`` is saved, ``--resume`` goes on) rather than end it."""

@@ -110,7 +110,13 @@ def test_a_bad_max_time_fails_validation_with_its_path(
     cfg.write_text(cfg.read_text().replace("  max_epochs: 2\n", "  max_epochs: 2\n  max_time: 2:30:00\n"))
     assert main(["config", "validate", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "trainer.max_time: expected string, got 9000 (int); YAML reads an unquoted 2:30:00 as" in err
+    assert (
+        'trainer.max_time: expected a string "HH:MM:SS", got 9000 (int); YAML reads an unquoted 2:30:00 as '
+        "the number 9000: write it in quotes, '2:30:00'"
+    ) in err
+    cfg.write_text(cfg.read_text().replace("2:30:00", "00:00:01.5"))
+    assert main(["config", "validate", str(cfg)]) == 2
+    assert "got 1.5 (float); YAML reads an unquoted 0:00:01.5 as the number 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("resumable", [True, False])

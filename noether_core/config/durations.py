@@ -9,6 +9,12 @@ reads an unquoted ``2:30:00`` as the number 9000.
 from __future__ import annotations
 
 import re
+from typing import NewType
+
+Duration = NewType("Duration", str)
+"""The type of a config field holding a duration (``trainer.max_time``, ``TimerCallback.duration``): a
+string, ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"``. The config loader reads it strictly and, for a number,
+says that YAML read an unquoted ``2:30:00`` as one."""
 
 _DURATION = re.compile(r"(?:(\d+):)?(\d+):([0-5]?\d):([0-5]?\d(?:\.\d+)?)")
 
@@ -32,4 +38,12 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
-__all__ = ["format_duration", "parse_duration"]
+def as_yaml_read_it(value: float) -> str:
+    """The unquoted ``H:MM:SS`` YAML 1.1 reads as the number ``value`` (base 60: ``9000`` was
+    ``2:30:00``, ``1.5`` was ``0:00:01.5``), for messages."""
+    whole = int(value)
+    fraction = f"{value - whole:.6g}".lstrip("0") if isinstance(value, float) and value != whole else ""
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}{fraction}"
+
+
+__all__ = ["Duration", "as_yaml_read_it", "format_duration", "parse_duration"]

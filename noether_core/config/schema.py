@@ -11,7 +11,7 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-from noether_core.config.durations import parse_duration
+from noether_core.config.durations import Duration, parse_duration
 from noether_core.io.metric_properties import Ordinality
 from noether_core.lookup import did_you_mean
 from noether_core.plugins.scheduling import Interval
@@ -181,7 +181,7 @@ class TrainerConfig:
     track_every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
     track_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
     add_default_callbacks: bool | list[str] = attrs.field(default=True, validator=_default_kinds)
-    max_time: str | None = attrs.field(default=None, validator=_duration)
+    max_time: Duration | None = attrs.field(default=None, validator=_duration)
     save_last: bool = True
     slow_plugin_share: float = attrs.field(default=0.25, validator=[_finite, v.gt(0.0), v.le(1.0)])
     stop_timeout: float | None = attrs.field(default=_STOP_TIMEOUT, validator=v.optional(v.gt(0.0)))
