@@ -114,7 +114,8 @@ class CallbackConfig:
     (``noether.core.callbacks.CheckpointCallback``) or an import path (``package.module:Name``)."""
     name: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     """The entry's name for its saved state, logs and timings; unique among the entries. Unset: its
-    ``id``, else its ``kind``."""
+    ``id``, else its ``kind`` (unnamed entries of one kind get names that tell them apart,
+    ``OfflineLossCallback[val]``, ``OfflineLossCallback#2``)."""
     id: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     """The older spelling of ``name``; if both are set they must agree."""
     every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)

@@ -41,7 +41,8 @@ class Entry(Protocol):
 
     @property
     def key(self) -> str:
-        """Its name: state, logs and timings go under it (``name``, else ``id``, else ``kind``)."""
+        """Its name: state, logs and timings go under it (``name``, else ``id``, else ``kind``; unnamed
+        entries of one kind get names that tell them apart, ``OfflineLossCallback[val]``)."""
 
     @property
     def kind(self) -> str:
