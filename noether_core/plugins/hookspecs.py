@@ -211,9 +211,9 @@ def after_training(
     """Called once, last, whatever the ending. Values logged here are flushed before the run closes.
 
     :param status: ``"completed"`` (the configured end was reached), ``"stopped"`` (a plugin requested a
-        stop, e.g. early stopping, or ``trainer.max_time`` passed), ``"interrupted"`` (SIGTERM/SIGINT; a resumable checkpoint was saved
-        before this call) or ``"failed"`` (an exception is about to be re-raised; save nothing you would
-        trust).
+        stop, e.g. early stopping, or ``trainer.max_time`` passed), ``"interrupted"`` (SIGTERM/SIGINT; a
+        resumable checkpoint was saved before this call) or ``"failed"`` (an exception is about to be
+        re-raised; save nothing you would trust).
 
     An exception raised here fails the run (``summary.yaml`` and the exit status say ``failed``), but
     every other entry's ``after_training`` still runs. Signals that arrive now change nothing; after

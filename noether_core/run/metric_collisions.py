@@ -92,7 +92,8 @@ def _common_update(scheduler: IntervalScheduler, a: Interval, b: Interval) -> in
 def _when(plan: RunPlan, a: _Producer, b: _Producer) -> str | None:
     """When ``a`` and ``b`` both log (for a message), ``None`` when they never do at one step."""
     if a.interval is None or b.interval is None:
-        return "at every update" if a.interval is None and b.interval is None else "at the same updates"
+        scheduled = a.interval or b.interval
+        return "at every update" if scheduled is None else f"at the same updates ({scheduled.verbose})"
     if a.interval == b.interval:
         return f"at the same updates ({a.interval.verbose})"
     scheduler = plan.scheduler  # intervals that differ: only the run's geometry tells whether they meet
