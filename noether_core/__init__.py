@@ -80,6 +80,10 @@ _FACE: dict[str, str] = {
     "check_weights_only_safe": "noether_core.io.checkpoints",
     "read_metrics": "noether_core.io.metrics_file",
     "atomic_write_text": "noether_core.io.atomic_files",
+    # durations as configs write them ("HH:MM:SS")
+    "Duration": "noether_core.config.durations",
+    "parse_duration": "noether_core.config.durations",
+    "format_duration": "noether_core.config.durations",
     # metric names and checkpoint tags
     "tag_for_metric": "noether_core.io.paths",
     "format_ema_factor": "noether_core.io.paths",
@@ -122,6 +126,7 @@ _FACE: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from noether_core.config.durations import Duration, format_duration, parse_duration
     from noether_core.config.schema import CallbackConfig, RunConfig
     from noether_core.errors import (
         CheckpointLoadError,
@@ -201,6 +206,7 @@ __all__ = [
     "DataContainer",
     "DistInfo",
     "DuplicateMetricError",
+    "Duration",
     "Entry",
     "EvalInterval",
     "Interval",
@@ -236,6 +242,7 @@ __all__ = [
     "check_weights_only_safe",
     "collate",
     "evaluate",
+    "format_duration",
     "format_ema_factor",
     "gather_results",
     "hookimpl",
@@ -243,6 +250,7 @@ __all__ = [
     "load_checkpoint",
     "mean_over_ranks",
     "merge_rank_results",
+    "parse_duration",
     "parse_position_tag",
     "read_metrics",
     "tag_for_metric",

@@ -231,11 +231,13 @@ def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | Non
     exist, their arguments fit), the metric dependencies between entries, and every entry's plugin
     object made once."""
     from noether_core.io.trackers import load_trackers
+    from noether_core.run.metric_collisions import check_metric_collisions
     from noether_core.run.metric_dependencies import check_metric_dependencies
     from noether_core.run.plan import RunPlan
 
     plan = RunPlan(config, registry, source=source)
     check_metric_dependencies(plan)
+    check_metric_collisions(plan)
     plan.plugin_manager(defaults=False)  # a constructor that raises fails here, before any run directory
     load_trackers(config.tracker)  # and so does a tracker's, a missing library included
     return plan

@@ -134,7 +134,8 @@ def test_false_in_quotes_is_never_true(registry: PluginRegistry) -> None:
     raw["trainer"]["add_default_callbacks"] = "false"
     (problem,) = structure_fails(raw, registry)
     assert problem == (
-        "trainer.add_default_callbacks: expected bool (true/false), got 'false' (str); remove the quotes"
+        "trainer.add_default_callbacks: expected true, false or a list of kinds, got 'false' (str); "
+        "remove the quotes"
     )
 
 

@@ -294,7 +294,7 @@ def test_defaults_in_producer_first_order_then_the_users_entries(tmp_path: Path)
         ("ParamCountCallback", True, None),
         ("OnlineLossCallback/U3", True, "U3"),
         ("OnlineLossCallback/U4", True, "U4"),
-        ("LrCallback", True, "U3"),
+        # the config's LrCallback entry replaces the default one
         ("TrainTimeCallback", True, "U4"),
         ("PeakMemoryCallback", True, "U4"),
         ("ProgressCallback", True, "U4"),

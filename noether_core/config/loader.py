@@ -36,6 +36,7 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
 
 
 from noether_core.config.bounded_yaml import LIMITS, bounded_tree, load_yaml, read_config_file
+from noether_core.config.durations import Duration, as_yaml_read_it
 from noether_core.config.schema import CallbackConfig, RunConfig, nested_entries
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UnknownKindError, UsageError
 from noether_core.lookup import did_you_mean
@@ -103,6 +104,26 @@ def _strict_str(value: Any, _: type) -> str:
     return value
 
 
+def _duration(value: Any, _: type) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**63:
+        # YAML 1.1 reads an unquoted 2:30:00 as 9000 (base 60): say so instead of taking it as seconds
+        shown = as_yaml_read_it(value)
+        raise TypeError(
+            f'expected a string "HH:MM:SS", got {_show(value)}; YAML reads an unquoted {shown} as the '
+            f"number {value}: write it in quotes, {shown!r}"
+        )
+    return _strict_str(value, str)
+
+
+def _bool_or_strings(value: Any, _: Any) -> bool | list[str]:
+    """``true``, ``false`` or a list of strings (``trainer.add_default_callbacks``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        return [_strict_str(item, str) for item in value]
+    raise TypeError(f"expected true, false or a list of kinds, got {_show(value)}{_string_hint(value, bool)}")
+
+
 def _strict_bool(value: Any, _: type) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"expected bool (true/false), got {_show(value)}{_string_hint(value, bool)}")
@@ -139,7 +160,9 @@ def _build_converter(registry: PluginRegistry) -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(Duration, _duration)
     conv.register_structure_hook_func(lambda t: _origin(t) is Literal, _structure_literal)
+    conv.register_structure_hook_func(lambda t: t == bool | list[str], _bool_or_strings)
     _register_shape_checks(conv)
 
     entry_structurers: dict[type[CallbackConfig], Any] = {}

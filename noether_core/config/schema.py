@@ -11,7 +11,9 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from noether_core.config.durations import Duration, parse_duration
 from noether_core.io.metric_properties import Ordinality
+from noether_core.lookup import did_you_mean
 from noether_core.plugins.scheduling import Interval
 from noether_core.run.counter import RunEnd
 
@@ -40,6 +42,40 @@ def _model_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
             f"must be 1 to {MAX_MODEL_NAME} letters, digits, '_', '-' and '.', and not '.' or '..' "
             f"(it starts the checkpoint files' names), got {value!r}"
         )
+
+
+#: The kinds the trainer can add as default entries (``trainer.add_default_callbacks``), in the order it
+#: adds them.
+DEFAULT_KINDS = (
+    "DatasetStatsCallback",
+    "ParamCountCallback",
+    "OnlineLossCallback",
+    "LrCallback",
+    "TrainTimeCallback",
+    "PeakMemoryCallback",
+    "ProgressCallback",
+    "EtaCallback",
+)
+
+
+def _default_kinds(_: Any, attribute: attrs.Attribute[Any], value: bool | list[str]) -> None:
+    if isinstance(value, bool):
+        return
+    for i, kind in enumerate(value):
+        if kind not in DEFAULT_KINDS:
+            hint = did_you_mean(kind, DEFAULT_KINDS) if isinstance(kind, str) else ""
+            raise ValueError(
+                f"{kind!r} (item {i}) is not a default kind; {hint + ' ' if hint else ''}"
+                f"the default kinds are {', '.join(DEFAULT_KINDS)}"
+            )
+    duplicates = sorted({k for k in value if value.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"lists {', '.join(map(repr, duplicates))} more than once")
+
+
+def _duration(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        parse_duration(value)
 
 
 #: Numeric precision of the forward pass: full, bfloat16 autocast, or float16 autocast with a grad scaler.
@@ -78,7 +114,8 @@ class CallbackConfig:
     (``noether.core.callbacks.CheckpointCallback``) or an import path (``package.module:Name``)."""
     name: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     """The entry's name for its saved state, logs and timings; unique among the entries. Unset: its
-    ``id``, else its ``kind``."""
+    ``id``, else its ``kind`` (unnamed entries of one kind get names that tell them apart,
+    ``OfflineLossCallback[val]``, ``OfflineLossCallback#2``)."""
     id: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     """The older spelling of ``name``; if both are set they must agree."""
     every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
@@ -144,7 +181,8 @@ class TrainerConfig:
     track_every_n_epochs: int | None = attrs.field(default=None, validator=_pos_int)
     track_every_n_updates: int | None = attrs.field(default=None, validator=_pos_int)
     track_every_n_samples: int | None = attrs.field(default=None, validator=_pos_int)
-    add_default_callbacks: bool = True
+    add_default_callbacks: bool | list[str] = attrs.field(default=True, validator=_default_kinds)
+    max_time: Duration | None = attrs.field(default=None, validator=_duration)
     save_last: bool = True
     slow_plugin_share: float = attrs.field(default=0.25, validator=[_finite, v.gt(0.0), v.le(1.0)])
     stop_timeout: float | None = attrs.field(default=_STOP_TIMEOUT, validator=v.optional(v.gt(0.0)))
@@ -172,6 +210,16 @@ class TrainerConfig:
     @property
     def end(self) -> RunEnd:
         return _exactly_one_end(self)
+
+    @property
+    def max_seconds(self) -> float | None:
+        """``max_time`` in seconds, ``None`` without a time limit."""
+        return None if self.max_time is None else parse_duration(self.max_time)
+
+    def keeps_default(self, kind: str) -> bool:
+        """Whether ``add_default_callbacks`` lets the trainer add the default entries of ``kind``."""
+        value = self.add_default_callbacks
+        return value if isinstance(value, bool) else kind in value
 
     @property
     def log_interval(self) -> Interval | None:
@@ -260,6 +308,7 @@ class RunConfig:
 
 
 __all__ = [
+    "DEFAULT_KINDS",
     "CallbackConfig",
     "DatasetConfig",
     "ModelConfig",

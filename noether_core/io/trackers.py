@@ -219,6 +219,8 @@ class DiskTracker:
         previous = read_summary(paths)
         if isinstance(previous, dict) and isinstance(previous.get("summary"), dict):
             self._summary.update(previous["summary"])
+            # how the earlier part ended (a time limit's pause) is not how this one ends
+            self._summary.pop("stop_reason", None)
 
     def _update_stats(self, record: Mapping[str, Any]) -> None:
         for key, value in record.items():

@@ -24,10 +24,11 @@ by line (``noether_core/run/trainer.py``), and the documentation shows this very
             at_eval(interval="epoch" | "update" | "sample")
         run the actions entries deferred with trainer.after_this_step(...)
         flush this step's metrics to the trackers        # one record
-        if a stop was requested, or SIGTERM/SIGINT arrived, on any rank: leave the loop
-    if no signal arrived:
+        if a stop was requested, trainer.max_time passed, or SIGTERM/SIGINT arrived, on any rank:
+            leave the loop
+    if no signal arrived and the stop is no pause (trainer.max_time, request_stop(resumable=True)):
         at_eval() once more for entries with eval_at_end whose interval missed the last update; flush
-    if a signal arrived: save a resumable checkpoint ("latest")
+    if a signal arrived, or the stop is a pause: save a resumable checkpoint ("latest")
     after_training(status)                                # always, last; every entry, even if some fail
     flush; report the plugins' time; close the trackers
 
@@ -55,7 +56,7 @@ Rules that hold for every event:
   values logged earlier in the same step, which is how consumers (best checkpoint, early stopping) read
   producers.
 * A plugin asks the run to stop with ``trainer.request_stop(reason)``; the run ends after this step with
-  ``status="stopped"`` and exit status 0.
+  ``status="stopped"`` and exit status 0 (``resumable=True``: a pause, with a resumable ``latest``).
 * Hook names are checked when a plugin is registered: a misspelled ``@hookimpl`` or an unknown argument
   name is an error naming the plugin, not silence.
 """
@@ -210,9 +211,9 @@ def after_training(
     """Called once, last, whatever the ending. Values logged here are flushed before the run closes.
 
     :param status: ``"completed"`` (the configured end was reached), ``"stopped"`` (a plugin requested a
-        stop, e.g. early stopping), ``"interrupted"`` (SIGTERM/SIGINT; a resumable checkpoint was saved
-        before this call) or ``"failed"`` (an exception is about to be re-raised; save nothing you would
-        trust).
+        stop, e.g. early stopping, or ``trainer.max_time`` passed), ``"interrupted"`` (SIGTERM/SIGINT; a
+        resumable checkpoint was saved before this call) or ``"failed"`` (an exception is about to be
+        re-raised; save nothing you would trust).
 
     An exception raised here fails the run (``summary.yaml`` and the exit status say ``failed``), but
     every other entry's ``after_training`` still runs. Signals that arrive now change nothing; after

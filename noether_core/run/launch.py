@@ -56,6 +56,7 @@ from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import OBJECT
 from noether_core.run.device import pick_device
 from noether_core.run.distributed import barrier, init_from_env, shutdown
+from noether_core.run.metric_collisions import check_metric_collisions
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
 from noether_core.run.signals import keep_handling_until_exit
@@ -323,6 +324,7 @@ def train(
     )
     plan = RunPlan(config_, registry, source=source, model=model, datasets=datasets)
     check_metric_dependencies(plan)
+    check_metric_collisions(plan)
     extra_trackers = load_trackers(config_.tracker)  # before anything is written: bad kinds are config errors
     plan.geometry  # noqa: B018 (and a run too long to count: refused before its directory exists)
     plan.plugin_manager(defaults=False)  # a plugin constructor that raises: also before the directory

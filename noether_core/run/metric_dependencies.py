@@ -57,8 +57,8 @@ from noether_core.run.plan import PlannedEntry, RunPlan
 log = logging.getLogger("noether")
 
 
-class _ProtocolError(Exception):
-    pass
+class DeclarationError(Exception):
+    """A plugin's metric declaration (``consumes``, ``produces``...) raised or returned nonsense."""
 
 
 def _declared(plugin: Plugin, name: str) -> Callable[..., Any] | None:
@@ -70,7 +70,7 @@ def _call(plugin: Plugin, name: str, function: Callable[..., Any], *args: Any) -
     try:
         return function(*args)
     except Exception as exc:
-        raise _ProtocolError(f"{plugin.kind}.{name}() failed: {type(exc).__name__}: {exc}") from exc
+        raise DeclarationError(f"{plugin.kind}.{name}() failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _strings(plugin: Plugin, name: str, value: Any) -> list[str]:
@@ -79,7 +79,7 @@ def _strings(plugin: Plugin, name: str, value: Any) -> list[str]:
         or not isinstance(value, (list, tuple))
         or not all(isinstance(s, str) for s in value)
     ):
-        raise _ProtocolError(f"{plugin.kind}.{name}() must return a list of strings, got {value!r}")
+        raise DeclarationError(f"{plugin.kind}.{name}() must return a list of strings, got {value!r}")
     return list(value)
 
 
@@ -110,7 +110,7 @@ def declared_directions(plugin: Plugin, entry: CallbackConfig) -> dict[str, Ordi
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and k and v in allowed for k, v in value.items()
     ):
-        raise _ProtocolError(
+        raise DeclarationError(
             f"{plugin.kind}.metric_directions() must return a mapping of metric patterns to "
             f"{', '.join(map(repr, allowed))}, got {value!r}"
         )
@@ -130,12 +130,13 @@ def metric_properties(plan: RunPlan) -> MetricProperties:
     for planned in _every_entry(plan.all_entries):
         try:
             patterns += declared_directions(planned.plugin, planned.config).items()
-        except _ProtocolError as exc:  # reported with its path by check_metric_dependencies
+        except DeclarationError as exc:  # reported with its path by check_metric_dependencies
             raise ConfigError([ConfigIssue(planned.path, str(exc))], plan.source) from None
     return MetricProperties(patterns)
 
 
-def _child_prefixes(plugin: Plugin, entry: CallbackConfig) -> list[str]:
+def child_prefixes(plugin: Plugin, entry: CallbackConfig) -> list[str]:
+    """The prefixes ``entry``'s children's keys get (its plugin's ``child_prefixes``), ``[""]`` if none."""
     function = _declared(plugin, "child_prefixes")
     if function is None:
         return [""]
@@ -177,9 +178,9 @@ def _node(planned: PlannedEntry, run_config: RunConfig, issues: list[ConfigIssue
     try:
         consumes = consumed_keys(plugin, entry)
         patterns = produced_patterns(plugin, entry, run_config)
-        prefixes = _child_prefixes(plugin, entry) if planned.children else [""]
+        prefixes = child_prefixes(plugin, entry) if planned.children else [""]
         declared_directions(plugin, entry)
-    except _ProtocolError as exc:
+    except DeclarationError as exc:
         issues.append(ConfigIssue(path, str(exc)))
         consumes, patterns, prefixes = [], None, [""]
     node = _Node(path, entry, plugin, consumes, [], patterns is not None, [])
@@ -202,7 +203,7 @@ def _node(planned: PlannedEntry, run_config: RunConfig, issues: list[ConfigIssue
 _TICK_BUDGET = 100_000
 
 
-def _period(scheduler: IntervalScheduler, iv: Interval) -> int:
+def period(scheduler: IntervalScheduler, iv: Interval) -> int:
     """Updates after which ``iv``'s due pattern repeats (``is_due(iv, u) == is_due(iv, u + period)``)."""
     if iv.unit == "update":
         return iv.every
@@ -218,7 +219,7 @@ def _missed(
     first of them (0 when none). The patterns repeat every ``lcm`` of their periods, so one period is
     looked at (at most :data:`_TICK_BUDGET` ticks of it) and the rest counted, never the whole run."""
     total = scheduler.total_updates
-    horizon = min(math.lcm(*(_period(scheduler, iv) for iv in (consumer, *producers))), total)
+    horizon = min(math.lcm(*(period(scheduler, iv) for iv in (consumer, *producers))), total)
     ticks = list(
         itertools.islice(
             itertools.takewhile(lambda u: u <= horizon, scheduler.due_updates(consumer)), _TICK_BUDGET
@@ -235,7 +236,7 @@ def _missed(
 
 def _covers(scheduler: IntervalScheduler, consumer: Interval, producer: Interval) -> bool:
     """Whether ``producer`` is due at every update ``consumer`` is."""
-    pc, pp = _period(scheduler, consumer), _period(scheduler, producer)
+    pc, pp = period(scheduler, consumer), period(scheduler, producer)
     if consumer.unit != "sample" and producer.unit != "sample":
         return pc % pp == 0
     return _missed(scheduler, consumer, [producer])[0] == 0
@@ -357,9 +358,12 @@ def check_metric_dependencies(plan: RunPlan) -> list[str]:
 
 
 __all__ = [
+    "DeclarationError",
     "check_metric_dependencies",
+    "child_prefixes",
     "consumed_keys",
     "declared_directions",
     "metric_properties",
+    "period",
     "produced_patterns",
 ]

@@ -35,15 +35,17 @@ from noether_core.plugins.registry import Plugin, PluginRegistry
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
 from noether_core.run.building import build_dataset, check_buildable, updates_per_epoch
 from noether_core.run.counter import RunEnd
+from noether_core.run.display_names import display_names
 
 log = logging.getLogger("noether")
 
 #: The longest run, in samples: positions are stored as 64-bit ints.
 MAX_RUN_SAMPLES = 2**63 - 1
 
-#: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true. Named, never
-#: imported: a kind that is not installed is left out. Producers of metrics come first, so consumers in
-#: the user's list see this step's values.
+#: Kinds the trainer adds, in this order, when ``trainer.add_default_callbacks`` is true (or lists them).
+#: Named, never imported: a kind that is not installed is left out. Producers of metrics come first, so
+#: consumers in the user's list see this step's values. A top-level ``callbacks`` entry of one of these
+#: kinds replaces every default entry of its kind (both ``OnlineLossCallback`` entries included).
 ALWAYS_DEFAULTS = ("DatasetStatsCallback", "ParamCountCallback")
 TRACK_DEFAULTS = ("OnlineLossCallback", "LrCallback")
 LOG_DEFAULTS = (
@@ -124,8 +126,11 @@ class RunPlan:
         self.model = model
         self.registry = registry
         self.source = source
-        self._with_defaults = defaults and config.trainer.add_default_callbacks
+        self._with_defaults = defaults and config.trainer.add_default_callbacks is not False
         self._datasets: dict[str, Dataset[Any]] = dict(datasets or {})
+        # unnamed entries of one kind are told apart (``OfflineLossCallback[val]``) wherever entries
+        # are named: timings, the schedule, messages, saved state
+        self._names = display_names(config.entries())
         self.entries: tuple[PlannedEntry, ...] = tuple(
             self._plan(f"callbacks[{i}]", entry, is_default=False) for i, entry in enumerate(config.callbacks)
         )
@@ -134,7 +139,9 @@ class RunPlan:
         children = tuple(
             self._plan(f"{path}.{sub}", child, is_default=is_default) for sub, child in child_entries(entry)
         )
-        return PlannedEntry(path, entry, self.registry.load(entry.kind), is_default, children)
+        name = self._names.get(path) if not is_default else None
+        config = attrs.evolve(entry, name=name) if name is not None else entry
+        return PlannedEntry(path, config, self.registry.load(entry.kind), is_default, children)
 
     # ------------------------------------------------------------------------------------ data
 
@@ -188,6 +195,8 @@ class RunPlan:
         if not self._with_defaults:
             return ()
         log_interval, track_interval = default_intervals(self.config, self.geometry.total_updates)
+        # a config entry of a default's plugin, whichever spelling its kind uses, replaces that default
+        replacing = {id(planned.plugin.target): planned.path for planned in reversed(self.entries)}
         wanted: list[tuple[str, Interval | None, dict[str, Any]]] = [(k, None, {}) for k in ALWAYS_DEFAULTS]
         if log_interval != track_interval:
             wanted.append(("OnlineLossCallback", track_interval, {"verbose": False}))
@@ -203,12 +212,17 @@ class RunPlan:
         converter = make_converter(self.registry)
         planned: list[PlannedEntry] = []
         for kind, interval, fields in wanted:
+            if not self.config.trainer.keeps_default(kind):
+                continue
             if not self.registry.sources(kind):
                 continue
             try:
                 plugin = self.registry.load(kind)
             except PluginLoadError as exc:
                 log.warning("default plugin %s is not usable and is left out: %s", kind, exc)
+                continue
+            if id(plugin.target) in replacing:
+                log.debug("%s replaces the default %s", replacing[id(plugin.target)], kind)
                 continue
             raw: dict[str, Any] = {"kind": kind, **fields}
             if plugin.scheduled and interval is not None:

@@ -41,7 +41,8 @@ class Entry(Protocol):
 
     @property
     def key(self) -> str:
-        """Its name: state, logs and timings go under it (``name``, else ``id``, else ``kind``)."""
+        """Its name: state, logs and timings go under it (``name``, else ``id``, else ``kind``; unnamed
+        entries of one kind get names that tell them apart, ``OfflineLossCallback[val]``)."""
 
     @property
     def kind(self) -> str:
@@ -196,8 +197,15 @@ class Run(Protocol):
 
     # ------------------------------------------------------------------------ control
 
-    def request_stop(self, reason: str) -> None:
-        """End the run after this step with status ``stopped`` (exit status 0): early stopping."""
+    def request_stop(self, reason: str, *, resumable: bool = False) -> None:
+        """End the run after this step with status ``stopped`` (exit status 0); ``reason`` goes to
+        ``summary.yaml`` as ``stop_reason``.
+
+        By default the run is over (early stopping): a checkpoint taken from now on remembers the stop, so
+        a resume from it ends at once. With ``resumable`` it is paused, not over (a time limit): the
+        trainer saves a resumable ``latest`` and skips the final evaluations (``eval_at_end``), and
+        ``noether train --resume`` goes on training. A stop that is not resumable, asked for in the same
+        step, wins. Every rank stops at the same update."""
 
     @property
     def stop_requested(self) -> bool:

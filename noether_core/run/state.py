@@ -185,6 +185,9 @@ class RunState:
         #: why a plugin asked the run to stop (``trainer.request_stop``); saved, so that a run killed
         #: after its stop was decided and resumed from a checkpoint taken then ends without training on
         self.stop_reason: str | None = None
+        #: whether the stop is a pause (a time limit), which a checkpoint does not remember: a resume
+        #: from it goes on training
+        self.stop_resumable = False
 
     def note_nan(self, update: int, limit: int) -> None:
         """Count an update skipped for a non-finite loss; more than ``limit`` in a row fail the run."""
@@ -255,7 +258,7 @@ class RunState:
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng(),
             "nan_streak": self.nan_streak,
-            "stop_reason": self.stop_reason,
+            "stop_reason": None if self.stop_resumable else self.stop_reason,
             "plugins": plugins,
             "entry_state": states,
         }

@@ -23,6 +23,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from noether_core.config.durations import format_duration
 from noether_core.config.schema import CallbackConfig
 from noether_core.errors import EXIT_BY_STATUS
 from noether_core.io.checkpoints import CheckpointWriter
@@ -131,6 +132,9 @@ class Trainer:
         # the status the trackers were closed with (what summary.yaml says), once they are
         self._closed_with: RunStatus | None = None
         self._train_seconds = 0.0
+        #: ``trainer.max_time``: per process, counted from the start of :meth:`fit`
+        self._max_seconds = tcfg.max_seconds
+        self._deadline: float | None = None
         self._batches: TrainBatches | None = None
         # the core arguments never change during a run: the per-update events are compiled for them
         self._core: dict[str, Any] = {"trainer": self, "model": self.model, "counter": self.counter}
@@ -192,10 +196,13 @@ class Trainer:
         else:
             self.plugins.call_slots(hook, slots, self._core, **arguments)
 
-    def request_stop(self, reason: str) -> None:
-        if self.state.stop_reason is None:
+    def request_stop(self, reason: str, *, resumable: bool = False) -> None:
+        state = self.state
+        # a stop that ends the run outranks a pause asked for in the same step
+        if state.stop_reason is None or (state.stop_resumable and not resumable):
             log.info("stop requested: %s", reason)
-            self.state.stop_reason = reason
+            state.stop_reason = reason
+            state.stop_resumable = resumable
 
     @property
     def stop_requested(self) -> bool:
@@ -250,6 +257,8 @@ class Trainer:
         error: BaseException | None = None
         with self._signals:
             try:
+                if self._max_seconds is not None:
+                    self._deadline = time.monotonic() + self._max_seconds
                 self.model.eval()
                 with torch.no_grad():
                     self.plugins.before_training(self._core)
@@ -271,7 +280,10 @@ class Trainer:
                             self._tick()
                             if self._leave_loop():
                                 break
-                    if self._signals.received is None:
+                    if self.state.stop_resumable and self.counter.is_finished:
+                        # paused at the very end: nothing is left to resume
+                        self.state.stop_reason, self.state.stop_resumable = None, False
+                    if self._signals.received is None and not self.state.stop_resumable:
                         self._final_evaluations()
                 finally:
                     self._train_seconds = time.perf_counter() - started
@@ -283,6 +295,16 @@ class Trainer:
                     barrier(self.dist)
                     status = "interrupted"
                 elif self.state.stop_reason is not None:
+                    if self.state.stop_resumable:
+                        self.save_checkpoint("latest")
+                        barrier(self.dist)  # as for a signal: rank 0 has written it before any rank exits
+                        log.info(
+                            "stopped at update %d (%s); a resumable checkpoint 'latest' is saved: "
+                            "noether train --resume %s",
+                            self.counter.update,
+                            self.state.stop_reason,
+                            self.paths.root,
+                        )
                     status = "stopped"
                 else:
                     status = "completed"
@@ -416,17 +438,44 @@ class Trainer:
         self.writer.flush()
 
     def _leave_loop(self) -> bool:
-        """Whether to stop after this update. Ranks agree: a signal or a stop request on any rank stops
-        every rank at the same update (else they would wait on each other's collectives)."""
-        signalled, stopping = self._signals.received is not None, self.state.stop_reason is not None
+        """Whether to stop after this update. Ranks agree: a signal, a stop request or the time limit
+        on any rank stops every rank at the same update (else they would wait on each other's
+        collectives), and the stop is a pause (resumable) only when no rank's stop ends the run."""
+        state = self.state
+        if self._deadline is not None and state.stop_reason is None and time.monotonic() >= self._deadline:
+            self._time_is_up()
+        signalled, stopping = self._signals.received is not None, state.stop_reason is not None
         if not self.dist.is_distributed:  # the common case, on every update: no collective to build
             return signalled or stopping
-        any_signal, any_stop = any_rank_each((signalled, stopping), self.dist, self._flag_group)
+        pausing = stopping and state.stop_resumable
+        any_signal, any_stop, any_pause = any_rank_each(
+            (signalled, stopping and not pausing, pausing), self.dist, self._flag_group
+        )
         if any_signal and not signalled:
             self._signals.received = "a signal on another rank"
-        if any_stop and not stopping:
-            self.state.stop_reason = "a stop requested on another rank"
-        return any_signal or any_stop
+        if any_stop and (not stopping or pausing):
+            state.stop_reason, state.stop_resumable = "a stop requested on another rank", False
+        elif any_pause and not stopping:
+            state.stop_reason = (
+                f"time limit: trainer.max_time={self.config.trainer.max_time} reached on another rank at "
+                f"update {self.counter.update}"
+                if self._deadline is not None
+                else f"a resumable stop requested on another rank at update {self.counter.update}"
+            )
+            state.stop_resumable = True
+        return any_signal or any_stop or any_pause
+
+    def _time_is_up(self) -> None:
+        """``trainer.max_time`` has passed: pause the run, unless its last update is done anyway."""
+        if self.counter.is_finished:
+            return
+        max_time = self.config.trainer.max_time
+        assert self._max_seconds is not None
+        self.request_stop(
+            f"time limit: trainer.max_time={max_time} ({format_duration(self._max_seconds)}) reached "
+            f"at update {self.counter.update}",
+            resumable=True,
+        )
 
     def _final_evaluations(self) -> None:
         """``at_eval`` once more for entries with ``eval_at_end`` whose interval missed the last update."""
@@ -457,7 +506,15 @@ class Trainer:
         if status == "stopped" and self.state.stop_reason is not None:
             # summary.yaml says why a run ended early: a success (early stopping) or a divergence
             self.writer.add_summary("stop_reason", self.state.stop_reason)
-        if status in ("completed", "stopped") and self.config.trainer.save_last and not failures:
+        # a paused run (a time limit) is not finished: its resume saves ``last``, and a ``last`` saved now
+        # would stay, since the resume leaves one it finds alone
+        paused = self.state.stop_resumable
+        if (
+            status in ("completed", "stopped")
+            and self.config.trainer.save_last
+            and not failures
+            and not paused
+        ):
             teardown.run("saving the last weights", self._save_last)
         teardown.run("flushing the last metrics", self.writer.flush)  # e.g. a metric logged twice
         teardown.run(
