@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,6 +20,8 @@ from noether_core.errors import ConfigError, ConfigIssue, ImportPathError
 from noether_core.lookup import did_you_mean, import_object, kwargs_problem
 from noether_core.run.datasets import BUNDLED_DATASETS
 from noether_core.run.models import BUNDLED_MODELS, CompositeModel
+from noether_core.run.param_groups import named_parameters, pattern_issues
+from noether_core.run.torch_kinds import optimizer_issues
 from noether_core.run.train_step import TrainStep, default_train_step
 
 COMPOSITE = "composite"
@@ -136,6 +139,25 @@ def check_buildable(
             resolve(config.trainer.train_step, {}, "train step")
         except _Problem as exc:
             issues.append(ConfigIssue("trainer.train_step", str(exc)))
+    issues += optimizer_issues(config.optimizer)
+    if issues:
+        raise ConfigError(issues, source)
+
+
+def check_param_groups(config: RunConfig, model: nn.Module | None = None, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` for a pattern of ``optimizer.param_groups`` that matches no parameter
+    of the model: ``model``, else the config's, built on the ``meta`` device (no memory, no random
+    numbers drawn). A model whose factory cannot build on ``meta`` is checked when the run builds it."""
+    if not config.optimizer.param_groups:
+        return
+    if model is None:
+        try:
+            with torch.device("meta"):
+                model = build_model(config.model)
+        except Exception:
+            return
+    names = [p.name for p in named_parameters(model, config.model.name)]
+    issues = pattern_issues(config.optimizer, names)
     if issues:
         raise ConfigError(issues, source)
 
@@ -226,6 +248,7 @@ __all__ = [
     "build_model",
     "build_train_step",
     "check_buildable",
+    "check_param_groups",
     "resolve",
     "updates_per_epoch",
 ]
