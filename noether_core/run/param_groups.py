@@ -142,30 +142,33 @@ def parameter_groups(
         issues = pattern_issues(cfg, [p.name for p in params])
         if issues:
             raise ConfigError(issues)
-    groups: dict[tuple[str, bool], dict[str, Any]] = {}
-    # explicit groups come first, in config order, then the parts' default groups in part order
-    for i in range(len(cfg.param_groups)):
-        for no_decay in (False, True):
-            groups[(f"#{i}", no_decay)] = {}
+    # explicit groups first, in config order, then the parts' default groups in part order; each
+    # followed by its companion without weight decay
+    owners = [f"#{i}" for i in range(len(cfg.param_groups))]
+    owners += [part for part, _ in named_models(model, model_name)]
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (owner, no_decay): [] for owner in owners for no_decay in (False, True)
+    }
     for param in params:
-        if not param.parameter.requires_grad:
-            continue
-        index = _first_match(param.name, cfg) if cfg.param_groups else None
-        no_decay = bool(cfg.no_weight_decay_on) and without_decay(param, list(cfg.no_weight_decay_on))
-        key = (f"#{index}" if index is not None else param.part, no_decay)
-        group = groups.get(key) or groups.setdefault(key, {})
-        if not group:
-            group.update(_group_settings(cfg, index, param.part, model_name, no_decay, decays))
-        group["params"].append(param.parameter)
-    return [g for g in groups.values() if g]
+        if param.parameter.requires_grad:
+            index = _first_match(param.name, cfg) if cfg.param_groups else None
+            no_decay = bool(cfg.no_weight_decay_on) and without_decay(param, list(cfg.no_weight_decay_on))
+            groups[(f"#{index}" if index is not None else param.part, no_decay)].append(param.parameter)
+    return [
+        {**_group_settings(cfg, owner, model_name, no_decay, decays), "params": members}
+        for (owner, no_decay), members in groups.items()
+        if members
+    ]
 
 
 def _group_settings(
-    cfg: OptimizerConfig, index: int | None, part: str, model_name: str, no_decay: bool, decays: bool
+    cfg: OptimizerConfig, owner: str, model_name: str, no_decay: bool, decays: bool
 ) -> dict[str, Any]:
-    if index is None:
-        name, lr, wd, extra = part, cfg.lr, cfg.weight_decay, {}
+    """The settings of the group of ``owner`` (``#{index}`` of ``param_groups``, else a part's name)."""
+    if not owner.startswith("#"):
+        name, lr, wd, extra = owner, cfg.lr, cfg.weight_decay, {}
     else:
+        index = int(owner[1:])
         group = cfg.param_groups[index]
         name = f"{model_name}/{group_name(cfg, index)}"
         lr = cfg.lr * group.lr_scale
@@ -173,7 +176,7 @@ def _group_settings(
         extra = dict(group.kwargs)
     if no_decay:
         name, wd = f"{name}/{NO_DECAY}", 0.0
-    settings: dict[str, Any] = {"params": [], "name": name, "lr": lr, "base_lr": lr, **extra}
+    settings: dict[str, Any] = {"name": name, "lr": lr, "base_lr": lr, **extra}
     settings["base_wd"] = wd if decays else 0.0
     if decays:
         settings["weight_decay"] = wd

@@ -33,7 +33,7 @@ from noether_core.plugins.dispatch import Slot
 from noether_core.plugins.manager import PluginManager
 from noether_core.plugins.registry import Plugin, PluginRegistry
 from noether_core.plugins.scheduling import Interval, IntervalScheduler
-from noether_core.run.building import build_dataset, check_buildable, check_param_groups, updates_per_epoch
+from noether_core.run.building import build_dataset, check_buildable, updates_per_epoch
 from noether_core.run.counter import RunEnd
 
 log = logging.getLogger("noether")
@@ -119,8 +119,9 @@ class RunPlan:
         datasets: Mapping[str, Dataset[Any]] | None = None,
         model: nn.Module | None = None,
     ) -> None:
-        check_buildable(config, source, given_model=model is not None, given_datasets=list(datasets or ()))
-        check_param_groups(config, model, source)
+        check_buildable(
+            config, source, given_model=model is not None, given_datasets=list(datasets or ()), model=model
+        )
         self.config = config
         self.model = model
         self.registry = registry

@@ -118,7 +118,7 @@ def optimizer_class(kind: str) -> type[torch.optim.Optimizer]:
 
 def scheduler_class(kind: str) -> type[lr_scheduler.LRScheduler]:
     """The scheduler class ``kind`` names; raises :class:`KindProblem`."""
-    cls = _resolve(
+    cls: type[lr_scheduler.LRScheduler] = _resolve(
         kind, scheduler_classes(), lr_scheduler.LRScheduler, "scheduler", "torch.optim.lr_scheduler"
     )
     if issubclass(cls, lr_scheduler.ReduceLROnPlateau):
@@ -241,6 +241,8 @@ def optimizer_issues(cfg: OptimizerConfig, path: str = "optimizer") -> list[Conf
                 ConfigIssue(f"{path}.wd_schedule", _no_argument(cls, "wd_schedule", "weight decay"))
             )
         issues += _builtin_only(cfg.wd_schedule, f"{path}.wd_schedule")
+    if cfg.lr_schedule is not None and cfg.lr_schedule.builtin:
+        issues += _builtin_only(cfg.lr_schedule, f"{path}.lr_schedule")
     if issues:
         return issues
     try:
