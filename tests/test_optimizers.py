@@ -101,6 +101,7 @@ def test_an_optimizer_by_name_or_import_path(tmp_path: Path, kind: str, cls: typ
     trainer = make_trainer(tmp_path, raw)
     assert type(trainer.optimizer) is (cls or Sign)
     if cls is not None:
+        assert trainer.optimizer is not None
         assert trainer.optimizer.param_groups[0]["eps"] == 1e-6
 
 
@@ -111,7 +112,7 @@ class Sign(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -161,6 +162,7 @@ def test_param_groups_by_pattern_and_no_weight_decay_on(tmp_path: Path) -> None:
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     for p in trainer.model.parameters():
         p.grad = torch.zeros_like(p)
+    assert trainer.optimizer is not None
     trainer.optimizer.step()
     by_name = dict(trainer.model.named_parameters())
     for name, group in got.items():
@@ -305,7 +307,8 @@ BAD = [
     ),
     (
         {"kind": "torch.optim.Adagard"},
-        "optimizer.kind: cannot import 'torch.optim.Adagard': 'torch.optim' has no attribute 'Adagard'; did you mean 'torch.optim.Adagrad'?",
+        "optimizer.kind: cannot import 'torch.optim.Adagard': 'torch.optim' has no attribute 'Adagard'; "
+        "did you mean 'torch.optim.Adagrad'?",
     ),
     (
         {"kind": "torch.nn.Linear"},
@@ -314,8 +317,8 @@ BAD = [
     ({"kind": "lbfgs"}, "optimizer.kind: torch.optim.LBFGS needs a closure"),
     (
         {"kind": "sgd", "kwargs": {"nesterow": True}},
-        "optimizer.kwargs: torch.optim.SGD takes no argument 'nesterow'; did you mean 'nesterov'? it takes lr, "
-        "momentum, dampening, weight_decay, nesterov, maximize, foreach, differentiable, fused",
+        "optimizer.kwargs: torch.optim.SGD takes no argument 'nesterow'; did you mean 'nesterov'? "
+        "it takes lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, differentiable, fused",
     ),
     (
         {"kind": "adam", "kwargs": {"lr": 0.1}},
@@ -323,7 +326,8 @@ BAD = [
     ),
     (
         {"kind": "adam", "betas": [1.5, 0.9]},
-        "optimizer.kwargs: torch.optim.Adam refuses these arguments: ValueError: Invalid beta parameter at index 0: 1.5",
+        "optimizer.kwargs: torch.optim.Adam refuses these arguments: ValueError: "
+        "Invalid beta parameter at index 0: 1.5",
     ),
     (
         {"kind": "rprop", "weight_decay": 0.1},
@@ -344,8 +348,8 @@ BAD = [
     ),
     (
         {"lr_schedule": {"kind": "steplr", "kwargs": {"stepsize": 3}}},
-        "optimizer.lr_schedule.kwargs: torch.optim.lr_scheduler.StepLR takes no argument 'stepsize'; did you mean "
-        "'step_size'? it takes step_size, gamma, last_epoch",
+        "optimizer.lr_schedule.kwargs: torch.optim.lr_scheduler.StepLR takes no argument 'stepsize'; "
+        "did you mean 'step_size'? it takes step_size, gamma, last_epoch",
     ),
     (
         {"lr_schedule": {"kind": "steplr"}},
@@ -365,7 +369,8 @@ BAD = [
     ),
     (
         {"param_groups": [{"params": "*.bais"}]},
-        "optimizer.param_groups[0].params[0]: '*.bais' matches no parameter of the model; its parameters are 0.weight, 0.bias, 3.weight, 3.bias, 6.weight, 6.bias",
+        "optimizer.param_groups[0].params[0]: '*.bais' matches no parameter of the model; "
+        "its parameters are 0.weight, 0.bias, 3.weight, 3.bias, 6.weight, 6.bias",
     ),
     (
         {"param_groups": [{"params": "*.bias", "name": "b"}, {"params": "*.weight", "name": "b"}]},
@@ -377,7 +382,8 @@ BAD = [
     ),
     (
         {"no_weight_decay_on": ["biases"]},
-        "optimizer.no_weight_decay_on[0]: expected one of 'bias', 'norm', '1d', got 'biases' (str); did you mean 'bias'?",
+        "optimizer.no_weight_decay_on[0]: expected one of 'bias', 'norm', '1d', got 'biases' (str); "
+        "did you mean 'bias'?",
     ),
 ]
 

@@ -29,19 +29,24 @@ from noether_core.config.schema import OptimizerConfig
 from noether_core.errors import ConfigError, ConfigIssue
 from noether_core.run.models import named_models
 
-#: The ``torch.nn`` normalization layers whose parameters ``no_weight_decay_on: [norm]`` names.
-NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    nn.LocalResponseNorm,
+#: The ``torch.nn`` normalization layers whose parameters ``no_weight_decay_on: [norm]`` names
+#: (``RMSNorm`` from torch 2.4).
+NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
+    getattr(nn, name)
+    for name in (
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "SyncBatchNorm",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "LayerNorm",
+        "GroupNorm",
+        "RMSNorm",
+        "LocalResponseNorm",
+    )
+    if hasattr(nn, name)
 )
 
 #: The suffix of the group name of a group's parameters without weight decay.
