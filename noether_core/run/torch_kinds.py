@@ -85,8 +85,8 @@ def _resolve(kind: str, classes: Mapping[str, type], base: type, what: str, modu
         close = close_matches(kind.lower(), by_lower, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise KindProblem(
-            f"unknown {what} {kind!r}; {hint}a name is one of {module}'s ({', '.join(sorted(by_lower))}, "
-            f"any case), anything else an import path 'package.module.Class'"
+            f"unknown {what} {kind!r}; {hint}the names of {module} (any case) are "
+            f"{', '.join(sorted(by_lower))}; anything else is an import path 'package.module.Class'"
         )
     path = kind if ":" in kind else "{}:{}".format(*kind.rsplit(".", 1))
     try:
