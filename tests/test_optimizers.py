@@ -235,7 +235,13 @@ def test_an_epoch_interval_steps_once_per_epoch(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "optimizer",
     [
-        {"kind": "radam", "lr": 0.01, "weight_decay": 0.01, "no_weight_decay_on": ["bias"]},
+        {
+            "kind": "radam",
+            "lr": 0.01,
+            "weight_decay": 0.01,
+            "param_groups": [{"params": "0.*", "lr_scale": 0.5, "name": "first"}],
+            "no_weight_decay_on": ["bias"],
+        },
         {
             "kind": "radam",
             "lr": 0.01,
@@ -317,7 +323,7 @@ BAD = [
     ),
     (
         {"kind": "torch.nn.Linear"},
-        "optimizer.kind: 'torch.nn.Linear' is not a torch.optim.optimizer.Optimizer subclass",
+        "optimizer.kind: 'torch.nn.Linear' is not an optimizer class (a subclass of torch.optim.Optimizer)",
     ),
     ({"kind": "lbfgs"}, "optimizer.kind: torch.optim.LBFGS needs a closure"),
     (

@@ -227,8 +227,14 @@ def _register_shape_checks(conv: cattrs.Converter) -> None:
 
     def structure_param_group(value: Any, type_: Any) -> ParamGroupConfig:
         # one pattern may be written without a list around it
-        if isinstance(value, Mapping) and isinstance(value.get("params"), str):
-            value = {**value, "params": [value["params"]]}
+        if isinstance(value, Mapping) and "params" in value:
+            params = value["params"]
+            if isinstance(params, str):
+                value = {**value, "params": [params]}
+            elif not isinstance(params, list):
+                problem = TypeError(f"expected a pattern or a list of patterns, got {_show(params)}")
+                problem.__notes__ = [AttributeValidationNote("params", "params", list[str])]
+                raise ClassValidationError("structuring ParamGroupConfig", [problem], ParamGroupConfig)
         return group_fields(value, type_)  # type: ignore[no-any-return]
 
     conv.register_structure_hook(ParamGroupConfig, structure_param_group)

@@ -34,6 +34,14 @@ def _finite(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"'{attribute.name}' must be a finite number: {value!r}")
 
 
+def _group_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _MODEL_NAME.fullmatch(value) or len(value) > MAX_MODEL_NAME:
+        raise ValueError(
+            f"must be 1 to {MAX_MODEL_NAME} letters, digits, '_', '-' and '.' (it is part of metric keys), "
+            f"got {value!r}"
+        )
+
+
 def _model_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if not _MODEL_NAME.fullmatch(value) or value in (".", "..") or len(value) > MAX_MODEL_NAME:
         raise ValueError(
@@ -240,7 +248,7 @@ class ParamGroupConfig:
     params: list[str] = attrs.field(validator=v.min_len(1))
     """``fnmatch`` patterns of parameter names (``*.bias``, ``encoder.*``), one or a list; a
     parameter goes to the first group with a matching pattern."""
-    name: str | None = attrs.field(default=None, validator=v.optional(v.matches_re(r"[A-Za-z0-9_.-]+")))
+    name: str | None = attrs.field(default=None, validator=v.optional(_group_name))
     """The group's name in metric keys (``optim/lr/{model}/{name}``); unset: its index in the list."""
     lr_scale: float = attrs.field(default=1.0, validator=[_finite, v.ge(0.0)])
     """The group's learning rate is ``lr_scale`` times ``optimizer.lr`` (schedules multiply it)."""

@@ -85,7 +85,7 @@ def _resolve(kind: str, classes: Mapping[str, type], base: type, what: str, modu
         close = close_matches(kind.lower(), by_lower, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise KindProblem(
-            f"unknown {what} {kind!r}; {hint}the names of {module} (any case) are "
+            f"unknown {what.split()[-1]} {kind!r}; {hint}the names of {module} (any case) are "
             f"{', '.join(sorted(by_lower))}; anything else is an import path 'package.module.Class'"
         )
     path = kind if ":" in kind else "{}:{}".format(*kind.rsplit(".", 1))
@@ -97,14 +97,14 @@ def _resolve(kind: str, classes: Mapping[str, type], base: type, what: str, modu
     except Exception as exc:
         raise KindProblem(f"cannot import {kind!r}: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(target, type) and issubclass(target, base)):
-        raise KindProblem(f"{kind!r} is not a {base.__module__}.{base.__qualname__} subclass")
+        raise KindProblem(f"{kind!r} is not {what} class (a subclass of {module}.{base.__name__})")
     return target
 
 
 def optimizer_class(kind: str) -> type[torch.optim.Optimizer]:
     """The optimizer class ``kind`` names; raises :class:`KindProblem`."""
     cls: type[torch.optim.Optimizer] = _resolve(
-        kind, optimizer_classes(), torch.optim.Optimizer, "optimizer", "torch.optim"
+        kind, optimizer_classes(), torch.optim.Optimizer, "an optimizer", "torch.optim"
     )
     step = inspect.signature(cls.step).parameters.get("closure")
     if step is not None and step.default is inspect.Parameter.empty:
@@ -119,7 +119,7 @@ def optimizer_class(kind: str) -> type[torch.optim.Optimizer]:
 def scheduler_class(kind: str) -> type[lr_scheduler.LRScheduler]:
     """The scheduler class ``kind`` names; raises :class:`KindProblem`."""
     cls: type[lr_scheduler.LRScheduler] = _resolve(
-        kind, scheduler_classes(), lr_scheduler.LRScheduler, "scheduler", "torch.optim.lr_scheduler"
+        kind, scheduler_classes(), lr_scheduler.LRScheduler, "a scheduler", "torch.optim.lr_scheduler"
     )
     if issubclass(cls, lr_scheduler.ReduceLROnPlateau):
         raise KindProblem(
