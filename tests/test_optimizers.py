@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from tiny_runs import (
@@ -24,6 +25,7 @@ from tiny_runs import (
 from torch import nn
 
 from noether_core.cli import main
+from noether_core.config.schema import OptimizerConfig, ParamGroupConfig, ScheduleConfig
 from noether_core.io.checkpoints import load_checkpoint
 from noether_core.run.param_groups import named_parameters
 
@@ -442,3 +444,39 @@ def test_noether_config_validate_refuses_bad_optimizers_before_training(tmp_path
         "optimizer.param_groups[0].params[0]: 'encoder.*' matches no parameter of the model" in result.stderr
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_lr_callback_logs_every_group_by_name(tmp_path: Path) -> None:
+    optimizer = {
+        "kind": "adamw",
+        "lr": 0.01,
+        "weight_decay": 0.1,
+        "param_groups": [{"params": "encoder.*", "lr_scale": 0.1, "name": "enc"}],
+        "no_weight_decay_on": ["bias"],
+        "lr_schedule": {"kind": "steplr", "kwargs": {"step_size": 4}},
+        "wd_schedule": {"kind": "linear"},
+    }
+    raw = with_optimizer(optimizer, composite_model(), max_updates=8, max_epochs=None)
+    raw["callbacks"] = [{"kind": "LrCallback", "every_n_updates": 4}]
+    _, records = fit(tmp_path, raw, expect="completed")
+    for update, lr_factor in ((4, 1.0), (8, 0.1)):  # StepLR: gamma 0.1 from the 5th update on
+        wd_factor = 1 - (update - 1) / 7  # linear to 0 over 8 updates
+        record = records.record_at(update)
+        assert {k: v for k, v in record.items() if k.startswith("optim/")} == {
+            "optim/lr/clf/enc": pytest.approx(0.001 * lr_factor),
+            "optim/wd/clf/enc": pytest.approx(0.1 * wd_factor),
+            "optim/lr/clf/enc/no_decay": pytest.approx(0.001 * lr_factor),
+            "optim/wd/clf/enc/no_decay": 0.0,
+            "optim/lr/clf.head": pytest.approx(0.01 * lr_factor),
+            "optim/wd/clf.head": pytest.approx(0.1 * wd_factor),
+            "optim/lr/clf.head/no_decay": pytest.approx(0.01 * lr_factor),
+            "optim/wd/clf.head/no_decay": 0.0,
+        }
+
+
+def test_the_configuration_page_lists_every_optimizer_field() -> None:
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    section = page[page.index("## `optimizer`") : page.index("## `datasets`")]
+    for cls in (OptimizerConfig, ScheduleConfig, ParamGroupConfig):
+        for field in attrs.fields(cls):
+            assert f"| `{field.name}` |" in section, (cls.__name__, field.name)
