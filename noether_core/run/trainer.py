@@ -145,8 +145,10 @@ class Trainer:
         }
         self._epoch_listeners = self.plugins.has_listeners("after_epoch")
         self._epoch_needs_eval_mode = self.plugins.needs_eval_mode(self.plugins.listeners("after_epoch"))
+        # the built-in schedules set the groups' values before every update (a torch scheduler steps)
+        lr_schedule = config.optimizer.lr_schedule
         self._scheduled_optimizer = self.optimizer is not None and (
-            config.optimizer.lr_schedule is not None or config.optimizer.wd_schedule is not None
+            (lr_schedule is not None and lr_schedule.builtin) or config.optimizer.wd_schedule is not None
         )
         self._is_ddp = isinstance(self.train_model, nn.parallel.DistributedDataParallel)
         self._flag_group: Any = None
