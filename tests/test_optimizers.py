@@ -362,7 +362,7 @@ BAD = [
     (
         {"lr_schedule": {"kind": "steplr", "kwargs": {"stepsize": 3}}},
         "optimizer.lr_schedule.kwargs: torch.optim.lr_scheduler.StepLR takes no argument 'stepsize'; "
-        "did you mean 'step_size'? it takes step_size, gamma, last_epoch",
+        "did you mean 'step_size'? it takes step_size, gamma\n",
     ),
     (
         {"lr_schedule": {"kind": "steplr"}},

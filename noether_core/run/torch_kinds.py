@@ -159,7 +159,8 @@ def takes(cls: type, argument: str) -> bool:
 
 
 def _check_names(cls: type, kwargs: Mapping[str, Any], own: Mapping[str, str]) -> None:
-    accepted = [a for a in accepted_arguments(cls) if a not in ("params", "optimizer")]
+    # lr, weight_decay... are named: they are the optimizer's, set in fields of their own
+    accepted = [a for a in accepted_arguments(cls) if a != "params" and a not in SCHEDULER_FIELDS]
     for key in kwargs:
         if key in own:
             raise KindProblem(f"{key!r} is not a kwargs entry: {own[key]}", "kwargs")
@@ -215,11 +216,15 @@ def _built(factory: Callable[[], T], cls: type, field: str) -> T:
 def optimizer_issues(cfg: OptimizerConfig, path: str = "optimizer") -> list[ConfigIssue]:
     """Every problem of the ``optimizer`` section that shows without the model (see the module)."""
     issues: list[ConfigIssue] = []
+    torch_schedule = cfg.lr_schedule if cfg.lr_schedule is not None and not cfg.lr_schedule.builtin else None
     try:
         cls = optimizer_class(cfg.kind)
         arguments = optimizer_arguments(cls, cfg)
     except KindProblem as exc:
-        return [ConfigIssue(f"{path}.{exc.field}", str(exc))]
+        issues.append(ConfigIssue(f"{path}.{exc.field}", str(exc)))
+        if torch_schedule is not None:
+            issues += scheduler_issues(torch_schedule, None, f"{path}.lr_schedule")
+        return issues
     decays = takes(cls, "weight_decay")
     for i, group in enumerate(cfg.param_groups):
         where = f"{path}.param_groups[{i}]"
@@ -244,6 +249,8 @@ def optimizer_issues(cfg: OptimizerConfig, path: str = "optimizer") -> list[Conf
     if cfg.lr_schedule is not None and cfg.lr_schedule.builtin:
         issues += _builtin_only(cfg.lr_schedule, f"{path}.lr_schedule")
     if issues:
+        if torch_schedule is not None:
+            issues += scheduler_issues(torch_schedule, None, f"{path}.lr_schedule")
         return issues
     try:
         optimizer = _built(lambda: cls(_stand_in(), **arguments), cls, "kwargs")
@@ -251,9 +258,12 @@ def optimizer_issues(cfg: OptimizerConfig, path: str = "optimizer") -> list[Conf
             groups = [{**_stand_in()[0], **group.kwargs}]
             _built(lambda g=groups: cls(g, **arguments), cls, f"param_groups[{i}].kwargs")  # type: ignore[misc]
     except KindProblem as exc:
-        return [ConfigIssue(f"{path}.{exc.field}", str(exc))]
-    if cfg.lr_schedule is not None and not cfg.lr_schedule.builtin:
-        issues += scheduler_issues(cfg.lr_schedule, optimizer, f"{path}.lr_schedule")
+        issues.append(ConfigIssue(f"{path}.{exc.field}", str(exc)))
+        if torch_schedule is not None:
+            issues += scheduler_issues(torch_schedule, None, f"{path}.lr_schedule")
+        return issues
+    if torch_schedule is not None:
+        issues += scheduler_issues(torch_schedule, optimizer, f"{path}.lr_schedule")
     return issues
 
 
@@ -285,9 +295,10 @@ def scheduler_arguments(cls: type[lr_scheduler.LRScheduler], cfg: ScheduleConfig
 
 
 def scheduler_issues(
-    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, path: str = "optimizer.lr_schedule"
+    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer | None, path: str = "optimizer.lr_schedule"
 ) -> list[ConfigIssue]:
-    """The problems of a torch scheduler's config, found by building it on ``optimizer`` (a stand-in)."""
+    """The problems of a torch scheduler's config: its kind, its arguments' names and, by building it
+    on ``optimizer`` (a stand-in; ``None`` when the optimizer cannot be built), their values."""
     unused = [
         name
         for name, value, default in (
@@ -308,7 +319,8 @@ def scheduler_issues(
     try:
         cls = scheduler_class(cfg.kind)
         arguments = scheduler_arguments(cls, cfg)
-        _built(lambda: cls(optimizer, **arguments), cls, "kwargs")
+        if optimizer is not None:
+            _built(lambda: cls(optimizer, **arguments), cls, "kwargs")
     except KindProblem as exc:
         return [ConfigIssue(f"{path}.{exc.field}", str(exc))]
     return []
