@@ -3,12 +3,15 @@
 The trainer adds it on the track interval (``track_every_n_*``). When its interval is due it logs, per
 parameter group,
 
-* ``optim/lr/{group}`` when ``optimizer.lr_schedule`` is set, and
+* ``optim/lr/{group}`` when ``optimizer.lr_schedule`` is set (a built-in schedule or a torch
+  scheduler), and
 * ``optim/wd/{group}`` when ``optimizer.wd_schedule`` is set,
 
 where ``{group}`` is the group's name: the model part it optimizes (``classifier.encoder``), or the
-model's name for a plain model. Without schedules the values are constants of the config and nothing is
-logged. The values are the ones the update that just finished used.
+model's name for a plain model; a group of ``optimizer.param_groups`` is ``{model}/{name}``, and the
+parameters ``optimizer.no_weight_decay_on`` takes out of a group ``{group}/no_decay``. Without
+schedules the values are constants of the config and nothing is logged. The values are the ones the
+update that just finished used.
 
 The first update is logged too, also when the interval does not fall on it, so a warmup's start is on
 record (in ``after_update`` of update 1, unless the scheduler says the interval is due there).
@@ -58,7 +61,7 @@ class LrCallback:
             name = _group_name(group, i, trainer.model_name, len(groups))
             if cfg.lr_schedule is not None:
                 keys.append((i, "lr", f"optim/lr/{name}"))
-            if cfg.wd_schedule is not None:
+            if cfg.wd_schedule is not None and "weight_decay" in group:
                 keys.append((i, "weight_decay", f"optim/wd/{name}"))
         return keys
 

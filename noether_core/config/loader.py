@@ -37,7 +37,7 @@ except ImportError:  # cattrs < 24.1: the converter's own list and dict structur
 
 from noether_core.config.bounded_yaml import LIMITS, bounded_tree, load_yaml, read_config_file
 from noether_core.config.durations import Duration, as_yaml_read_it
-from noether_core.config.schema import CallbackConfig, RunConfig, nested_entries
+from noether_core.config.schema import CallbackConfig, ParamGroupConfig, RunConfig, nested_entries
 from noether_core.errors import ConfigError, ConfigIssue, PluginLoadError, UnknownKindError, UsageError
 from noether_core.lookup import did_you_mean
 from noether_core.plugins.registry import PluginRegistry
@@ -243,6 +243,24 @@ def _register_shape_checks(conv: cattrs.Converter) -> None:
         return tuple(conv.structure(item, arg) for item, arg in zip(value, args, strict=True))
 
     conv.register_structure_hook_func(lambda t: _origin(t) is tuple, structure_tuple)
+
+    group_fields = _shape_checked(
+        cattrs.gen.make_dict_structure_fn(ParamGroupConfig, conv), Mapping, "a mapping of fields"
+    )
+
+    def structure_param_group(value: Any, type_: Any) -> ParamGroupConfig:
+        # one pattern may be written without a list around it
+        if isinstance(value, Mapping) and "params" in value:
+            params = value["params"]
+            if isinstance(params, str):
+                value = {**value, "params": [params]}
+            elif not isinstance(params, list):
+                problem = TypeError(f"expected a pattern or a list of patterns, got {_show(params)}")
+                problem.__notes__ = [AttributeValidationNote("params", "params", list[str])]
+                raise ClassValidationError("structuring ParamGroupConfig", [problem], ParamGroupConfig)
+        return group_fields(value, type_)  # type: ignore[no-any-return]
+
+    conv.register_structure_hook(ParamGroupConfig, structure_param_group)
 
 
 class _Missing(KeyError):

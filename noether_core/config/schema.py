@@ -36,6 +36,14 @@ def _finite(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"'{attribute.name}' must be a finite number: {value!r}")
 
 
+def _group_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _MODEL_NAME.fullmatch(value) or len(value) > MAX_MODEL_NAME:
+        raise ValueError(
+            f"must be 1 to {MAX_MODEL_NAME} letters, digits, '_', '-' and '.' (it is part of metric keys), "
+            f"got {value!r}"
+        )
+
+
 def _model_name(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if not _MODEL_NAME.fullmatch(value) or value in (".", "..") or len(value) > MAX_MODEL_NAME:
         raise ValueError(
@@ -247,28 +255,88 @@ class ModelConfig:
     frozen: bool = False
 
 
+#: The built-in schedule kinds; any other ``lr_schedule.kind`` names a ``torch.optim.lr_scheduler`` class.
+BUILTIN_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @attrs.frozen(kw_only=True)
 class ScheduleConfig:
-    """A value schedule over the run's updates: linear warmup from 0, then ``kind`` decay to
-    ``end_factor`` times the base value."""
+    """A value schedule over the run's updates. The built-in kinds (``constant``, ``cosine``,
+    ``linear``): linear warmup from 0, then ``kind`` decay to ``end_factor`` times the base value. Any
+    other kind (``lr_schedule`` only) is a ``torch.optim.lr_scheduler`` scheduler, built with ``kwargs``
+    and stepped every ``interval``."""
 
-    kind: Literal["constant", "cosine", "linear"] = "cosine"
+    kind: str = attrs.field(default="cosine", validator=v.min_len(1))
+    """``constant``, ``cosine`` or ``linear``; for ``lr_schedule`` also a ``torch.optim.lr_scheduler``
+    class by name (``onecyclelr``, any case) or import path (``torch.optim.lr_scheduler.StepLR``,
+    ``package.module.Scheduler``)."""
     warmup_updates: int = attrs.field(default=0, validator=v.ge(0))
+    """Built-in kinds: linear warmup over this many updates."""
     warmup_fraction: float | None = attrs.field(
         default=None, validator=v.optional([_finite, v.ge(0.0), v.lt(1.0)])
     )
+    """Built-in kinds: the warmup as a fraction of the run's updates; replaces ``warmup_updates``."""
     end_factor: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
+    """Built-in kinds: the factor at the last update."""
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+    """A torch scheduler's keyword arguments (the optimizer is passed by noether)."""
+    interval: Literal["update", "epoch"] = "update"
+    """A torch scheduler's ``step()``: after every update, or after every epoch."""
+
+    @property
+    def builtin(self) -> bool:
+        """Whether ``kind`` is one of the built-in factor schedules."""
+        return self.kind in BUILTIN_SCHEDULES
+
+
+@attrs.frozen(kw_only=True)
+class ParamGroupConfig:
+    """Parameters picked by name pattern into a parameter group of their own."""
+
+    params: list[str] = attrs.field(validator=v.min_len(1))
+    """``fnmatch`` patterns of parameter names (``*.bias``, ``encoder.*``), one or a list; a
+    parameter goes to the first group with a matching pattern."""
+    name: str | None = attrs.field(default=None, validator=v.optional(_group_name))
+    """The group's name in metric keys (``optim/lr/{model}/{name}``); unset: its index in the list."""
+    lr_scale: float = attrs.field(default=1.0, validator=[_finite, v.ge(0.0)])
+    """The group's learning rate is ``lr_scale`` times ``optimizer.lr`` (schedules multiply it)."""
+    weight_decay: float | None = attrs.field(default=None, validator=v.optional([_finite, v.ge(0.0)]))
+    """The group's weight decay; unset: ``optimizer.weight_decay``."""
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+    """Other per-group options of the optimizer (``momentum``, ``betas``, ``eps``...)."""
+
+
+#: What ``optimizer.no_weight_decay_on`` may name.
+NoWeightDecayOn = Literal["bias", "norm", "1d"]
 
 
 @attrs.frozen(kw_only=True)
 class OptimizerConfig:
-    kind: Literal["adamw", "sgd"] = "adamw"
+    """The optimizer: any ``torch.optim`` optimizer, its parameter groups, its schedules."""
+
+    kind: str = attrs.field(default="adamw", validator=v.min_len(1))
+    """A ``torch.optim`` optimizer by name in any case (``adamw``, ``sgd``, ``radam``), or an import path
+    to a ``torch.optim.Optimizer`` subclass (``torch.optim.Adagrad``, ``package.module.Lion`` or
+    ``package.module:Lion``)."""
     lr: float = attrs.field(default=1e-3, validator=[_finite, v.gt(0.0)])
+    """The base learning rate the schedule multiplies."""
     weight_decay: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_finite)
-    momentum: float = attrs.field(default=0.0, validator=[_finite, v.ge(0.0)])
+    """The base weight decay the schedule multiplies (for optimizers that take ``weight_decay``)."""
+    betas: tuple[float, float] | None = attrs.field(default=None, validator=v.optional(_finite))
+    """For optimizers that take ``betas``; unset: the optimizer's default."""
+    momentum: float | None = attrs.field(default=None, validator=v.optional([_finite, v.ge(0.0)]))
+    """For optimizers that take ``momentum``; unset: the optimizer's default."""
+    kwargs: dict[str, Any] = attrs.Factory(dict)
+    """The optimizer's other keyword arguments (``eps``, ``amsgrad``, ``foreach``...)."""
+    param_groups: list[ParamGroupConfig] = attrs.Factory(list)
+    """Parameter groups by name pattern, before the default group of every model part."""
+    no_weight_decay_on: list[NoWeightDecayOn] = attrs.Factory(list)
+    """No weight decay on ``bias`` (parameters named ``bias``), ``norm`` (parameters of ``torch.nn``
+    normalization layers) and ``1d`` (parameters with fewer than two dimensions), in every group."""
     lr_schedule: ScheduleConfig | None = None
+    """The learning-rate schedule: a built-in kind, or a ``torch.optim.lr_scheduler`` scheduler."""
     wd_schedule: ScheduleConfig | None = None
+    """The weight-decay schedule (a built-in kind)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -308,11 +376,14 @@ class RunConfig:
 
 
 __all__ = [
+    "BUILTIN_SCHEDULES",
     "DEFAULT_KINDS",
     "CallbackConfig",
     "DatasetConfig",
     "ModelConfig",
+    "NoWeightDecayOn",
     "OptimizerConfig",
+    "ParamGroupConfig",
     "Precision",
     "RunConfig",
     "ScheduleConfig",

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,6 +20,8 @@ from noether_core.errors import ConfigError, ConfigIssue, ImportPathError
 from noether_core.lookup import did_you_mean, import_object, kwargs_problem
 from noether_core.run.datasets import BUNDLED_DATASETS
 from noether_core.run.models import BUNDLED_MODELS, CompositeModel
+from noether_core.run.param_groups import named_parameters, pattern_issues
+from noether_core.run.torch_kinds import optimizer_issues
 from noether_core.run.train_step import TrainStep, default_train_step
 
 COMPOSITE = "composite"
@@ -107,16 +110,21 @@ def check_buildable(
     *,
     given_model: bool = False,
     given_datasets: Collection[str] = (),
+    model: nn.Module | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` listing every model/dataset/train-step problem with its path;
-    ``source`` (the config file) is named in the message. A model or dataset of kind ``object`` must be
-    among those given as objects (``given_model``, ``given_datasets``): nothing else can build it."""
+    """Raise :class:`ConfigError` listing every model/dataset/train-step/optimizer problem with its
+    path; ``source`` (the config file) is named in the message. A model or dataset of kind ``object``
+    must be among those given as objects (``given_model``, ``given_datasets``): nothing else can build
+    it. ``model`` is the model given as an object, whose parameter names the ``param_groups`` patterns
+    are checked against (see :func:`param_group_issues`)."""
     issues: list[ConfigIssue] = []
     if config.model.kind == OBJECT or given_model:
         if not given_model:
             issues.append(ConfigIssue("model.kind", _no_object("model", "model=")))
     else:
         _model_issues(config.model, "model", issues)
+    if not issues:
+        issues += param_group_issues(config, model)
     if "train" not in config.datasets:
         have = ", ".join(config.datasets) or "none"
         issues.append(ConfigIssue("datasets", f"a 'train' dataset is required (have: {have})"))
@@ -136,8 +144,25 @@ def check_buildable(
             resolve(config.trainer.train_step, {}, "train step")
         except _Problem as exc:
             issues.append(ConfigIssue("trainer.train_step", str(exc)))
+    issues += optimizer_issues(config.optimizer)
     if issues:
         raise ConfigError(issues, source)
+
+
+def param_group_issues(config: RunConfig, model: nn.Module | None = None) -> list[ConfigIssue]:
+    """The patterns of ``optimizer.param_groups`` that match no parameter of the model, and group
+    names used twice: ``model``, else the config's model built on the ``meta`` device (no memory, no
+    random numbers drawn). A model whose factory cannot build on ``meta`` is checked when the run
+    builds it."""
+    if not config.optimizer.param_groups:
+        return []
+    if model is None:
+        try:
+            with torch.device("meta"):
+                model = build_model(config.model)
+        except Exception:
+            return []
+    return pattern_issues(config.optimizer, [p.name for p in named_parameters(model, config.model.name)])
 
 
 def _no_object(what: str, argument: str) -> str:
@@ -226,6 +251,7 @@ __all__ = [
     "build_model",
     "build_train_step",
     "check_buildable",
+    "param_group_issues",
     "resolve",
     "updates_per_epoch",
 ]

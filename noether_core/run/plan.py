@@ -121,7 +121,9 @@ class RunPlan:
         datasets: Mapping[str, Dataset[Any]] | None = None,
         model: nn.Module | None = None,
     ) -> None:
-        check_buildable(config, source, given_model=model is not None, given_datasets=list(datasets or ()))
+        check_buildable(
+            config, source, given_model=model is not None, given_datasets=list(datasets or ()), model=model
+        )
         self.config = config
         self.model = model
         self.registry = registry

@@ -93,7 +93,9 @@ class Run(Protocol):
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
-        """The optimizer (one parameter group per trainable part); ``None`` when everything is frozen."""
+        """The optimizer; ``None`` when everything is frozen. Its parameter groups carry a ``name``: one
+        group per trainable part (named after it), one per ``optimizer.param_groups`` entry
+        (``{model}/{name}``) and the ``{group}/no_decay`` companions of ``no_weight_decay_on``."""
 
     @property
     def train_step(self) -> TrainStep:

@@ -36,6 +36,7 @@ from noether_core.plugins.dispatch import PLUGIN_ERRORS
 from noether_core.plugins.manager import PluginManager
 from noether_core.run.counter import Counter, seek
 from noether_core.run.models import named_models
+from noether_core.run.optim import TorchSchedule
 
 log = logging.getLogger("noether")
 
@@ -173,10 +174,12 @@ class RunState:
         counter: Counter,
         plugins: PluginManager,
         geometry: Mapping[str, int],
+        lr_scheduler: TorchSchedule | None = None,
     ) -> None:
         self.model = model
         self.model_name = model_name
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.grad_scaler = grad_scaler
         self.counter = counter
         self.plugins = plugins
@@ -255,6 +258,8 @@ class RunState:
                 "samples_consumed_in_epoch": counter.update_in_epoch * counter.effective_batch_size,
             },
             "lr_schedule": {"update": counter.update},
+            # a torch.optim.lr_scheduler scheduler's own state (the built-in schedules need the update only)
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "grad_scaler": self.grad_scaler.state_dict(),
             "rng": capture_rng(),
             "nan_streak": self.nan_streak,
@@ -436,6 +441,20 @@ class RunState:
                 self.optimizer.load_state_dict(load(file)["state_dict"])
         with _damaged(trainer_file, "grad scaler state"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if self.lr_scheduler is not None:
+            scheduler_state = state.get("lr_scheduler")
+            if not isinstance(scheduler_state, dict):
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "optimizer.lr_schedule",
+                            f"checkpoint {tag!r} holds no state of a torch scheduler (the run was saved with "
+                            "another lr_schedule); resume with the run's own lr_schedule",
+                        )
+                    ]
+                )
+            with _damaged(trainer_file, "learning-rate scheduler state"):
+                self.lr_scheduler.load_state_dict(scheduler_state)
         counter = self.counter
         if update > counter.total_updates:
             raise ConfigError(

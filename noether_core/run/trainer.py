@@ -40,7 +40,7 @@ from noether_core.run.data import DataContainer, TrainBatches, micro_batch_size
 from noether_core.run.device import autocast, place_run, to_device
 from noether_core.run.distributed import any_rank, any_rank_each, barrier, for_training
 from noether_core.run.metric_dependencies import metric_properties
-from noether_core.run.optim import apply_schedules, build_optimizer, optimizer_step
+from noether_core.run.optim import apply_schedules, build_lr_scheduler, build_optimizer, optimizer_step
 from noether_core.run.plan import RunPlan
 from noether_core.run.protocol import Entry, Run
 from noether_core.run.signals import Signals
@@ -91,6 +91,8 @@ class Trainer:
         )
         self.train_model = for_training(self.model, self.dist, self.device)
         self.optimizer = build_optimizer(self.model, self.model_name, config.optimizer)
+        #: the ``torch.optim.lr_scheduler`` scheduler of ``optimizer.lr_schedule``, if it names one
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, config.optimizer, geometry.updates_per_epoch)
         self.train_step = build_train_step(config)
         self.precision = tcfg.precision
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
@@ -109,6 +111,7 @@ class Trainer:
             model=self.model,
             model_name=self.model_name,
             optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
             grad_scaler=self.grad_scaler,
             counter=self.counter,
             plugins=self.plugins,
@@ -146,8 +149,10 @@ class Trainer:
         }
         self._epoch_listeners = self.plugins.has_listeners("after_epoch")
         self._epoch_needs_eval_mode = self.plugins.needs_eval_mode(self.plugins.listeners("after_epoch"))
+        # the built-in schedules set the groups' values before every update (a torch scheduler steps)
+        lr_schedule = config.optimizer.lr_schedule
         self._scheduled_optimizer = self.optimizer is not None and (
-            config.optimizer.lr_schedule is not None or config.optimizer.wd_schedule is not None
+            (lr_schedule is not None and lr_schedule.builtin) or config.optimizer.wd_schedule is not None
         )
         self._is_ddp = isinstance(self.train_model, nn.parallel.DistributedDataParallel)
         self._flag_group: Any = None
@@ -341,6 +346,8 @@ class Trainer:
             apply_schedules(
                 self.optimizer, self.config.optimizer, self.counter.update, self.counter.total_updates
             )
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.before_update(self.counter.update)
         loss_sums: dict[str, torch.Tensor] = {}
         skip = False
         for step, (raw, waited) in enumerate(batches):
