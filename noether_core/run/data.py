@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from noether_core.config.schema import DatasetConfig
 from noether_core.errors import ConfigError, ConfigIssue
@@ -99,11 +99,10 @@ def sequential_loader(
     reader = options.reader(dataset)
     if reader is not None:
         # loader.dataset stays a view of the same length: evaluation counts samples with it
-        batches = BatchSampler(sampler or SequentialSampler(dataset), batch_size, drop_last=False)  # type: ignore[arg-type]
-        return DataLoader(
-            BatchView(dataset, reader), sampler=batches, batch_size=None, collate_fn=as_is, **kwargs
-        )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, **kwargs)
+        kwargs.update(dataset=BatchView(dataset, reader), collate_fn=as_is)
+    else:
+        kwargs.update(dataset=dataset)
+    return DataLoader(batch_size=batch_size, sampler=sampler, shuffle=False, **kwargs)
 
 
 class DataContainer:
@@ -206,18 +205,12 @@ class TrainBatches:
         kwargs = options.loader_kwargs(keep_workers=False)
         if self._reader is not None and options.num_workers == 0:
             self._chunk = CHUNK_BYTES // sample_bytes(dataset)
-        elif self._reader is not None:
-            self._loader = DataLoader(
-                BatchView(dataset, self._reader),
-                sampler=BatchSampler(self._sampler, micro_batch_size, drop_last=True),
-                batch_size=None,
-                collate_fn=as_is,
-                generator=self._generator,
-                **kwargs,
-            )
         else:
+            if self._reader is not None:
+                kwargs.update(dataset=BatchView(dataset, self._reader), collate_fn=as_is)
+            else:
+                kwargs.update(dataset=dataset)
             self._loader = DataLoader(
-                dataset,
                 batch_size=micro_batch_size,
                 sampler=self._sampler,
                 drop_last=True,

@@ -67,9 +67,10 @@ def sample_bytes(dataset: Dataset[Any]) -> int:
     return max(1, sum(t[0].numel() * t.element_size() for t in tensors))
 
 
-class BatchView(Dataset[list[torch.Tensor]]):
-    """``dataset`` indexed by a list of indices (what a ``BatchSampler`` yields), for a ``DataLoader``
-    with ``batch_size=None``: one call per batch, in the main process or in a worker."""
+class BatchView(Dataset[Any]):
+    """``dataset`` for a ``DataLoader`` to read a batch per call: its fetcher calls ``__getitems__`` with
+    each batch's indices (in the main process or in a worker), and ``collate_fn=as_is`` passes the batch
+    on as read."""
 
     def __init__(self, dataset: Dataset[Any], reader: BatchReader) -> None:
         self.dataset = dataset
@@ -78,7 +79,10 @@ class BatchView(Dataset[list[torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, indices: list[int]) -> list[torch.Tensor]:
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
         return self._reader(torch.as_tensor(indices, dtype=torch.int64))
 
 
