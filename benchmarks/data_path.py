@@ -127,7 +127,7 @@ def hand_written(args: argparse.Namespace, model: Model, pre_batched: bool) -> T
     torch.manual_seed(SEED)
     dataset = make_dataset(args.dataset_size, model.features)
     net: nn.Module = build_model_section(model)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=LR)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)  # as the config: no decay
     device = torch.device("cpu")
     generator = torch.Generator().manual_seed(SEED)
     if pre_batched:

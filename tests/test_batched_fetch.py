@@ -299,3 +299,18 @@ def test_persistent_workers_false_without_workers_is_fine(tmp_path: Path) -> Non
     raw = tiny_config(max_updates=2, max_epochs=None)
     raw["datasets"]["train"]["persistent_workers"] = False
     make_trainer(tmp_path, raw).fit()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_batches_are_pinned_and_train_as_unpinned(tmp_path: Path) -> None:
+    runs = {}
+    for pin in (True, False):
+        raw = tiny_config(max_updates=6, max_epochs=None, device="cuda")
+        raw["datasets"]["train"]["pin_memory"] = pin
+        trainer = make_trainer(tmp_path, raw, f"pin{pin}")
+        first, _ = next(iter(trainer._train_batches().updates(trainer.counter)))[0]
+        assert first[0].is_pinned() is pin
+        trainer._batches = None  # the run starts from the first batch again
+        assert trainer.fit() == "completed"
+        runs[pin] = {k: v.cpu() for k, v in trainer.model.state_dict().items()}
+    assert_same_weights(runs[True], runs[False])
