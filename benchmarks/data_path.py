@@ -15,20 +15,23 @@ AdamW, one CPU thread), for the same number of updates:
 Models: ``tiny``, a 32x32 ``nn.Linear`` at batch 8; ``mlp``, the bundled MLP 256 wide (two hidden
 layers of 256, 256 in and out) at batch 64.
 
-How it is timed. A round runs every loop once per model, in an order that rotates from round to round,
-so a machine that slows down for a while slows all four alike. Each run times ``--updates`` updates
-after ``--warmup`` (``benchmarks.trainer_overhead.Window``: from the batch of the first timed update to
-the end of the loop), on two clocks: this thread's CPU time (which does not count time spent waiting
-for a core on a busy machine) and wall time. Everything outside the loop (building the run,
-``before_training``, ``after_training``) is left out. The table shows medians and [min .. max] over the
-rounds; the ratios are paired per round (median of the per-round ratios). The machine's load average
-before and after is printed with it: the development machines are shared.
+How it is timed (as in ``default_plugins_overhead.py``). For each model the four loops run in threads
+of one process and take turns, ``--turn`` updates each (10), with a baton so only one runs at a time.
+Each update is timed from fetching its batch to fetching the next, on two clocks: this thread's CPU
+time (which does not count time spent waiting for a core on a busy machine) and wall time, and the
+times are added up per block of ``--block`` updates (200: every block of the defaults holds the same
+log and track ticks). A block of one loop is timed next to the same block of the others, a fraction of
+a second apart, so a machine that slows down for a while slows all four alike; the ratios are paired
+per block (median of the per-block ratios). Warm-up blocks and everything outside the loop (building
+the run, ``before_training``, ``after_training``) are left out; the table shows medians and [min ..
+max] over the blocks. The machine's load average before and after is printed with it: the
+development machines are shared.
 
 Target (issue #17): noether with its defaults faster than the DataLoader loop and within 5% of the
 pre-batched loop, on both models, on the CPU-time clock.
 
-    python benchmarks/data_path.py                        # 5 rounds, both models
-    python benchmarks/data_path.py --rounds 9 --updates 4000
+    python benchmarks/data_path.py                        # 20 blocks of tiny, 10 of mlp
+    python benchmarks/data_path.py --blocks 40 --turn 20
     python benchmarks/data_path.py --models tiny --check  # exit 1 when the target is missed
 """
 
@@ -42,9 +45,11 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +59,8 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 if __package__ in (None, ""):  # run as a script: make `benchmarks.data_path` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.default_plugins_overhead import console
-from benchmarks.trainer_overhead import Timing, Window
+from benchmarks.default_plugins_overhead import Baton, console
+from benchmarks.trainer_overhead import Timing
 from noether_core.config.loader import structure_config
 from noether_core.io.metric_properties import MetricProperties
 from noether_core.io.paths import RunPaths
@@ -73,6 +78,8 @@ DATASET_KIND = "benchmarks.data_path:make_dataset"
 TARGET_RATIO = 1.05
 #: Log and track intervals of the defaults: those of a 20,000-update run (1/100 and 1/500 of it).
 LOG_EVERY, TRACK_EVERY = 200, 40
+
+T = TypeVar("T")
 
 
 class Model(NamedTuple):
@@ -99,7 +106,7 @@ MODELS = {
         {"kind": "mlp", "kwargs": {"in_features": 256, "out_features": 256, "hidden": 256, "depth": 2}},
         256,
         64,
-        0.25,
+        0.5,
     ),
 }
 LOOPS = ("DataLoader loop", "pre-batched loop", "noether, no plugins", "noether, defaults")
@@ -113,17 +120,64 @@ def make_dataset(size: int = 4096, features: int = 32, seed: int = 0) -> TensorD
     )
 
 
-def updates_of(args: argparse.Namespace, model: Model) -> tuple[int, int]:
-    """Warm-up and timed updates of ``model``."""
-    return max(1, round(args.warmup * model.update_share)), max(2, round(args.updates * model.update_share))
+def blocks_of(args: argparse.Namespace, model: Model) -> int:
+    """Timed blocks of ``model`` (the MLP's updates take longer: fewer blocks)."""
+    return max(1, round(args.blocks * model.update_share))
 
 
 # ---------------------------------------------------------------------------------------- the loops
 
 
-def hand_written(args: argparse.Namespace, model: Model, pre_batched: bool) -> Timing:
+class Blocks:
+    """Times one loop's updates, ``turn`` at a time in turns with the other loops (a
+    :class:`~benchmarks.default_plugins_overhead.Baton`), and adds them up per block of ``block``
+    updates, on this thread's CPU time and on wall time. An update is timed from fetching its batch to
+    fetching the next; between turns the loop waits for the baton, untimed."""
+
+    def __init__(self, who: int, baton: Baton, args: argparse.Namespace, blocks: int) -> None:
+        self.who = who
+        self.baton = baton
+        self.size = args.block
+        self.turn = args.turn
+        self.warmup_blocks = args.warmup_blocks
+        self.updates = args.block * (args.warmup_blocks + blocks)
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        cpu_clock, wall_clock = time.thread_time, time.perf_counter
+        size, turn, last = self.size, self.turn, self.updates
+        it = iter(items)
+        cpu = wall = 0.0
+        for i in range(last):
+            if i % turn == 0:
+                self.baton.wait_for(self.who)
+            start_cpu, start_wall = cpu_clock(), wall_clock()
+            item = next(it, None)
+            if item is None:
+                return
+            yield item
+            cpu += cpu_clock() - start_cpu
+            wall += wall_clock() - start_wall
+            if (i + 1) % size == 0:
+                self.cpu.append(cpu / size)
+                self.wall.append(wall / size)
+                cpu = wall = 0.0
+            # after the last update the baton stays with this loop until it has returned, so no
+            # other loop runs beside its after_training
+            if (i + 1) % turn == 0 and i + 1 < last:
+                self.baton.pass_on(self.who)
+
+    def timings(self) -> list[Timing]:
+        """Seconds per update of each timed block (warm-up blocks left out)."""
+        pairs = zip(self.wall, self.cpu, strict=True)
+        return [Timing(wall, cpu) for wall, cpu in list(pairs)[self.warmup_blocks :]]
+
+
+def hand_written(
+    args: argparse.Namespace, model: Model, pre_batched: bool, timer: Blocks
+) -> Callable[[], None]:
     """The hand-written loop over a ``DataLoader``, or over batches cut before the clock starts."""
-    warmup, updates = updates_of(args, model)
     torch.manual_seed(SEED)
     dataset = make_dataset(args.dataset_size, model.features)
     net: nn.Module = build_model_section(model)
@@ -141,27 +195,22 @@ def hand_written(args: argparse.Namespace, model: Model, pre_batched: bool) -> T
     else:
         sampler = RandomSampler(dataset, generator=generator)
         epoch = DataLoader(dataset, batch_size=model.batch_size, sampler=sampler, drop_last=True)
-    total = warmup + updates
 
     def batches() -> Iterator[Any]:
-        done = 0
         while True:
-            for batch in epoch:
-                yield batch
-                done += 1
-                if done == total:
-                    return
+            yield from epoch
 
-    window = Window(warmup, device)
-    net.train()
-    for x, y in window.wrap(batches()):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        loss = F.mse_loss(net(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return window.per_update(updates)
+    def loop() -> None:
+        net.train()
+        for x, y in timer.wrap(batches()):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            loss = F.mse_loss(net(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return loop
 
 
 def build_model_section(model: Model) -> nn.Module:
@@ -189,51 +238,81 @@ def raw_config(model: Model, *, defaults: bool, total: int, size: int) -> dict[s
     }
 
 
-def noether(args: argparse.Namespace, model: Model, defaults: bool) -> Timing:
-    """The Trainer, set up as ``noether train`` sets a run up, timed over its steady-state updates."""
-    warmup, updates = updates_of(args, model)
-    with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp, console(terminal=False):
-        registry = PluginRegistry.from_environment()
-        raw = raw_config(model, defaults=defaults, total=warmup + updates, size=args.dataset_size)
-        plan = RunPlan(structure_config(raw, registry), registry)
-        assert bool(plan.all_entries) == defaults
-        paths = RunPaths.create(Path(tmp), "bench")
-        setup_logging(paths)
-        metrics = MetricProperties()
-        tracker = DiskTracker(metrics)
-        tracker.start(paths, {})
-        trainer = Trainer(plan, paths, trackers=[tracker], metrics=metrics)
-        window = Window(warmup, trainer.device)
-        batches = trainer._train_batches()
-        assert batches.batched, "a TensorDataset is read a batch per call"
-        inner = batches.updates
-        batches.updates = lambda counter: window.wrap(inner(counter))  # type: ignore[method-assign]
+def noether(
+    args: argparse.Namespace, model: Model, defaults: bool, timer: Blocks, output_dir: Path
+) -> Callable[[], None]:
+    """The Trainer, set up as ``noether train`` sets a run up; its batches timed by ``timer``. Call it
+    inside :func:`~benchmarks.default_plugins_overhead.console`."""
+    registry = PluginRegistry.from_environment()
+    raw = raw_config(model, defaults=defaults, total=timer.updates, size=args.dataset_size)
+    plan = RunPlan(structure_config(raw, registry), registry)
+    assert bool(plan.all_entries) == defaults
+    paths = RunPaths.create(output_dir, f"defaults-{defaults}-{time.monotonic_ns()}")
+    setup_logging(paths)
+    metrics = MetricProperties()
+    tracker = DiskTracker(metrics)
+    tracker.start(paths, {})
+    trainer = Trainer(plan, paths, trackers=[tracker], metrics=metrics)
+    batches = trainer._train_batches()
+    assert batches.batched, "a TensorDataset is read a batch per call"
+    inner = batches.updates
+    batches.updates = lambda counter: timer.wrap(inner(counter))  # type: ignore[method-assign]
+
+    def fit() -> None:
         status = trainer.fit()
-        assert status == "completed", status
-    return window.per_update(updates)
+        if status != "completed":
+            raise RuntimeError(f"noether ended {status}")
+
+    return fit
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace, Model], Timing]] = {
-    "DataLoader loop": lambda a, m: hand_written(a, m, pre_batched=False),
-    "pre-batched loop": lambda a, m: hand_written(a, m, pre_batched=True),
-    "noether, no plugins": lambda a, m: noether(a, m, defaults=False),
-    "noether, defaults": lambda a, m: noether(a, m, defaults=True),
-}
+def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, list[Timing]]:
+    """Seconds per update of every timed block of each loop on model ``name``. The loops run in threads
+    of this process and take turns every ``--turn`` updates, so each block of one loop is timed next to
+    the same block of the others, a fraction of a second apart: a machine that slows down for a while
+    slows all of them alike."""
+    model = MODELS[name]
+    blocks = blocks_of(args, model)
+    baton = Baton(len(LOOPS))
+    timers = [Blocks(i, baton, args, blocks) for i in range(len(LOOPS))]
+    errors: list[BaseException] = []
+    with console(terminal=False):
+        bodies = [
+            hand_written(args, model, False, timers[0]),
+            hand_written(args, model, True, timers[1]),
+            noether(args, model, False, timers[2], output_dir),
+            noether(args, model, True, timers[3], output_dir),
+        ]
+
+        def run(who: int) -> None:
+            try:
+                bodies[who]()
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+            finally:
+                baton.pass_on(who, finished=True)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(LOOPS))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return {loop: timer.timings() for loop, timer in zip(LOOPS, timers, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
 def run_rounds(args: argparse.Namespace) -> dict[str, dict[str, list[Timing]]]:
-    """``{model: {loop: [timing per round]}}``; every round runs the loops in a rotated order."""
-    times: dict[str, dict[str, list[Timing]]] = {m: {loop: [] for loop in LOOPS} for m in args.models}
-    for r in range(args.rounds):
+    """``{model: {loop: [timing per block]}}``."""
+    with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
+        out: dict[str, dict[str, list[Timing]]] = {}
         for name in args.models:
-            order = LOOPS[r % len(LOOPS) :] + LOOPS[: r % len(LOOPS)]
-            for loop in order:
-                gc.collect()
-                times[name][loop].append(RUNNERS[loop](args, MODELS[name]))
-    return times
+            gc.collect()
+            out[name] = run_interleaved(args, name, Path(tmp))
+    return out
 
 
 def _cell(values: list[float], fmt: str = "7.1f") -> str:
@@ -253,8 +332,8 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], 
     print()
     print("Data path: noether vs hand-written loops (MSE, AdamW, cpu, 1 thread, in-memory TensorDataset)")
     print(
-        f"{args.rounds} rounds, loops in rotating order; median [min .. max] over rounds; "
-        "ratios paired per round"
+        f"the loops interleaved, {args.turn} updates each in turn; median [min .. max] over blocks of "
+        f"{args.block} updates; ratios paired per block"
     )
     print(
         f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
@@ -264,12 +343,15 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], 
     met = True
     for name in args.models:
         model = MODELS[name]
-        warmup, updates = updates_of(args, model)
+        blocks = blocks_of(args, model)
         rows = times[name]
         cpu = {loop: [t.cpu * 1e6 for t in rows[loop]] for loop in LOOPS}
         wall = {loop: [t.wall * 1e6 for t in rows[loop]] for loop in LOOPS}
         print()
-        print(f"{name}: {model.label}; {updates} timed updates after {warmup} warm-up")
+        print(
+            f"{name}: {model.label}; {blocks} timed blocks of {args.block} updates after "
+            f"{args.warmup_blocks} warm-up block(s)"
+        )
         head = (
             f"  {'':20}  {'CPU µs/update':^25}  {'wall µs/update':^25}  "
             f"{'/ DataLoader loop':^25}  {'/ pre-batched loop':^25}"
@@ -301,13 +383,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--updates", type=int, default=2000, help="timed updates of tiny (mlp: a quarter)")
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up updates of tiny (mlp: a quarter)")
+    parser.add_argument("--blocks", type=int, default=20, help="timed blocks of tiny (mlp: half as many)")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=LOG_EVERY,
+        help=f"updates per block, the unit of the statistics (default {LOG_EVERY}: every block holds "
+        "the same log and track ticks)",
+    )
+    parser.add_argument("--warmup-blocks", type=int, default=1, help="untimed blocks first (default 1)")
+    parser.add_argument("--turn", type=int, default=10, help="updates a loop runs before the next (10)")
     parser.add_argument("--dataset-size", type=int, default=4096)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.blocks < 1 or args.block < 1 or args.turn < 1 or args.warmup_blocks < 0:
+        parser.error("--blocks, --block and --turn must be >= 1, --warmup-blocks >= 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

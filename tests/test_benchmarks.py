@@ -46,7 +46,8 @@ def test_data_path_benchmark_prints_every_loop_and_the_target(
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import data_path
 
-    status = data_path.main(["--updates", "8", "--warmup", "2", "--rounds", "1", "--dataset-size", "128"])
+    args = ["--blocks", "4", "--block", "10", "--turn", "5", "--warmup-blocks", "0", "--dataset-size", "256"]
+    status = data_path.main(args)
     out = capsys.readouterr().out
     assert status == 0
     assert "load average (1/5/15 min): before" in out

@@ -228,7 +228,7 @@ class TrainBatches:
         self._sampler.set_epoch(epoch, skip=skip)
         if self._loader is None:
             assert self._reader is not None
-            order = torch.as_tensor(self._sampler.indices(epoch)[skip:], dtype=torch.int64)
+            order = self._sampler.index_tensor(epoch)[skip:]
             return in_memory_batches(
                 self._reader, order, self._micro, chunk_samples=self._chunk, pin=self._pin
             )

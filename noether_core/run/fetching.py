@@ -19,9 +19,10 @@ from noether_core.run.datasets import Blobs
 #: Reads the samples at a 1-D ``int64`` index tensor as one collated batch.
 BatchReader = Callable[[torch.Tensor], list[torch.Tensor]]
 
-#: Bytes of samples the in-memory path gathers in one indexing call: large enough that the gather's
-#: fixed cost vanishes per micro-batch, small enough not to matter beside the dataset it copies from.
-CHUNK_BYTES = 16 * 2**20
+#: Bytes of samples the in-memory path gathers in one indexing call: large enough that the call's fixed
+#: cost vanishes per micro-batch, small enough that the chunk is still in the CPU's cache when its
+#: batches are used (16 MiB chunks made the 256-wide benchmark's batches about a third slower).
+CHUNK_BYTES = 2**20
 
 
 def batch_reader(dataset: Dataset[Any]) -> BatchReader | None:
@@ -47,7 +48,8 @@ class _TensorReader:
         self.tensors = tuple(tensors)
 
     def __call__(self, index: torch.Tensor) -> list[torch.Tensor]:
-        return [t[index] for t in self.tensors]
+        # index_select copies rows two to four times as fast as t[index] (advanced indexing) on the CPU
+        return [t.index_select(0, index) for t in self.tensors]
 
 
 class _SubsetReader:
@@ -56,7 +58,7 @@ class _SubsetReader:
         self.positions = positions
 
     def __call__(self, index: torch.Tensor) -> list[torch.Tensor]:
-        return self.inner(self.positions[index])
+        return self.inner(self.positions.index_select(0, index))
 
 
 def sample_bytes(dataset: Dataset[Any]) -> int:
