@@ -16,7 +16,9 @@ Models: ``tiny``, a 32x32 ``nn.Linear`` at batch 8; ``mlp``, the bundled MLP 256
 layers of 256, 256 in and out) at batch 64.
 
 How it is timed (as in ``default_plugins_overhead.py``). For each model the four loops run in threads
-of one process and take turns, ``--turn`` updates each (10), with a baton so only one runs at a time.
+of one process and take turns, ``--turn`` updates each (50), with a baton so only one runs at a time.
+(Turns of 10 updates sometimes made the pre-batched loop ten times slower on a busy 2-core machine, a
+cross-thread effect not understood; turns of 50 did not show it.)
 Each update is timed from fetching its batch to fetching the next, on two clocks: this thread's CPU
 time (which does not count time spent waiting for a core on a busy machine) and wall time, and the
 times are added up per block of ``--block`` updates (200: every block of the defaults holds the same
@@ -31,7 +33,7 @@ Target (issue #17): noether with its defaults faster than the DataLoader loop an
 pre-batched loop, on both models, on the CPU-time clock.
 
     python benchmarks/data_path.py                        # 20 blocks of tiny, 10 of mlp
-    python benchmarks/data_path.py --blocks 40 --turn 20
+    python benchmarks/data_path.py --blocks 40 --turn 100
     python benchmarks/data_path.py --models tiny --check  # exit 1 when the target is missed
 """
 
@@ -392,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the same log and track ticks)",
     )
     parser.add_argument("--warmup-blocks", type=int, default=1, help="untimed blocks first (default 1)")
-    parser.add_argument("--turn", type=int, default=10, help="updates a loop runs before the next (10)")
+    parser.add_argument("--turn", type=int, default=50, help="updates a loop runs before the next (50)")
     parser.add_argument("--dataset-size", type=int, default=4096)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
