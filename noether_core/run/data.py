@@ -168,8 +168,8 @@ class TrainBatches:
 
     A dataset readable a batch per call (:func:`~noether_core.run.fetching.batch_reader`) is read so:
     with no workers straight from memory (no loader at all), with workers through a ``DataLoader``
-    fed whole batches of indices. Either way each micro-batch holds the samples, in the order, that
-    reading sample by sample gives.
+    whose fetcher asks a :class:`~noether_core.run.fetching.BatchView` for each batch at once. Either
+    way each micro-batch holds the samples, in the order, that reading sample by sample gives.
     """
 
     def __init__(
