@@ -37,3 +37,22 @@ def test_default_plugins_overhead_runs_and_prints_its_table(
     assert "4 timed blocks of 10 updates" in out
     for row in ("no plugins, µs/update", "default plugins, µs/update", "OnlineLossCallback/U5"):
         assert row in out
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_data_path_benchmark_prints_every_loop_and_the_target(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import data_path
+
+    args = ["--blocks", "4", "--block", "10", "--turn", "5", "--warmup-blocks", "0", "--dataset-size", "256"]
+    status = data_path.main(args)
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "load average (1/5/15 min): before" in out
+    for row in ("DataLoader loop", "pre-batched loop", "noether, no plugins", "noether, defaults"):
+        assert out.count(f"  {row}") == 2  # one row per model
+    for model in ("tiny: Linear(32->32), batch 8", "mlp: MLP 256 wide (2 hidden layers), batch 64"):
+        assert model in out
+    assert out.count("within 5% of the pre-batched loop") == 2

@@ -47,9 +47,16 @@ def test_the_notebook_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert all(torch.equal(last[k], v) for k, v in model.state_dict().items())
     resolved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert resolved["model"]["kind"] == "object"
+    loader_defaults = {
+        "num_workers": 0,
+        "persistent_workers": None,
+        "prefetch_factor": None,
+        "pin_memory": None,
+        "batched_fetch": True,
+    }
     assert resolved["datasets"] == {
-        "train": {"kind": "object", "kwargs": {}, "num_workers": 0},
-        "val": {"kind": "object", "kwargs": {}, "num_workers": 0},
+        "train": {"kind": "object", "kwargs": {}, **loader_defaults},
+        "val": {"kind": "object", "kwargs": {}, **loader_defaults},
     }
 
 

@@ -339,13 +339,34 @@ class OptimizerConfig:
     """The weight-decay schedule (a built-in kind)."""
 
 
+def _needs_workers(inst: DatasetConfig, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value is not False and inst.num_workers == 0:
+        raise ValueError(
+            f"{attribute.name} applies to loader worker processes, and num_workers is 0 (the data is "
+            "read in the training process); set num_workers > 0 or remove it"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class DatasetConfig:
-    """A named dataset: a bundled kind or an import path to a factory returning a ``Dataset``."""
+    """A named dataset: a bundled kind or an import path to a factory returning a ``Dataset``, and how
+    its loaders read it (the training loader and every evaluation loader over it)."""
 
     kind: str = attrs.field(validator=v.min_len(1))
     kwargs: dict[str, Any] = attrs.Factory(dict)
     num_workers: int = attrs.field(default=0, validator=v.ge(0))
+    """``DataLoader`` worker processes; 0 reads in the training process."""
+    persistent_workers: bool | None = attrs.field(default=None, validator=_needs_workers)
+    """Keep the workers between epochs. Unset: evaluation loaders keep theirs, the training loader starts
+    new ones each epoch (so worker randomness on resume matches an uninterrupted run)."""
+    prefetch_factor: int | None = attrs.field(default=None, validator=[_pos_int, _needs_workers])
+    """Batches each worker reads ahead. Unset: torch's default (2)."""
+    pin_memory: bool | None = None
+    """Read batches into page-locked memory so copies to a CUDA device run asynchronously. Unset: on when
+    the run's device is CUDA; on other devices nothing is pinned."""
+    batched_fetch: bool = True
+    """Read a whole batch per call where the dataset can (``blobs``, ``TensorDataset``); ``false`` reads
+    sample by sample and collates, as before. Either way the batches are the same."""
 
 
 @attrs.frozen(kw_only=True)

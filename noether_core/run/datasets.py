@@ -44,6 +44,12 @@ class Blobs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.y[index]
 
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: the whole set in memory, as a ``TensorDataset`` holds it; training reads a batch
+        of it per call (indexed at once) instead of a sample at a time."""
+        return self.x, self.y
+
 
 #: Bundled dataset kinds; any other kind is an import path ``package.module:factory``.
 BUNDLED_DATASETS = {"blobs": Blobs}

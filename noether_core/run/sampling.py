@@ -51,14 +51,19 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
         self.skip = skip
 
-    def indices(self, epoch: int) -> list[int]:
+    def index_tensor(self, epoch: int) -> torch.Tensor:
+        """:meth:`indices` as an ``int64`` tensor (what batched reading indexes with)."""
         if self.shuffle:
             gen = torch.Generator().manual_seed(generator_seed(self.seed * 1_000_003 + epoch))
             order = torch.randperm(self.dataset_len, generator=gen)
         else:
             order = torch.arange(self.dataset_len)
         used = order[: self.samples_per_rank * self.world_size]
-        indices: list[int] = used[self.rank :: self.world_size].tolist()
+        return used[self.rank :: self.world_size]
+
+    def indices(self, epoch: int) -> list[int]:
+        """This rank's indices of ``epoch``, all of them (``skip`` is not applied)."""
+        indices: list[int] = self.index_tensor(epoch).tolist()
         return indices
 
     def __iter__(self) -> Iterator[int]:

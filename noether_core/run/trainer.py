@@ -83,7 +83,7 @@ class Trainer:
             effective_batch_size=geometry.effective_batch_size,
         )
         self.scheduler = plan.scheduler
-        self.data = DataContainer(plan.datasets, config.datasets, self.dist)
+        self.data = DataContainer(plan.datasets, config.datasets, self.dist, self.device)
 
         self.model_name = config.model.name
         self.model: nn.Module = (plan.model if plan.model is not None else build_model(config.model)).to(
@@ -329,9 +329,8 @@ class Trainer:
                 accumulation_steps=self.accumulation_steps,
                 updates_per_epoch=self.updates_per_epoch,
                 seed=self.config.trainer.seed,
-                workers=self.data.workers("train"),
                 dist_info=self.dist,
-                pin_memory=self.device.type == "cuda",
+                options=self.data.options("train"),
             )
         return self._batches
 
