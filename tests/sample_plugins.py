@@ -102,18 +102,19 @@ class StopAt:
 
 
 class Crash:
-    """Raises ``RuntimeError`` in ``event`` at ``update``."""
+    """Raises ``RuntimeError`` in ``after_update`` at ``update`` (on rank ``rank`` alone when given)."""
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         update: int = 1
+        rank: int | None = None
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     @hookimpl
-    def after_update(self, counter: Any) -> None:
-        if counter.update == self.config.update:
+    def after_update(self, trainer: Any, counter: Any) -> None:
+        if counter.update == self.config.update and self.config.rank in (None, trainer.rank):
             raise RuntimeError(f"crash at update {counter.update}")
 
 

@@ -59,6 +59,16 @@ def any_rank_each(flags: tuple[bool, ...], info: DistInfo, group: Any = None) ->
     return tuple(bool(f) for f in t.tolist())
 
 
+def gather_to_main(value: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``value`` (picklable), in rank order, on rank 0; ``None`` on the other ranks (a
+    collective: every rank calls it). ``[value]`` with one process."""
+    if not info.is_distributed:
+        return [value]
+    gathered: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """The mean of ``value`` over all ranks (a collective: every rank calls it); ``value`` itself with
     one process."""
@@ -95,6 +105,7 @@ __all__ = [
     "any_rank_each",
     "barrier",
     "for_training",
+    "gather_to_main",
     "init_from_env",
     "mean_over_ranks",
     "shutdown",

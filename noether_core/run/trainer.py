@@ -117,6 +117,8 @@ class Trainer:
                 "accumulation_steps": self.accumulation_steps,
                 "world_size": self.dist.world_size,
             },
+            dist=self.dist,
+            seed=tcfg.seed,
         )
         self.resumed_from: RunPaths | None = None
         #: the tag resumed from (``resume_paths`` without ``resume_tag``: the newest resumable set)
