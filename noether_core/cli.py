@@ -32,6 +32,12 @@ from noether_core.errors import (
 from noether_core.plugins import hookspecs
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.plugins.scheduling import INTERVAL_FIELDS, Interval
+from noether_core.run.torchrun import (
+    add_launcher_options,
+    launcher_requested,
+    run_torchrun,
+    torchrun_command,
+)
 
 if TYPE_CHECKING:
     from noether_core.lookup import PluginSource
@@ -92,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --run-id: start that run over from update 0, removing its files (refused if it has "
         "any checkpoint)",
     )
+    add_launcher_options(train)
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint with its evaluators")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -199,6 +206,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "schedule":
         return _schedule(args)
     if args.command == "train":
+        if launcher_requested(args):
+            command = torchrun_command(args, _train_arguments(args))
+            return run_torchrun(command, replace_process=args.ends_process)
         from noether_core.run.launch import train_from_cli
 
         return train_from_cli(
@@ -224,6 +234,29 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return runs_list_command(args.dir, args.keys, as_json=args.json)
     raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+def _train_arguments(args: argparse.Namespace) -> list[str]:
+    """``noether train``'s arguments in ``args``, the launcher's left out: what each process of a
+    torchrun job gets."""
+    out = ["train"]
+    if args.config is not None:
+        out.append(os.fspath(args.config))
+    for override in args.overrides:
+        out += ["--set", override]
+    out += ["--output-dir", os.fspath(args.output_dir)]
+    for option, value in (
+        ("--run-id", args.run_id),
+        ("--resume", args.resume),
+        ("--checkpoint", args.checkpoint),
+    ):
+        if value is not None:
+            out += [option, os.fspath(value)]
+    if args.restart:
+        out.append("--restart")
+    if args.debug:
+        out.append("--debug")
+    return out
 
 
 def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | None) -> RunPlan:

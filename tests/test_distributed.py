@@ -79,23 +79,57 @@ ENV = dict(
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
-def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
+def test_two_gloo_ranks_match_one_process_and_the_nproc_flag_runs_the_same_job(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     proc = torchrun(cfg, tmp_path, "ddp")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     assert main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", "single"]) == 0
+    # noether's own flag runs the same torchrun job (the console command, replaced by torchrun)
+    flag = [
+        sys.executable,
+        "-m",
+        "noether_core",
+        *train_arguments(cfg, tmp_path, "flag"),
+        "--nproc-per-node",
+        "2",
+    ]
+    proc = subprocess.run(flag, capture_output=True, text=True, env=ENV, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
     run = tmp_path / "ddp"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in records] == [4, 8, 12, 16, 20, 24, 28, 32]  # rank 0 alone writes
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "single"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "flag", "single"]
     ddp = load_checkpoint(run / "checkpoints" / "model_cp=final_model.th")["state_dict"]
+    flagged = load_checkpoint(tmp_path / "flag" / "checkpoints" / "model_cp=final_model.th")["state_dict"]
+    for key in ddp:
+        assert torch.equal(flagged[key], ddp[key]), key
     single = load_checkpoint(tmp_path / "single" / "checkpoints" / "model_cp=final_model.th")["state_dict"]
     # the two ranks see the two halves of the single process's batches; DDP averages their gradients
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "message"),
+    [
+        (["--nnodes", "2"], {}, "--nnodes need --nproc-per-node N"),
+        (["--nproc-per-node", "2"], {"TORCHELASTIC_RUN_ID": "x"}, "started by torchrun already"),
+    ],
+)
+def test_launcher_options_that_cannot_work_are_usage_errors(
+    arguments: list[str],
+    environment: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(["train", *arguments]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
@@ -197,7 +231,16 @@ def test_a_two_process_checkpoint_resumes_on_one_and_on_three_processes(tmp_path
     shutil.copytree(two, on_three)
 
     # the same checkpoint, resumed by one process (this one) and by three
-    assert main(["train", "--resume", str(two),]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(two),
+            ]
+        )
+        == 0
+    )
     proc = torchrun(None, tmp_path, None, "--resume", str(on_three), nproc=3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 processes now, 2 when the checkpoint was saved" in proc.stdout + proc.stderr
