@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoetherError as exc:
         if args.debug:
             traceback.print_exception(exc, file=sys.stderr)
-        print(f"noether: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False) or args.debug:
+            print(f"noether: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt as exc:
         if args.debug:
@@ -177,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+
+
+def _rank_prefix() -> str:
+    """``rank R: `` in a process of a distributed run (torchrun's ``RANK``), so that a message says
+    which process failed; empty with one process."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.isdigit() and int(world_size) > 1:
+        return f"rank {os.environ.get('RANK', '?')}: "
+    return ""
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:

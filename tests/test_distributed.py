@@ -256,3 +256,42 @@ def test_a_two_process_checkpoint_resumes_on_one_and_on_three_processes(tmp_path
         for index, moments in reference["optim"].items():
             for name in ("exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(resumed["optim"][index][name], moments[name], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ failures
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_plugin_raising_on_one_rank_ends_every_rank_with_one_message(tmp_path: Path) -> None:
+    config = dict(
+        CONFIG,
+        trainer=dict(CONFIG["trainer"], max_updates=6, max_epochs=None),
+        callbacks=[{"kind": "sample_plugins:Crash", "update": 3, "rank": 1}],
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    # the subprocess's timeout is the bound: a hang fails the test instead of stalling the suite
+    cmd = [
+        sys.executable,
+        "-m",
+        "noether_core",
+        *train_arguments(cfg, tmp_path, "crash"),
+        "--nproc-per-node",
+        "2",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("noether: error:")]
+    assert errors == [
+        "noether: error: rank 1: plugin 'sample_plugins:Crash' (sample_plugins:Crash) failed in "
+        "after_update: RuntimeError: crash at update 3"
+    ], output
+    # no traceback of the failing plugin, no second report from rank 0 about the lost connection
+    assert output.count("crash at update 3") == 1, output
+    assert "closed by peer" not in output, output
+    run = tmp_path / "crash"
+    assert (
+        "rank 0 stopped at update 3: another process of the run ended first" in (run / "log.txt").read_text()
+    )
+    assert yaml.safe_load((run / "summary.yaml").read_text())["status"] == "failed"

@@ -3,6 +3,7 @@ CPU runs use the gloo backend, CUDA runs NCCL."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -29,14 +30,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_from_env(device_type: str) -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment (no-op for one process)."""
+def init_from_env(device_type: str, timeout: float | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (no-op for one process).
+    ``timeout``: seconds a collective waits for the other ranks before it fails
+    (``trainer.process_group_timeout``; torch's default when ``None``); the first call sets it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device_type == "cuda" else "gloo",
+            timeout=None if timeout is None else datetime.timedelta(seconds=timeout),
+        )
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+#: What gloo and NCCL say when another process of the group closed its connections (it ended).
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "communicator was aborted")
+
+
+def peer_ended(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the run ended (and reports
+    its own failure), not because this process did anything wrong. A collective that timed out is not:
+    the rank it waited for may hang without a word."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_GONE)
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> bool:
@@ -108,5 +126,6 @@ __all__ = [
     "gather_to_main",
     "init_from_env",
     "mean_over_ranks",
+    "peer_ended",
     "shutdown",
 ]

@@ -514,8 +514,9 @@ class RunState:
 
     def _restore_rng(self, state: Mapping[str, Any], saved_world_size: object, update: int) -> None:
         """Each rank's random generators: its own, saved, when the run resumes on as many processes
-        (``rng`` in a checkpoint of one process written before ``rng_by_rank``); else re-derived from the seed, the rank and the update (:func:`derived_seed`): copying one
-        rank's stream to several would give them the same dropout masks and augmentations."""
+        (``rng`` in a checkpoint of one process written before ``rng_by_rank``); else re-derived from
+        the seed, the rank and the update (:func:`derived_seed`): copying one rank's stream to several
+        would give them the same dropout masks and augmentations."""
         by_rank = state.get("rng_by_rank")
         world_size = self.dist.world_size
         if saved_world_size == world_size and isinstance(by_rank, list) and len(by_rank) == world_size:

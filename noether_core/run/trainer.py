@@ -337,7 +337,7 @@ class Trainer:
                     out: StepOutput = as_step_output(self.train_step(self.train_model, batch))
                 forward_done = clock()
                 times["forward"] += forward_done - start
-                if self.skip_nan_loss and not skip and not bool(torch.isfinite(out.total).all()):
+                if self.skip_nan_loss and not skip and self._non_finite(out.total):
                     self.state.note_nan(self.counter.update + 1, self.config.trainer.skip_nan_loss_max_count)
                     skip = True
                 if not skip and self.optimizer is not None:
@@ -375,6 +375,15 @@ class Trainer:
         if to_update:
             mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
             self._without_grad(self.plugins.after_update, mean_losses, times, grad_norm)
+
+    def _non_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is NaN or infinite on this rank or, when distributed, on any: every rank
+        skips the same update (a rank skipping its backward alone would leave the others waiting in
+        DistributedDataParallel's gradient reduction)."""
+        found = not bool(torch.isfinite(loss).all())
+        if not self.dist.is_distributed:
+            return found
+        return any_rank_each((found,), self.dist, self._flag_group)[0]
 
     @property
     def grad_scale(self) -> torch.Tensor | None:
