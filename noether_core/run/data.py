@@ -15,7 +15,7 @@ from noether_core.config.schema import DatasetConfig
 from noether_core.errors import ConfigError, ConfigIssue
 from noether_core.run.counter import Counter
 from noether_core.run.distributed import DistInfo
-from noether_core.run.sampling import EpochSampler, generator_seed
+from noether_core.run.sampling import EpochSampler, ShardBatches, generator_seed
 
 
 def micro_batch_size(batch_size: int, dist_info: DistInfo, accumulation_steps: int) -> int:
@@ -34,17 +34,19 @@ def micro_batch_size(batch_size: int, dist_info: DistInfo, accumulation_steps: i
 def sequential_loader(
     dataset: Dataset[Any], batch_size: int, workers: int, dist_info: DistInfo
 ) -> DataLoader[Any]:
-    """A loader over ``dataset`` in order; when distributed, this rank's share (the sampler pads the tail
-    so every rank has as many samples; gathers drop the padding)."""
-    sampler: Any = None
+    """A loader over ``dataset`` in order; when distributed, this rank's share (:class:`ShardBatches`:
+    the tail is padded so every rank has as many samples, in batches of their own; gathers drop them)."""
     if dist_info.is_distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=False
+        shard = ShardBatches(
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
         )
+        return DataLoader(dataset, batch_sampler=shard, num_workers=workers, persistent_workers=workers > 0)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
         shuffle=False,
         num_workers=workers,
         persistent_workers=workers > 0,
