@@ -295,3 +295,28 @@ def test_a_plugin_raising_on_one_rank_ends_every_rank_with_one_message(tmp_path:
         "rank 0 stopped at update 3: another process of the run ended first" in (run / "log.txt").read_text()
     )
     assert yaml.safe_load((run / "summary.yaml").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_resume_on_as_many_processes_is_exact_with_dropout(tmp_path: Path) -> None:
+    # dropout draws from each rank's own generators: identical weights need each rank's state back
+    config = dict(
+        ELASTIC,
+        model=tiny_config()["model"],
+        trainer=dict(ELASTIC["trainer"], max_updates=4),
+        callbacks=[{"kind": "sample_plugins:SaveAtEnd"}],
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    assert torchrun(cfg, tmp_path, "straight").returncode == 0
+    signal_at = {"kind": "sample_plugins:SignalAt", "update": 2, "rank": 1}
+    cfg.write_text(yaml.safe_dump(dict(config, callbacks=[*config["callbacks"], signal_at])))
+    torchrun(cfg, tmp_path, "resumed")
+    proc = torchrun(None, tmp_path, None, "--resume", str(tmp_path / "resumed"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = "checkpoints/model_cp=final_model.th"
+    straight = load_checkpoint(tmp_path / "straight" / final)["state_dict"]
+    resumed = load_checkpoint(tmp_path / "resumed" / final)["state_dict"]
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key
