@@ -412,16 +412,22 @@ class Hang:
         signal: str | None = None
         in_c: bool = False
         every_n_updates: int | None = 1
+        rank: int | None = None  # only this rank hangs (None: every rank)
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.rank = 0
+
+    @hookimpl
+    def before_training(self, trainer: Any) -> None:
+        self.rank = trainer.rank
 
     def _maybe(self, hook: str, counter: Any) -> None:
         import os
         import time
 
         due = self.config.update is None or counter.update == self.config.update
-        if hook != self.config.hook or not due:
+        if hook != self.config.hook or not due or self.config.rank not in (None, self.rank):
             return
         if self.config.in_c:
             send = (

@@ -262,6 +262,39 @@ def test_a_two_process_checkpoint_resumes_on_one_and_on_three_processes(tmp_path
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_hung_rank_is_detected_after_the_process_group_timeout(tmp_path: Path) -> None:
+    config = dict(
+        CONFIG,
+        trainer=dict(
+            CONFIG["trainer"], max_updates=6, max_epochs=None, process_group_timeout=3, stop_timeout=3
+        ),
+        callbacks=[{"kind": "sample_plugins:Hang", "hook": "after_update", "update": 3, "rank": 1}],
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable,
+        "-m",
+        "noether_core",
+        *train_arguments(cfg, tmp_path, "hang"),
+        "--nproc-per-node",
+        "2",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    # rank 0 names the wait that ran out; rank 1, ended by torchrun, names its hung plugin
+    assert (
+        "noether: error: rank 0: training failed at update 3: another process did not answer within "
+        "trainer.process_group_timeout=3s" in output
+    ), output
+    assert (
+        "noether: error: rank 1: plugin 'sample_plugins:Hang' (sample_plugins:Hang) did not return from "
+        "after_update" in output
+    ), output
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 def test_a_plugin_raising_on_one_rank_ends_every_rank_with_one_message(tmp_path: Path) -> None:
     config = dict(
         CONFIG,

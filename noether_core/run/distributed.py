@@ -57,6 +57,11 @@ def peer_ended(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_GONE)
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that waited longer than the process group's timeout."""
+    return isinstance(exc, RuntimeError) and "timed out" in str(exc).lower()
+
+
 def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> bool:
     """True on every rank when ``flag`` is true on any. ``device``: where the collective runs (NCCL
     needs the rank's GPU)."""
@@ -128,4 +133,5 @@ __all__ = [
     "mean_over_ranks",
     "peer_ended",
     "shutdown",
+    "timed_out",
 ]

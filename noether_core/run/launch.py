@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from noether_core.plugins.hookspecs import RunStatus
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import OBJECT
 from noether_core.run.device import pick_device
-from noether_core.run.distributed import barrier, init_from_env, peer_ended, shutdown
+from noether_core.run.distributed import barrier, init_from_env, peer_ended, shutdown, timed_out
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
 from noether_core.run.signals import keep_handling_until_exit
@@ -390,7 +390,7 @@ def _train_in(
         failure = exc
         # the console gets one paragraph (the CLI prints it); the traceback goes to log.txt
         logging.getLogger("noether.file").exception("training failed")
-        if trainer.dist.is_distributed and _ended_by_peer(exc):
+        if trainer.dist.is_distributed and _caused_by(exc, peer_ended):
             # the process that ended first says why; this one adds no second message to the console
             ended = PeerEndedError(
                 f"rank {trainer.rank} stopped at update {trainer.counter.update}: another process of "
@@ -398,6 +398,12 @@ def _train_in(
             )
             logging.getLogger("noether.file").error("%s", ended)
             raise ended from exc
+        if trainer.dist.is_distributed and _caused_by(exc, timed_out):
+            raise TrainingError(
+                f"training failed at update {trainer.counter.update}: another process did not answer "
+                f"within trainer.process_group_timeout={config_.trainer.process_group_timeout:g}s (it "
+                f"hangs, or waits in another collective) ({' '.join(str(exc).split())[:200]})"
+            ) from exc
         if isinstance(exc, NoetherError):
             raise
         raise TrainingError(
@@ -419,12 +425,11 @@ def _train_in(
     return result
 
 
-def _ended_by_peer(exc: BaseException) -> bool:
-    """Whether ``exc``, or an error it was raised from (a plugin's collective), is a collective that
-    lost a process which ended."""
+def _caused_by(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc``, or an error it was raised from (a plugin's collective), passes ``test``."""
     seen: BaseException | None = exc
     while seen is not None:
-        if peer_ended(seen):
+        if test(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -517,12 +517,13 @@ class RunState:
         (``rng`` in a checkpoint of one process written before ``rng_by_rank``); else re-derived from
         the seed, the rank and the update (:func:`derived_seed`): copying one rank's stream to several
         would give them the same dropout masks and augmentations."""
+        saved = state["rng"]  # rank 0's: in every trainer state noether writes
         by_rank = state.get("rng_by_rank")
         world_size = self.dist.world_size
         if saved_world_size == world_size and isinstance(by_rank, list) and len(by_rank) == world_size:
             restore_rng(by_rank[self.dist.rank])
         elif saved_world_size == world_size == 1:
-            restore_rng(state["rng"])
+            restore_rng(saved)
         else:
             seed_everything(derived_seed(self.seed, self.dist.rank, update))
             log.info(

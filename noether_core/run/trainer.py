@@ -522,7 +522,8 @@ class Trainer:
             with contextlib.suppress(Exception):
                 stream.flush()
         with contextlib.suppress(Exception):
-            print(f"noether: error: {message}", file=sys.stderr, flush=True)
+            rank = f"rank {self.rank}: " if self.dist.is_distributed else ""
+            print(f"noether: error: {rank}{message}", file=sys.stderr, flush=True)
         os._exit(EXIT_BY_STATUS[status])
 
     def _resumable_latest(self) -> bool:
