@@ -353,3 +353,28 @@ def test_a_resume_on_as_many_processes_is_exact_with_dropout(tmp_path: Path) -> 
     resumed = load_checkpoint(tmp_path / "resumed" / final)["state_dict"]
     for key, value in straight.items():
         assert torch.equal(resumed[key], value), key
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path: Path) -> None:
+    # rank 1 alone skipping its backward would leave rank 0 waiting in the gradient's reduction
+    config = dict(
+        CONFIG,
+        trainer=dict(
+            CONFIG["trainer"],
+            max_updates=4,
+            max_epochs=None,
+            skip_nan_loss=True,
+            train_step="tiny_runs:nan_on_rank_1_step",
+            process_group_timeout=30,
+        ),
+        callbacks=[{"kind": "sample_plugins:SaveAtEnd"}],
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    proc = torchrun(cfg, tmp_path, "nan")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    # both ranks skip update 3 (rank 1 saw the NaN, rank 0 was told), and go on together
+    assert output.count("non-finite loss at update 3: skipping it (1 in a row)") == 2, output
+    assert "run nan completed at E0_U4_S64" in output
