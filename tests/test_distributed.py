@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, train
 
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
@@ -328,6 +328,21 @@ def test_a_plugin_raising_on_one_rank_ends_every_rank_with_one_message(tmp_path:
         "rank 0 stopped at update 3: another process of the run ended first" in (run / "log.txt").read_text()
     )
     assert yaml.safe_load((run / "summary.yaml").read_text())["status"] == "failed"
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path: Path) -> None:
+    signal_at = {"kind": "sample_plugins:SignalAt", "update": 4}
+    assert train(tmp_path, dict(ELASTIC, callbacks=[*ELASTIC["callbacks"], signal_at]), "single") == 130
+    proc = torchrun(None, tmp_path, None, "--resume", str(tmp_path / "single"))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "2 processes now, 1 when the checkpoint was saved" in output
+    resumed = _final_weights(tmp_path / "single")
+    reference = _final_weights(_uninterrupted_one_process_run(tmp_path))
+    for part in ("model", "ema"):
+        for key, value in reference[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
