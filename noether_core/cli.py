@@ -32,6 +32,12 @@ from noether_core.errors import (
 from noether_core.plugins import hookspecs
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.plugins.scheduling import INTERVAL_FIELDS, Interval
+from noether_core.run.torchrun import (
+    add_launcher_options,
+    launcher_requested,
+    run_torchrun,
+    torchrun_command,
+)
 
 if TYPE_CHECKING:
     from noether_core.lookup import PluginSource
@@ -92,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --run-id: start that run over from update 0, removing its files (refused if it has "
         "any checkpoint)",
     )
+    add_launcher_options(train)
 
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint with its evaluators")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -159,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoetherError as exc:
         if args.debug:
             traceback.print_exception(exc, file=sys.stderr)
-        print(f"noether: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False) or args.debug:
+            print(f"noether: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt as exc:
         if args.debug:
@@ -170,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+
+
+def _rank_prefix() -> str:
+    """``rank R: `` in a process of a distributed run (torchrun's ``RANK``), so that a message says
+    which process failed; empty with one process."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.isdigit() and int(world_size) > 1:
+        return f"rank {os.environ.get('RANK', '?')}: "
+    return ""
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
@@ -199,6 +216,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "schedule":
         return _schedule(args)
     if args.command == "train":
+        if launcher_requested(args):
+            command = torchrun_command(args, _train_arguments(args))
+            return run_torchrun(command, replace_process=args.ends_process)
         from noether_core.run.launch import train_from_cli
 
         return train_from_cli(
@@ -224,6 +244,29 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return runs_list_command(args.dir, args.keys, as_json=args.json)
     raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+def _train_arguments(args: argparse.Namespace) -> list[str]:
+    """``noether train``'s arguments in ``args``, the launcher's left out: what each process of a
+    torchrun job gets."""
+    out = ["train"]
+    if args.config is not None:
+        out.append(os.fspath(args.config))
+    for override in args.overrides:
+        out += ["--set", override]
+    out += ["--output-dir", os.fspath(args.output_dir)]
+    for option, value in (
+        ("--run-id", args.run_id),
+        ("--resume", args.resume),
+        ("--checkpoint", args.checkpoint),
+    ):
+        if value is not None:
+            out += [option, os.fspath(value)]
+    if args.restart:
+        out.append("--restart")
+    if args.debug:
+        out.append("--debug")
+    return out
 
 
 def _plan_checked(config: RunConfig, registry: PluginRegistry, source: str | None) -> RunPlan:

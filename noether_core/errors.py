@@ -179,6 +179,14 @@ class PluginFailure(TrainingError):
         super().__init__(f"plugin {entry!r} ({kind}) failed in {hook}: {what}")
 
 
+class PeerEndedError(TrainingError):
+    """This process of a distributed run failed because another one ended first (a collective lost its
+    peer). That process reports its own failure, and ``torchrun`` names it; this one does not add a
+    second message to the console (``quiet``), only to ``log.txt``."""
+
+    quiet = True
+
+
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite (and ``trainer.skip_nan_loss`` does not allow skipping it)."""
 
@@ -272,6 +280,7 @@ __all__ = [
     "ImportPathError",
     "NoetherError",
     "NonFiniteLossError",
+    "PeerEndedError",
     "PluginFailure",
     "PluginLoadError",
     "PluginValidationError",

@@ -102,18 +102,19 @@ class StopAt:
 
 
 class Crash:
-    """Raises ``RuntimeError`` in ``event`` at ``update``."""
+    """Raises ``RuntimeError`` in ``after_update`` at ``update`` (on rank ``rank`` alone when given)."""
 
     @attrs.frozen(kw_only=True)
     class Config(CallbackConfig):
         update: int = 1
+        rank: int | None = None
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     @hookimpl
-    def after_update(self, counter: Any) -> None:
-        if counter.update == self.config.update:
+    def after_update(self, trainer: Any, counter: Any) -> None:
+        if counter.update == self.config.update and self.config.rank in (None, trainer.rank):
             raise RuntimeError(f"crash at update {counter.update}")
 
 
@@ -411,16 +412,22 @@ class Hang:
         signal: str | None = None
         in_c: bool = False
         every_n_updates: int | None = 1
+        rank: int | None = None  # only this rank hangs (None: every rank)
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.rank = 0
+
+    @hookimpl
+    def before_training(self, trainer: Any) -> None:
+        self.rank = trainer.rank
 
     def _maybe(self, hook: str, counter: Any) -> None:
         import os
         import time
 
         due = self.config.update is None or counter.update == self.config.update
-        if hook != self.config.hook or not due:
+        if hook != self.config.hook or not due or self.config.rank not in (None, self.rank):
             return
         if self.config.in_c:
             send = (

@@ -1,13 +1,17 @@
 """The benchmark scripts still run: one tiny run of the default-plugins benchmark (its numbers are not
-checked here; speed is measured by running the script, never asserted in a test)."""
+checked here; speed is measured by running the script, never asserted in a test), and the GPU check,
+which on a machine without CUDA skips."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +60,15 @@ def test_data_path_benchmark_prints_every_loop_and_the_target(
     for model in ("tiny: Linear(32->32), batch 8", "mlp: MLP 256 wide (2 hidden layers), batch 64"):
         assert model in out
     assert out.count("within 5% of the pre-batched loop") == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the script checks, it does not skip")
+def test_the_gpu_check_skips_cleanly_without_cuda() -> None:
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no CUDA device here" in proc.stdout
+    assert "skipping" in proc.stdout
+    assert proc.stderr == ""

@@ -7,6 +7,7 @@ is known by hand: the squared error of sample ``x`` is ``4 x^2``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import multiprocessing
@@ -35,6 +36,7 @@ from noether_core.run.evaluation import (
     restore_dataset_order,
 )
 from noether_core.run.metric_dependencies import check_metric_dependencies
+from noether_core.run.sampling import ShardBatches
 from noether_core.run.train_step import StepOutput
 
 # ------------------------------------------------------------------ data, model, steps and plugins by path
@@ -208,6 +210,31 @@ def test_two_rank_gather_restores_dataset_order_and_drops_padding() -> None:
     assert torch.equal(merged["pair"][0], torch.arange(n) * 10.0)
     assert torch.equal(merged["pair"][1], torch.tensor([3, 1, 3, 1]))  # per batch: rank 0's, then rank 1's
     assert merged["tag"] == ["r0", "r0", "r1", "r1"]
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 3), (7, 3), (3, 3), (2, 3), (5, 4)])
+def test_uneven_shares_gather_in_dataset_order_without_the_padding(n: int, world: int) -> None:
+    dataset = list(range(n))
+    per_rank = []
+    for rank in range(world):
+        indices = list(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False))  # padded
+        per_rank.append([{"idx": torch.tensor(indices[i : i + 2])} for i in range(0, len(indices), 2)])
+    merged = merge_rank_results(per_rank, n)
+    assert torch.equal(merged["idx"], torch.arange(n))  # each sample once, the repeated ones dropped
+
+
+@pytest.mark.parametrize(("n", "world", "batch"), [(10, 3, 2), (7, 3, 4), (2, 3, 1), (5, 4, 3), (9, 2, 2)])
+def test_a_shard_deals_as_distributed_sampler_and_never_mixes_padding_into_a_batch(
+    n: int, world: int, batch: int
+) -> None:
+    for rank in range(world):
+        batches = list(ShardBatches(n, batch, rank=rank, world_size=world))
+        assert len(batches) == len(ShardBatches(n, batch, rank=rank, world_size=world))
+        dealt = list(DistributedSampler(list(range(n)), num_replicas=world, rank=rank, shuffle=False))
+        assert [i for b in batches for i in b] == dealt
+        real = len(range(rank, n, world))  # the samples that are this rank's own
+        boundaries = set(itertools.accumulate(len(b) for b in batches))
+        assert real in boundaries | {0}  # the padding starts a batch of its own
 
 
 def test_restore_dataset_order_needs_one_row_per_sample() -> None:
@@ -640,11 +667,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_main(rank: int, port: int, out: str) -> None:
+def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
+        WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
@@ -653,8 +680,9 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 
     torch.set_num_threads(1)
     CALLS["n"] = 0  # a forked child starts with this process's count
-    raw = ramp_config(max_updates=2, batch_size=4, train_step="test_evaluation:counting_step")
-    raw["datasets"]["val"]["kwargs"]["size"] = 9  # 5 samples per rank: one of them padding
+    # two samples of the train set per rank and update; an evaluation set the ranks do not divide evenly
+    raw = ramp_config(max_updates=2, batch_size=2 * world, train_step="test_evaluation:counting_step")
+    raw["datasets"]["val"]["kwargs"]["size"] = EVAL_SIZES[world]
     raw["callbacks"] = [
         {"kind": "OfflineLossCallback", "dataset_key": "val", "every_n_updates": 2, "batch_size": 2},
         {"kind": "test_evaluation:Collector", "dataset_key": "val", "every_n_updates": 2, "batch_size": 2},
@@ -665,24 +693,34 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     shutdown(trainer.dist)
 
 
-def test_two_processes_gather_in_dataset_order(tmp_path: Path) -> None:
+#: The evaluation set's size for each number of ranks: 2 ranks hold 5 rows each (one of them padding),
+#: 3 ranks 4 each (two of the 12 padding).
+EVAL_SIZES = {2: 9, 3: 10}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_several_processes_gather_in_dataset_order(tmp_path: Path, world: int) -> None:
     # fork: the children start in a fraction of a second (spawn would import torch twice more); they
     # compute on one thread, so no thread pool copied from this process is ever used
     ctx = multiprocessing.get_context("fork")
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(rank, port, str(tmp_path))) for rank in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, str(tmp_path))) for rank in range(world)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         if p.exitcode is None:
             p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert [p.exitcode for p in procs] == [0] * world
     rows = json.loads((tmp_path / "rank0.json").read_text())
-    assert json.loads((tmp_path / "rank1.json").read_text()) == []  # only rank 0 tracks
+    for rank in range(1, world):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == []  # only rank 0 tracks
     (last,) = [r for r in rows if r["update"] == 2]
-    assert last["loss/val/total"] == pytest.approx(sum(SQ[:9]) / 9)
-    assert last["collected/rows"] == 9
+    n = EVAL_SIZES[world]
+    assert last["loss/val/total"] == pytest.approx(sum(SQ[:n]) / n)
+    assert last["collected/rows"] == n
     assert last["collected/in_order"] == 1.0
-    assert last["collected/batches"] == 10  # per-batch values are not de-padded: 2+2+1 on each rank
-    assert last["calls/U2"] == pytest.approx((2 + 12) / 2)  # last update's value, averaged over ranks
+    # per-batch values are not de-padded: every rank's rows, padding included
+    assert last["collected/batches"] == -(-n // world) * world
+    # the last update's value (2 calls, plus 10 x rank), averaged over the ranks
+    assert last["calls/U2"] == pytest.approx(sum(2 + 10 * rank for rank in range(world)) / world)

@@ -96,6 +96,21 @@ def doubler() -> nn.Module:
     return layer
 
 
+#: Calls of :func:`nan_on_rank_1_step` in this process.
+_STEP_CALLS = {"n": 0}
+
+
+def nan_on_rank_1_step(model: nn.Module, batch: Any) -> Any:
+    """The default train step, whose loss is NaN in the third call on rank 1 (``RANK``) alone."""
+    from noether_core.run.train_step import default_train_step
+
+    _STEP_CALLS["n"] += 1
+    out = default_train_step(model, batch)
+    if os.environ.get("RANK") == "1" and _STEP_CALLS["n"] == 3:
+        out = type(out)(total=out.total * float("nan"), losses=out.losses, outputs=out.outputs)
+    return out
+
+
 def ramp_config(max_updates: int = 4, batch_size: int = 4, **trainer: Any) -> dict[str, Any]:
     """A frozen doubler on ramps (train 8, val 10): every loss is known by hand."""
     return {

@@ -196,6 +196,7 @@ class TrainerConfig:
     stop_timeout: float | None = attrs.field(default=_STOP_TIMEOUT, validator=v.optional(v.gt(0.0)))
     deterministic: bool = True
     num_threads: int | None = attrs.field(default=None, validator=v.optional([v.ge(1), v.le(MAX_THREADS)]))
+    process_group_timeout: float = attrs.field(default=1800.0, validator=[_finite, v.gt(0.0)])
 
     def __attrs_post_init__(self) -> None:
         _exactly_one_end(self)

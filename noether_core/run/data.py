@@ -25,7 +25,7 @@ from noether_core.run.fetching import (
     in_memory_batches,
     sample_bytes,
 )
-from noether_core.run.sampling import EpochSampler, generator_seed
+from noether_core.run.sampling import EpochSampler, ShardBatches, generator_seed
 
 
 def micro_batch_size(batch_size: int, dist_info: DistInfo, accumulation_steps: int) -> int:
@@ -87,14 +87,10 @@ def sequential_loader(
     dataset: Dataset[Any], batch_size: int, workers: int | LoaderOptions, dist_info: DistInfo
 ) -> DataLoader[Any]:
     """A loader over ``dataset`` in order (``workers``: a worker count, or the dataset's options); when
-    distributed, this rank's share (the sampler pads the tail so every rank has as many samples; gathers
-    drop the padding). A dataset readable a batch per call is read so, in the same batches."""
+    distributed, this rank's share (:class:`ShardBatches`: the tail is padded so every rank has as many
+    samples, in batches of their own; gathers drop them). A dataset readable a batch per call is read
+    so, in the same batches."""
     options = workers if isinstance(workers, LoaderOptions) else LoaderOptions(num_workers=workers)
-    sampler: Any = None
-    if dist_info.is_distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=False
-        )
     kwargs = options.loader_kwargs(keep_workers=True)
     reader = options.reader(dataset)
     if reader is not None:
@@ -102,7 +98,15 @@ def sequential_loader(
         kwargs.update(dataset=BatchView(dataset, reader), collate_fn=as_is)
     else:
         kwargs.update(dataset=dataset)
-    return DataLoader(batch_size=batch_size, sampler=sampler, shuffle=False, **kwargs)
+    if dist_info.is_distributed:
+        shard = ShardBatches(
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+        )
+        return DataLoader(batch_sampler=shard, **kwargs)
+    return DataLoader(batch_size=batch_size, shuffle=False, **kwargs)
 
 
 class DataContainer:

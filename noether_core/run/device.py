@@ -41,7 +41,7 @@ def place_run(trainer: TrainerConfig) -> tuple[torch.device, DistInfo]:
     """This process's device and place among the run's processes (joining torchrun's process group),
     with the global generators seeded (``seed + rank``) and torch configured for ``trainer``."""
     device = pick_device(trainer.device)
-    dist_info = init_from_env(device.type)
+    dist_info = init_from_env(device.type, trainer.process_group_timeout)
     if device.type == "cuda" and dist_info.is_distributed:
         # one GPU per process: torchrun's LOCAL_RANK picks it
         device = torch.device("cuda", dist_info.local_rank)

@@ -3,6 +3,7 @@ CPU runs use the gloo backend, CUDA runs NCCL."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -29,14 +30,36 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_from_env(device_type: str) -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment (no-op for one process)."""
+def init_from_env(device_type: str, timeout: float | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (no-op for one process).
+    ``timeout``: seconds a collective waits for the other ranks before it fails
+    (``trainer.process_group_timeout``; torch's default when ``None``); the first call sets it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device_type == "cuda" else "gloo",
+            timeout=None if timeout is None else datetime.timedelta(seconds=timeout),
+        )
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+#: What gloo and NCCL say when another process of the group closed its connections (it ended).
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "communicator was aborted")
+
+
+def peer_ended(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the run ended (and reports
+    its own failure), not because this process did anything wrong. A collective that timed out is not:
+    the rank it waited for may hang without a word."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _PEER_GONE)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that waited longer than the process group's timeout."""
+    return isinstance(exc, RuntimeError) and "timed out" in str(exc).lower()
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> bool:
@@ -57,6 +80,16 @@ def any_rank_each(flags: tuple[bool, ...], info: DistInfo, group: Any = None) ->
     t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return tuple(bool(f) for f in t.tolist())
+
+
+def gather_to_main(value: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``value`` (picklable), in rank order, on rank 0; ``None`` on the other ranks (a
+    collective: every rank calls it). ``[value]`` with one process."""
+    if not info.is_distributed:
+        return [value]
+    gathered: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
 
 
 def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -95,7 +128,10 @@ __all__ = [
     "any_rank_each",
     "barrier",
     "for_training",
+    "gather_to_main",
     "init_from_env",
     "mean_over_ranks",
+    "peer_ended",
     "shutdown",
+    "timed_out",
 ]

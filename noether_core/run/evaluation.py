@@ -29,10 +29,13 @@ results (:func:`collate`), gathers them from every rank in dataset order without
 Collation, for each position of the (nested) result structure:
 
 * a tensor with a leading dimension holds **one row per sample**: rows are concatenated, and under
-  several ranks put back in dataset order with the padding of ``DistributedSampler`` dropped;
+  several ranks put back in dataset order with the padding dropped (a rank's share is padded with the
+  first samples to as many as the others hold, in batches of their own:
+  :class:`~noether_core.run.sampling.ShardBatches`);
 * a 0-dim tensor or a Python/NumPy number is **one value per batch**: values are stacked into a 1-D
   tensor (under several ranks: rank 0's batches first, then rank 1's, ...; per-batch values cannot be
-  de-padded, so prefer per-sample rows, e.g. ``loss.expand(batch_size)``);
+  de-padded, so prefer per-sample rows, e.g. ``loss.expand(batch_size)``: since no batch mixes real
+  samples and padding, a batch mean repeated per sample is exact for every sample kept);
 * dicts, tuples and lists are collated position by position and keep their type; ``None`` stays
   ``None``; anything else (strings) becomes a list with one item per batch.
 """
@@ -176,9 +179,10 @@ def collate(batches: Sequence[Any]) -> Any:
 def restore_dataset_order(per_rank: Sequence[torch.Tensor], dataset_len: int) -> torch.Tensor:
     """Per-sample rows of every rank (in rank order) back in dataset order, without padding.
 
-    A non-shuffling ``DistributedSampler`` deals sample ``i`` to rank ``i % world_size`` and pads the
-    tail by repeating the first samples, so every rank holds the same number of rows; row ``j`` of rank
-    ``r`` is sample ``j * world_size + r``, and everything from ``dataset_len`` on is padding.
+    The evaluation loaders (:class:`~noether_core.run.sampling.ShardBatches`, as a non-shuffling
+    ``DistributedSampler``) deal sample ``i`` to rank ``i % world_size`` and pad the tail by repeating
+    the first samples, so every rank holds the same number of rows; row ``j`` of rank ``r`` is sample
+    ``j * world_size + r``, and everything from ``dataset_len`` on is padding.
     """
     lengths = {len(t) for t in per_rank}
     if len(lengths) != 1:

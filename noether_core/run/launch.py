@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from noether_core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     NoetherError,
+    PeerEndedError,
     TrainingError,
     UsageError,
 )
@@ -55,7 +56,7 @@ from noether_core.plugins.hookspecs import RunStatus
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import OBJECT
 from noether_core.run.device import pick_device
-from noether_core.run.distributed import barrier, init_from_env, shutdown
+from noether_core.run.distributed import barrier, init_from_env, peer_ended, shutdown, timed_out
 from noether_core.run.metric_collisions import check_metric_collisions
 from noether_core.run.metric_dependencies import check_metric_dependencies, metric_properties
 from noether_core.run.plan import RunPlan
@@ -81,6 +82,9 @@ def setup_logging(paths: RunPaths | None, is_main: bool = True) -> None:
     file_only.propagate = False
     for handler in list(file_only.handlers):
         file_only.removeHandler(handler)
+    if not is_main:
+        # the other ranks have no log.txt; their errors reach the console through the CLI, once
+        file_only.addHandler(logging.NullHandler())
     if paths is not None and is_main:
         file_handler = RunLogFileHandler(paths.log_txt)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -169,13 +173,18 @@ def _claim_here(
 
 
 def _claim_run_directory(
-    output_dir: str, run_id: str | None, resume: RunPaths | None, restart: bool, device: str
+    output_dir: str,
+    run_id: str | None,
+    resume: RunPaths | None,
+    restart: bool,
+    device: str,
+    timeout: float | None = None,
 ) -> tuple[RunPaths, RunLock | None, list[str]]:
     """The run directory, created or checked and locked by rank 0 alone (the one process that writes
     into it); the other ranks of a torchrun job wait for its outcome and fail with it, so that no rank
     goes on into a directory that was refused. Returns the paths, the lock (rank 0) and the names a
     restart removed."""
-    info = init_from_env(device)
+    info = init_from_env(device, timeout)
     lock: RunLock | None = None
     removed: list[str] = []
     outcome: dict[str, Any]
@@ -332,7 +341,9 @@ def train(
     damaged = damaged_record_warnings(resume_paths) if resume_paths is not None else []
 
     device = pick_device(config_.trainer.device).type
-    paths, lock, removed = _claim_run_directory(os.fspath(output_dir), run_id, resume_paths, restart, device)
+    paths, lock, removed = _claim_run_directory(
+        os.fspath(output_dir), run_id, resume_paths, restart, device, config_.trainer.process_group_timeout
+    )
     try:
         return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed, damaged)
     finally:
@@ -377,14 +388,26 @@ def _train_in(
         status = trainer.fit()
         # every rank tears the process group down together: a gloo rank whose peer already left can abort
         barrier(trainer.dist)
-    except NoetherError as exc:
+    except Exception as exc:
         failure = exc
         # the console gets one paragraph (the CLI prints it); the traceback goes to log.txt
         logging.getLogger("noether.file").exception("training failed")
-        raise
-    except Exception as exc:
-        failure = exc
-        logging.getLogger("noether.file").exception("training failed")
+        if trainer.dist.is_distributed and _caused_by(exc, peer_ended):
+            # the process that ended first says why; this one adds no second message to the console
+            ended = PeerEndedError(
+                f"rank {trainer.rank} stopped at update {trainer.counter.update}: another process of "
+                f"the run ended first ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            )
+            logging.getLogger("noether.file").error("%s", ended)
+            raise ended from exc
+        if trainer.dist.is_distributed and _caused_by(exc, timed_out):
+            raise TrainingError(
+                f"training failed at update {trainer.counter.update}: another process did not answer "
+                f"within trainer.process_group_timeout={config_.trainer.process_group_timeout:g}s (it "
+                f"hangs, or waits in another collective) ({' '.join(str(exc).split())[:200]})"
+            ) from exc
+        if isinstance(exc, NoetherError):
+            raise
         raise TrainingError(
             f"training failed at update {trainer.counter.update}: {type(exc).__name__}: {exc} "
             f"(full traceback in {paths.log_txt})"
@@ -402,6 +425,16 @@ def _train_in(
     if status == "interrupted":
         log.info("resume with: noether train --resume %s", paths.root)
     return result
+
+
+def _caused_by(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc``, or an error it was raised from (a plugin's collective), passes ``test``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if test(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def evaluate(

@@ -73,4 +73,29 @@ class EpochSampler(Sampler[int]):
         return self.samples_per_rank - self.skip
 
 
-__all__ = ["EpochSampler", "generator_seed"]
+class ShardBatches(Sampler[list[int]]):
+    """One rank's batches of a dataset visited in order, as ``DistributedSampler(shuffle=False)`` deals
+    it: sample ``i`` to rank ``i % world_size``, the tail padded with the first samples so that every
+    rank holds ``ceil(len / world_size)`` of them. Unlike a loader over that sampler, a batch never
+    mixes real samples and padding: the padding comes in batches of its own, after the real ones, so a
+    batch mean (a loss) repeated for each sample of its batch is exact for every real sample, and the
+    padding rows the gather drops carry no part of it."""
+
+    def __init__(self, dataset_len: int, batch_size: int, *, rank: int, world_size: int) -> None:
+        self.batch_size = batch_size
+        per_rank = -(-dataset_len // world_size)
+        padded = [i % dataset_len for i in range(per_rank * world_size)] if dataset_len else []
+        positions = range(rank, len(padded), world_size)
+        self.real = [padded[p] for p in positions if p < dataset_len]
+        self.padding = [padded[p] for p in positions if p >= dataset_len]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for part in (self.real, self.padding):
+            for start in range(0, len(part), self.batch_size):
+                yield part[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.real) // self.batch_size) + -(-len(self.padding) // self.batch_size)
+
+
+__all__ = ["EpochSampler", "ShardBatches", "generator_seed"]

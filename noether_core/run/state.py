@@ -9,6 +9,7 @@ under each entry's name, its plugin's ``state_dict()`` and its ``state`` dict.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import sys
@@ -35,12 +36,19 @@ from noether_core.io.paths import RunPaths, parse_position_tag
 from noether_core.plugins.dispatch import PLUGIN_ERRORS
 from noether_core.plugins.manager import PluginManager
 from noether_core.run.counter import Counter, seek
+from noether_core.run.device import seed_everything
+from noether_core.run.distributed import DistInfo, gather_to_main
 from noether_core.run.models import named_models
 from noether_core.run.optim import TorchSchedule
 
 log = logging.getLogger("noether")
 
 TRAINER_STATE_VERSION = 1
+
+#: The geometry keys a resume must find unchanged: they decide which samples each update sees. The
+#: number of processes and of micro-batches per update do not (each update takes the same slice of the
+#: epoch's permutation whatever they are; see :mod:`noether_core.run.sampling`), so they may change.
+FIXED_GEOMETRY = ("updates_per_epoch", "effective_batch_size")
 
 
 def _update_of(trainer_file: Path) -> int | None:
@@ -90,6 +98,14 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def derived_seed(seed: int, rank: int, update: int) -> int:
+    """The seed of rank ``rank``'s global generators in a run resumed at ``update`` on another number
+    of processes: a function of the three alone (a 63-bit hash), so every rank, on every machine,
+    derives it without asking the others, and no two ranks or resume points share a stream."""
+    digest = hashlib.blake2b(f"noether:{seed}:{rank}:{update}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _saved_update(state: Mapping[str, Any], file: Path) -> int:
@@ -160,8 +176,12 @@ class RunState:
     """The resumable state of one run: it writes checkpoint sets and resumes from them.
 
     ``geometry`` (updates per epoch, effective batch size, accumulation steps, world size) is stored
-    with every trainer state; a resume with a different one is refused, since positions would not
-    mean the same samples. ``nan_streak`` is the trainer's count of NaN updates skipped in a row.
+    with every trainer state; a resume with other updates per epoch or another effective batch size is
+    refused, since positions would not mean the same samples; the world size and the accumulation steps
+    may change (:data:`FIXED_GEOMETRY`). ``nan_streak`` is the trainer's count of NaN updates skipped in
+    a row. ``dist`` is this process's place in the run and ``seed`` the config's seed: the random
+    generators of every rank are saved, and a resume on another number of processes re-derives them
+    from both (:func:`derived_seed`).
     """
 
     def __init__(
@@ -175,8 +195,12 @@ class RunState:
         plugins: PluginManager,
         geometry: Mapping[str, int],
         lr_scheduler: TorchSchedule | None = None,
+        dist: DistInfo | None = None,
+        seed: int = 0,
     ) -> None:
         self.model = model
+        self.dist = dist or DistInfo()
+        self.seed = seed
         self.model_name = model_name
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -249,6 +273,9 @@ class RunState:
         """Everything besides weights and optimizer that an exact resume needs."""
         plugins, states = self.entry_states("saving its state")
         counter = self.counter
+        rng = capture_rng()
+        # every rank's generators (a collective): a resume on as many processes gives each its own back
+        rng_by_rank = gather_to_main(rng, self.dist)
         return {
             "version": TRAINER_STATE_VERSION,
             "counter": {"update": counter.update},
@@ -261,7 +288,8 @@ class RunState:
             # a torch.optim.lr_scheduler scheduler's own state (the built-in schedules need the update only)
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "grad_scaler": self.grad_scaler.state_dict(),
-            "rng": capture_rng(),
+            "rng": rng,
+            "rng_by_rank": rng_by_rank,
             "nan_streak": self.nan_streak,
             "stop_reason": None if self.stop_resumable else self.stop_reason,
             "plugins": plugins,
@@ -422,10 +450,11 @@ class RunState:
         state = load(trainer_file)
         update = _saved_update(state, trainer_file)
         saved_geometry = state.get("geometry")
+        saved_geometry = saved_geometry if isinstance(saved_geometry, dict) else {}
         changed = {
             k: (v, self.geometry[k])
-            for k, v in (saved_geometry if isinstance(saved_geometry, dict) else {}).items()
-            if self.geometry.get(k) != v
+            for k, v in saved_geometry.items()
+            if k in FIXED_GEOMETRY and self.geometry.get(k) != v
         }
         if changed:
             detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
@@ -502,8 +531,38 @@ class RunState:
             slot.state.clear()
             slot.state.update(states.get(slot.key, {}))
         with _damaged(trainer_file, "random generators' state"):
-            restore_rng(state["rng"])
+            self._restore_rng(state, saved_geometry.get("world_size", 1), update)
         log.info("resumed from %s (tag %s) at %s", paths.root, tag, counter.tag)
 
+    def _restore_rng(self, state: Mapping[str, Any], saved_world_size: object, update: int) -> None:
+        """Each rank's random generators: its own, saved, when the run resumes on as many processes
+        (``rng`` in a checkpoint of one process written before ``rng_by_rank``); else re-derived from
+        the seed, the rank and the update (:func:`derived_seed`): copying one rank's stream to several
+        would give them the same dropout masks and augmentations."""
+        saved = state["rng"]  # rank 0's: in every trainer state noether writes
+        by_rank = state.get("rng_by_rank")
+        world_size = self.dist.world_size
+        if saved_world_size == world_size and isinstance(by_rank, list) and len(by_rank) == world_size:
+            restore_rng(by_rank[self.dist.rank])
+        elif saved_world_size == world_size == 1:
+            restore_rng(saved)
+        else:
+            seed_everything(derived_seed(self.seed, self.dist.rank, update))
+            log.info(
+                "resume: %s processes now, %s when the checkpoint was saved: the random generators of "
+                "each process are re-derived from the seed, its rank and update %d",
+                world_size,
+                saved_world_size,
+                update,
+            )
 
-__all__ = ["TRAINER_STATE_VERSION", "RunState", "capture_rng", "load_weights_into", "restore_rng"]
+
+__all__ = [
+    "FIXED_GEOMETRY",
+    "TRAINER_STATE_VERSION",
+    "RunState",
+    "capture_rng",
+    "derived_seed",
+    "load_weights_into",
+    "restore_rng",
+]

@@ -121,6 +121,8 @@ class Trainer:
                 "accumulation_steps": self.accumulation_steps,
                 "world_size": self.dist.world_size,
             },
+            dist=self.dist,
+            seed=tcfg.seed,
         )
         self.resumed_from: RunPaths | None = None
         #: the tag resumed from (``resume_paths`` without ``resume_tag``: the newest resumable set)
@@ -363,7 +365,7 @@ class Trainer:
                     out: StepOutput = as_step_output(self.train_step(self.train_model, batch))
                 forward_done = clock()
                 times["forward"] += forward_done - start
-                if self.skip_nan_loss and not skip and not bool(torch.isfinite(out.total).all()):
+                if self.skip_nan_loss and not skip and self._non_finite(out.total):
                     self.state.note_nan(self.counter.update + 1, self.config.trainer.skip_nan_loss_max_count)
                     skip = True
                 if not skip and self.optimizer is not None:
@@ -401,6 +403,15 @@ class Trainer:
         if to_update:
             mean_losses = {k: v / steps for k, v in loss_sums.items()} if steps > 1 else loss_sums
             self._without_grad(self.plugins.after_update, mean_losses, times, grad_norm)
+
+    def _non_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is NaN or infinite on this rank or, when distributed, on any: every rank
+        skips the same update (a rank skipping its backward alone would leave the others waiting in
+        DistributedDataParallel's gradient reduction)."""
+        found = not bool(torch.isfinite(loss).all())
+        if not self.dist.is_distributed:
+            return found
+        return any_rank_each((found,), self.dist, self._flag_group)[0]
 
     @property
     def grad_scale(self) -> torch.Tensor | None:
@@ -574,7 +585,8 @@ class Trainer:
             with contextlib.suppress(Exception):
                 stream.flush()
         with contextlib.suppress(Exception):
-            print(f"noether: error: {message}", file=sys.stderr, flush=True)
+            rank = f"rank {self.rank}: " if self.dist.is_distributed else ""
+            print(f"noether: error: {rank}{message}", file=sys.stderr, flush=True)
         os._exit(EXIT_BY_STATUS[status])
 
     def _resumable_latest(self) -> bool:
