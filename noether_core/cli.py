@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``noether`` command with ``argv`` (default: the process's own command line, which then ends
     with the command)."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_set_values_joined(sys.argv[1:] if argv is None else argv))
     args.ends_process = argv is None
     try:
         return int(_dispatch(args) or EXIT_OK)
@@ -178,6 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+
+
+def _set_values_joined(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--set VALUE`` written ``--set=VALUE``: argparse takes a separate value that
+    starts with ``-`` (``--set -=1``) for an option and fails with its own usage text, while the joined
+    form always reaches the config check, which names what is wrong with it."""
+    joined: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        value = next(args, None) if arg == "--set" else None
+        joined.append(arg if value is None else f"--set={value}")
+    return joined
 
 
 def _rank_prefix() -> str:

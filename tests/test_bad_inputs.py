@@ -35,7 +35,7 @@ import attrs
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from noether_core.cli import main
@@ -819,6 +819,7 @@ set_keys = st.lists(
 
 @FUZZ
 @given(key=set_keys, value=st.one_of(yaml_text, st.text(max_size=20)), sep=st.sampled_from(["=", "", "=="]))
+@example(key="-", value="", sep="=")  # a value argparse took for an option and answered with its usage text
 def test_fuzz_set_strings(
     key: str, value: str, sep: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
