@@ -225,11 +225,12 @@ HOLD = textwrap.dedent(
     from noether_core.io.run_directory import RunLock
     lock = RunLock.acquire(sys.argv[1])
     if sys.argv[2] == "fork":
-        child = os.fork()
-        if child == 0:
+        if os.fork() == 0:
+            # printed by the child, after the fork handlers ran in it: a parent's print could come
+            # first, and a test that kills the parent then would race the child closing its copy
+            print(os.getpid(), flush=True)
             time.sleep(60)
             os._exit(0)
-        print(child, flush=True)
     else:
         print(os.getpid(), flush=True)
     time.sleep(60)
