@@ -47,6 +47,17 @@ def _higher_is_better(trainer: Run, key: str, mode: Literal["min", "max"] | None
     return trainer.metrics.higher_is_better(key)
 
 
+def _logged_value(trainer: Run, metric_key: str, entry: str) -> float:
+    """The value of ``metric_key`` logged in this step, which a stopper needs from a producer before it."""
+    value = trainer.writer.get(metric_key)
+    if value is None:
+        raise LookupError(
+            f"{metric_key!r} was not logged in this step; list its producer before {entry!r}, "
+            "due at the same updates"
+        )
+    return value
+
+
 class FixedEarlyStopper:
     """Stops the run at a fixed epoch, update or sample count."""
 
@@ -119,12 +130,7 @@ class MetricEarlyStopper:
         if interval == "eval":
             return
         cfg = self.config
-        value = trainer.writer.get(cfg.metric_key)
-        if value is None:
-            raise LookupError(
-                f"{cfg.metric_key!r} was not logged in this step; list its producer before {cfg.key!r}, "
-                "due at the same updates"
-            )
+        value = _logged_value(trainer, cfg.metric_key, cfg.key)
         if math.isnan(value):
             if cfg.on_nan == "fail":
                 raise ValueError(f"{cfg.metric_key!r} is NaN (on_nan: fail)")
@@ -200,12 +206,7 @@ class ThresholdStopper:
         if interval == "eval":
             return
         cfg = self.config
-        value = trainer.writer.get(cfg.metric_key)
-        if value is None:
-            raise LookupError(
-                f"{cfg.metric_key!r} was not logged in this step; list its producer before {cfg.key!r}, "
-                "due at the same updates"
-            )
+        value = _logged_value(trainer, cfg.metric_key, cfg.key)
         where = f"at update {counter.update}"
         if not math.isfinite(value):
             if cfg.stop_on_non_finite:
