@@ -566,6 +566,59 @@ def test_bind_compiles_the_per_update_events_for_its_own_core_only() -> None:
     assert journal.calls[HOOKS.index("after_accumulation")] == 1
 
 
+class UnitProbe:
+    """Records, in ``at_eval``, its entry, the ``interval`` it got and who the writer says is logging."""
+
+    Config = JournalConfig
+
+    def __init__(self, config: JournalConfig) -> None:
+        pass
+
+    @hookimpl
+    def at_eval(self, trainer: Any, config: JournalConfig, interval: str) -> None:
+        trainer.journal.append((config.key, interval, trainer.writer.owner))
+
+
+def test_at_eval_of_a_recurring_set_of_due_entries_is_compiled_and_behaves_as_the_general_path() -> None:
+    pm = PluginManager()
+    a = pm.register(plugin(UnitProbe), JournalConfig(kind="UnitProbe", name="a", every_n_updates=2))
+    b = pm.register(plugin(UnitProbe), JournalConfig(kind="UnitProbe", name="b", every_n_epochs=1))
+    boom = pm.register(plugin(Boom), JournalConfig(kind="Boom", name="boom", every_n_updates=3))
+    pm.freeze()
+    core = make_core()
+    writer = core["trainer"].writer
+    journal = core["trainer"].journal
+    pm.owner_sink = writer
+    pm.bind(core)
+
+    def compiled(failure: PluginFailure) -> bool:
+        files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(failure.__traceback__)]
+        return any(f.startswith("<noether at_eval dispatch") for f in files)
+
+    for _ in range(3):  # the first time general, then compiled: each entry its own interval's unit
+        pm.at_eval(core, [a, b])
+    assert journal == [("a", "update", "a"), ("b", "epoch", "b")] * 3
+    assert writer.owner == "trainer"
+    assert (a.calls[HOOKS.index("at_eval")], b.calls[HOOKS.index("at_eval")]) == (3, 3)
+    journal.clear()
+    pm.at_eval(core, [a, b], "eval")  # an interval given (evaluation-only runs) goes to every entry
+    assert journal == [("a", "eval", "a"), ("b", "eval", "b")]
+
+    journal.clear()
+    failures = []
+    for _ in range(3):
+        with pytest.raises(PluginFailure) as info:
+            pm.at_eval(core, [a, boom, b])
+        failures.append(info.value)
+        assert writer.owner == "trainer"
+    assert [(f.entry, f.hook) for f in failures] == [("boom", "at_eval")] * 3
+    assert all(f.__cause__ is boom.obj.error for f in failures)
+    assert [compiled(f) for f in failures] == [False, True, True]
+    assert journal == [("a", "update", "a")] * 3  # the entry after the failure never ran
+    assert boom.calls[HOOKS.index("at_eval")] == 3
+    assert b.calls[HOOKS.index("at_eval")] == 4
+
+
 def test_bind_before_freeze_raises() -> None:
     pm = PluginManager()
     pm.register(plugin(Journal), journal_config("a"))

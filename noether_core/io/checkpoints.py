@@ -403,6 +403,8 @@ class CheckpointWriter:
 
     def _end_batch(self, batch: list[CheckpointSet], *, commit: bool) -> None:
         self._batch = None
+        if not batch and not self._doomed:  # the usual step: no checkpoint written, nothing pruned
+            return
         doomed, self._doomed = self._doomed, []
         for parts in batch:
             self._open.pop(parts.tag, None)
@@ -414,11 +416,13 @@ class CheckpointWriter:
             self._commit(good, doomed)
 
     def _commit(self, sets: list[CheckpointSet], doomed: list[Path] | None = None) -> None:
-        directory = self.paths.checkpoints
         staged = [(temp, target) for parts in sets for target, temp in parts._staged.items()]
         delete = list(doomed or ())
         if not staged and not delete:
             return
+        # only now: ``paths.checkpoints`` creates the directory (a syscall), and a step without a
+        # checkpoint (nearly every one) ends here
+        directory = self.paths.checkpoints
         try:
             if not self._recovered:  # an older, unfinished commit must land before this one
                 self.recover()

@@ -123,11 +123,17 @@ def call_arguments(
 
 
 def compile_event(
-    hook: str, calls: Sequence[Call], core: Mapping[str, Any], sink: OwnerAware | None
+    hook: str,
+    calls: Sequence[Call],
+    core: Mapping[str, Any],
+    sink: OwnerAware | None,
+    per_entry: Mapping[str, Sequence[Any]] | None = None,
 ) -> Callable[..., None]:
     """One function that dispatches ``hook`` to ``calls`` in order, as :meth:`PluginManager._run` does
     (owner set and restored, each entry timed and counted, failures wrapped in :class:`PluginFailure`),
-    with the core arguments and each entry's ``config`` bound as constants.
+    with the core arguments and each entry's ``config`` bound as constants. ``per_entry`` binds event
+    arguments as constants too, one value per call (``at_eval``'s ``interval``: each due entry's own
+    unit); those are no parameters of the function.
 
     Generated source, as attrs and dataclasses generate ``__init__``: the general loop spends more on
     looking arguments up than a cheap plugin spends on its work, and these events run on every update.
@@ -137,7 +143,8 @@ def compile_event(
     ``inspect.getsource`` show the lines that ran.
     """
     spec = inspect.signature(getattr(hookspecs, hook)).parameters
-    event_args = [a for a in spec if a not in hookspecs.CORE_ARGUMENTS]
+    fixed = per_entry or {}
+    event_args = [a for a in spec if a not in hookspecs.CORE_ARGUMENTS and a not in fixed]
     namespace: dict[str, Any] = {
         "_clock": time.perf_counter,
         "_PluginFailure": PluginFailure,
@@ -159,9 +166,11 @@ def compile_event(
         namespace[f"_seconds{i}"] = slot.seconds
         namespace[f"_calls{i}"] = slot.calls
         namespace[f"_owner{i}"] = (slot.key, slot.is_default)
+        for name, values in fixed.items():
+            namespace[f"_{name}{i}"] = values[i]
 
         def value(name: str, i: int = i) -> str:
-            if name in hookspecs.ENTRY_ARGUMENTS:
+            if name in hookspecs.ENTRY_ARGUMENTS or name in fixed:
                 return f"_{name}{i}"
             return f"_core_{name}" if name in CORE_ARGS else name
 

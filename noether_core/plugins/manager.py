@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from noether_core.plugins.hookspecs import EvalInterval, RunStatus
 
 
+#: How many sets of due entries keep a compiled ``at_eval`` dispatch (see ``_at_eval_dispatch``).
+MAX_COMPILED_AT_EVAL = 64
+
+
 class PluginManager:
     """Registers entries and dispatches the six events to them.
 
@@ -70,6 +74,9 @@ class PluginManager:
         self.owner_sink: OwnerAware | None = None
         self._bound_core: Mapping[str, Any] | None = None
         self._compiled: dict[str, Callable[..., None]] = {}
+        # at_eval compiled per set of due entries (a run has a few such sets, ticking again and again)
+        self._compiled_at_eval: dict[tuple[int, ...], Callable[[], None]] = {}
+        self._due_before: set[tuple[int, ...]] = set()
         self._deferred: list[tuple[str, Callable[[], object]]] = []
 
     def register(
@@ -154,6 +161,8 @@ class PluginManager:
             raise RuntimeError("bind() comes after freeze()")
         self._bound_core = core
         self._compiled = {}
+        self._compiled_at_eval = {}
+        self._due_before = set()
         for hook in PER_UPDATE_HOOKS:
             compiled = compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
             if hook in self._wrappers:  # only then: an update without wrappers pays nothing for them
@@ -357,11 +366,39 @@ class PluginManager:
         unless given, inside the wrappers of ``at_eval``. A wrapper gets ``interval`` as given, else the
         unit of the first due entry."""
         if "at_eval" not in self._wrappers:
-            self._at_eval_each(core, slots, interval)
+            dispatch = (
+                self._at_eval_dispatch(slots) if core is self._bound_core and interval is None else None
+            )
+            if dispatch is not None:  # the trainer's ticks, the same few sets of entries again and again
+                dispatch()
+            else:
+                self._at_eval_each(core, slots, interval)
             return
         first = next((s.interval.unit for s in slots if s.interval is not None), "eval")
         arguments = {**core, "interval": interval or first}
         self._around("at_eval", arguments, lambda: self._at_eval_each(core, slots, interval))
+
+    def _at_eval_dispatch(self, slots: Sequence[Slot]) -> Callable[[], None] | None:
+        """``at_eval`` for the bound core arguments to ``slots``, each with its own interval's unit:
+        what :meth:`_at_eval_each` does, compiled for a set of due entries the second time it is due
+        (a set due once, at the end say, is not worth compiling); ``None``: take the general path."""
+        key = tuple(s.index for s in slots)
+        dispatch = self._compiled_at_eval.get(key)
+        if dispatch is not None:
+            return dispatch
+        # bounded: intervals that rarely coincide could make many sets; the rest stay general
+        if key not in self._due_before:
+            if len(self._due_before) < MAX_COMPILED_AT_EVAL:
+                self._due_before.add(key)
+            return None
+        assert self._bound_core is not None
+        calls = [self._own[(s.index, "at_eval")] for s in slots if (s.index, "at_eval") in self._own]
+        units = [c[0].interval.unit if c[0].interval else "eval" for c in calls]
+        dispatch = compile_event(
+            "at_eval", calls, self._bound_core, self.owner_sink, per_entry={"interval": units}
+        )
+        self._compiled_at_eval[key] = dispatch
+        return dispatch
 
     def _at_eval_each(
         self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None
