@@ -362,7 +362,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
     )
     print(
         f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{datetime.date.today().isoformat()}; median [quartiles] over blocks"
+        f"{datetime.date.today().isoformat()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        "median [quartiles] over blocks"
     )
     print()
     print(f"  {'':40}{'median':>8}   {'[q1 .. q3]':>18}")

@@ -33,7 +33,13 @@ def peak_rss_bytes() -> int | None:
         import resource
     except ImportError:
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # RUSAGE_THREAD (Linux) reports the same process-wide peak (the address space's high-water mark)
+    # without what RUSAGE_SELF adds up first: every thread's CPU time, which takes milliseconds of
+    # wall time in a process whose threads are running on other cores
+    who = resource.RUSAGE_SELF
+    if sys.platform == "linux":
+        who = getattr(resource, "RUSAGE_THREAD", who)
+    peak = resource.getrusage(who).ru_maxrss
     # Linux reports KiB, macOS bytes
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 

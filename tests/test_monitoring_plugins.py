@@ -269,6 +269,37 @@ def test_peak_memory_on_cpu_is_the_peak_rss(example_run: Run) -> None:
     assert example_run.record_at(4)["peak_memory/rss_gib"] <= example_run.record_at(8)["peak_memory/rss_gib"]
 
 
+PEAK_IN_ANOTHER_THREAD = """
+import resource, threading
+from noether_plugins.peak_memory import peak_rss_bytes
+
+before = peak_rss_bytes()
+
+def allocate():
+    block = bytearray(256 * 2**20)  # zero-filled: every page touched
+    del block
+
+worker = threading.Thread(target=allocate)
+worker.start()
+worker.join()
+print(before, peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no resource module")
+def test_peak_rss_is_the_whole_process_s_peak_also_from_another_thread(tmp_path: Path) -> None:
+    import subprocess
+
+    # a fresh process, so the 256 MiB block moves the peak; allocated and freed by a thread that has
+    # ended before the reading (a per-thread figure would miss it)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_IN_ANOTHER_THREAD], capture_output=True, text=True, check=True
+    )
+    before, after, process_peak = map(int, done.stdout.split())
+    assert after == process_peak
+    assert after - before >= 200 * 2**20
+
+
 def test_progress_lines_without_a_terminal(example_run: Run) -> None:
     out = example_run.stdout
     assert "40.0% done. Epoch 1/3 (update 4/10, sample 64/160)\n" in out

@@ -223,10 +223,14 @@ class DiskTracker:
             self._summary.pop("stop_reason", None)
 
     def _update_stats(self, record: Mapping[str, Any]) -> None:
+        stats = self._stats
         for key, value in record.items():
             if key in POSITION_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            self._stats.setdefault(key, _Stats()).add(float(value))
+            entry = stats.get(key)
+            if entry is None:  # not setdefault: that would build a _Stats per value, every record
+                entry = stats[key] = _Stats()
+            entry.add(float(value))
 
     def log(self, record: Mapping[str, float | int]) -> None:
         """Append ``record`` as one line of ``metrics.jsonl`` and update the running statistics."""
