@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from noether_core import hookimpl
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,6 +43,30 @@ def test_default_plugins_overhead_runs_and_prints_its_table(
     assert "4 timed blocks of 10 updates" in out
     for row in ("no plugins, µs/update", "default plugins, µs/update", "OnlineLossCallback/U5"):
         assert row in out
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_noop_plugins_benchmark_runs_every_plugin_and_prints_the_per_plugin_rows(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import noop_plugins_overhead
+
+    calls: list[str] = []
+
+    @hookimpl
+    def after_update(self: object) -> None:
+        calls.append("u")
+
+    monkeypatch.setattr(noop_plugins_overhead.NoOp, "after_update", after_update)
+    args = "--updates 20 --warmup 0 --every 5 --block 10 --turn 5"
+    status = noop_plugins_overhead.main(args.split())
+    out = capsys.readouterr().out
+    assert status == 0
+    for row in ("no plugins, µs/update", "100 no-op plugins, µs/update", "one more plugin (20 -> 100)"):
+        assert row in out
+    assert "target: <= 1 µs/update per plugin" in out
+    assert len(calls) == (20 + 100) * 20  # every entry of both trainers, on every update
 
 
 @pytest.mark.usefixtures("keep_logging")
