@@ -347,6 +347,7 @@ class CheckpointWriter:
         self._batch: list[CheckpointSet] | None = None
         self._doomed: list[Path] = []  # files pruned, deleted with the batch's commit
         self._recovered = False
+        self._directory_made = False
 
     # ------------------------------------------------------------------------------------ sets
 
@@ -404,6 +405,7 @@ class CheckpointWriter:
     def _end_batch(self, batch: list[CheckpointSet], *, commit: bool) -> None:
         self._batch = None
         if not batch and not self._doomed:  # the usual step: no checkpoint written, nothing pruned
+            self._made_directory()
             return
         doomed, self._doomed = self._doomed, []
         for parts in batch:
@@ -419,9 +421,8 @@ class CheckpointWriter:
         staged = [(temp, target) for parts in sets for target, temp in parts._staged.items()]
         delete = list(doomed or ())
         if not staged and not delete:
+            self._made_directory()
             return
-        # only now: ``paths.checkpoints`` creates the directory (a syscall), and a step without a
-        # checkpoint (nearly every one) ends here
         directory = self.paths.checkpoints
         try:
             if not self._recovered:  # an older, unfinished commit must land before this one
@@ -446,6 +447,13 @@ class CheckpointWriter:
         # any other failure came after the commit point: the temporary files stay for the roll-forward
         for parts in sets:
             parts._staged.clear()
+
+    def _made_directory(self) -> None:
+        """``checkpoints/`` exists once a commit point was reached, as it always did; created once,
+        not at every step (``paths.checkpoints`` is a ``mkdir`` system call)."""
+        if not self._directory_made:
+            self.paths.checkpoints  # noqa: B018 (the property creates the directory)
+            self._directory_made = True
 
     def _part(self, tag: str) -> tuple[CheckpointSet, bool]:
         """The set a single ``save_*`` of ``tag`` goes to, and whether it must be committed at once."""
