@@ -160,7 +160,8 @@ def commit(directory: Path, renames: Sequence[tuple[Path, Path]], delete: Sequen
         try:
             os.replace(temp, target)
         except OSError as error:
-            raise CheckpointWriteError(target, f"the file could not be renamed ({describe(error)})") from error
+            reason = f"the file could not be renamed ({describe(error)})"
+            raise CheckpointWriteError(target, reason) from error
         fsync_directory(directory)
         return
     journal = directory / f"{JOURNAL_PREFIX}{time.time_ns():020d}-{os.getpid()}{JOURNAL_SUFFIX}"
