@@ -12,6 +12,7 @@ message lists the sites that grew most.
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,10 @@ class HeapProbe:
     @hookimpl
     def after_update(self, counter: Any) -> None:
         if counter.update in self.at:
+            # pytest's log capture keeps every record of the test, which grows with the run by design
+            for handler in logging.getLogger().handlers:
+                if type(handler).__module__.startswith("_pytest") and hasattr(handler, "reset"):
+                    handler.reset()
             gc.collect()
             SNAPSHOTS[counter.update] = tracemalloc.take_snapshot()
 
@@ -153,7 +158,10 @@ def every_plugin(max_updates: int, every: int, log_every: int) -> dict[str, Any]
 
 
 @pytest.fixture
-def traced() -> Iterator[None]:
+def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # the run logs at INFO as ``noether train`` does, so noether's logging path is measured whatever
+    # level an earlier test left
+    monkeypatch.setattr(logging.getLogger("noether"), "level", logging.INFO)
     SNAPSHOTS.clear()
     tracemalloc.start(1)
     try:
