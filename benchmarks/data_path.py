@@ -27,7 +27,9 @@ a second apart, so a machine that slows down for a while slows all four alike; t
 per block (median of the per-block ratios). Warm-up blocks and everything outside the loop (building
 the run, ``before_training``, ``after_training``) are left out; the table shows medians and [min ..
 max] over the blocks. The machine's load average before and after is printed with it: the
-development machines are shared.
+development machines are shared. Each loop's thread also counts its minor page faults per update
+(``getrusage(RUSAGE_THREAD)``): memory the allocator gave back to the kernel and takes again shows
+there, and in the CPU time.
 
 Target (issue #17): noether with its defaults faster than the DataLoader loop and within 5% of the
 pre-batched loop, on both models, on the CPU-time clock.
