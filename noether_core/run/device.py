@@ -95,11 +95,11 @@ def keep_freed_memory() -> bool:
     free top of a heap to the kernel as soon as it exceeds a threshold that starts at 128 KiB and
     grows only with the largest block it ever mapped. When anything long-lived (a plugin's running
     loss, a Python object) lands above an update's temporaries, the heap's top is freed in one piece
-    a few updates later, returned, and faulted back in page by page by the updates that follow: 20
-    page faults per update on the benchmark's 256-wide MLP with the default plugins, 3-5% of its
-    time. The thresholds set here are where glibc's own adjustment ends anyway; a process keeps up
-    to 64 MiB of freed memory per arena instead of returning it at once. Left alone where the user
-    tunes malloc (``MALLOC_*_``, ``GLIBC_TUNABLES``) or replaces it (``LD_PRELOAD``), and off glibc.
+    a few updates later, returned, and faulted back in page by page by the updates that follow: about
+    20 page faults per update on the benchmark's 256-wide MLP with the default plugins. The
+    thresholds set here are where glibc's own adjustment ends anyway; a process keeps up to 64 MiB
+    of freed memory per arena instead of returning it at once. Left alone where the user tunes malloc
+    (``MALLOC_*_``, ``GLIBC_TUNABLES``) or replaces it (``LD_PRELOAD``), and off glibc.
     """
     global _kept
     if _kept is None:
