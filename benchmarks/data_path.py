@@ -27,7 +27,9 @@ a second apart, so a machine that slows down for a while slows all four alike; t
 per block (median of the per-block ratios). Warm-up blocks and everything outside the loop (building
 the run, ``before_training``, ``after_training``) are left out; the table shows medians and [min ..
 max] over the blocks. The machine's load average before and after is printed with it: the
-development machines are shared.
+development machines are shared. Each loop's thread also counts its minor page faults per update
+(``getrusage(RUSAGE_THREAD)``): memory the allocator gave back to the kernel and takes again shows
+there, and in the CPU time.
 
 Target (issue #17): noether with its defaults faster than the DataLoader loop and within 5% of the
 pre-batched loop, on both models, on the CPU-time clock.
@@ -44,6 +46,7 @@ import datetime
 import gc
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -82,6 +85,13 @@ TARGET_RATIO = 1.05
 LOG_EVERY, TRACK_EVERY = 200, 40
 
 T = TypeVar("T")
+
+
+class Measured(NamedTuple):
+    """One loop's timed blocks: seconds per update, and its thread's page faults per update."""
+
+    timings: list[Timing]
+    faults: list[float]
 
 
 class Model(NamedTuple):
@@ -145,12 +155,14 @@ class Blocks:
         self.updates = args.block * (args.warmup_blocks + blocks)
         self.cpu: list[float] = []
         self.wall: list[float] = []
+        self.faults: list[float] = []
 
     def wrap(self, items: Iterable[T]) -> Iterator[T]:
         cpu_clock, wall_clock = time.thread_time, time.perf_counter
         size, turn, last = self.size, self.turn, self.updates
         it = iter(items)
         cpu = wall = 0.0
+        faults = _thread_faults()
         for i in range(last):
             if i % turn == 0:
                 self.baton.wait_for(self.who)
@@ -164,7 +176,10 @@ class Blocks:
             if (i + 1) % size == 0:
                 self.cpu.append(cpu / size)
                 self.wall.append(wall / size)
+                now = _thread_faults()
+                self.faults.append((now - faults) / size)
                 cpu = wall = 0.0
+                faults = now
             # after the last update the baton stays with this loop until it has returned, so no
             # other loop runs beside its after_training
             if (i + 1) % turn == 0 and i + 1 < last:
@@ -174,6 +189,18 @@ class Blocks:
         """Seconds per update of each timed block (warm-up blocks left out)."""
         pairs = zip(self.wall, self.cpu, strict=True)
         return [Timing(wall, cpu) for wall, cpu in list(pairs)[self.warmup_blocks :]]
+
+    def faults_per_update(self) -> list[float]:
+        """Page faults of this loop's thread per update, for each timed block."""
+        return self.faults[self.warmup_blocks :]
+
+
+def _thread_faults() -> int:
+    """Minor page faults of the calling thread so far (of the process where a thread's own count is not
+    available)."""
+    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    faults: int = resource.getrusage(who).ru_minflt
+    return faults
 
 
 def hand_written(
@@ -268,11 +295,11 @@ def noether(
     return fit
 
 
-def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, list[Timing]]:
-    """Seconds per update of every timed block of each loop on model ``name``. The loops run in threads
-    of this process and take turns every ``--turn`` updates, so each block of one loop is timed next to
-    the same block of the others, a fraction of a second apart: a machine that slows down for a while
-    slows all of them alike."""
+def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Measured]:
+    """Seconds and page faults per update of every timed block of each loop on model ``name``. The
+    loops run in threads of this process and take turns every ``--turn`` updates, so each block of one
+    loop is timed next to the same block of the others, a fraction of a second apart: a machine that
+    slows down for a while slows all of them alike."""
     model = MODELS[name]
     blocks = blocks_of(args, model)
     baton = Baton(len(LOOPS))
@@ -301,16 +328,19 @@ def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> di
             thread.join()
     if errors:
         raise errors[0]
-    return {loop: timer.timings() for loop, timer in zip(LOOPS, timers, strict=True)}
+    return {
+        loop: Measured(timer.timings(), timer.faults_per_update())
+        for loop, timer in zip(LOOPS, timers, strict=True)
+    }
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def run_rounds(args: argparse.Namespace) -> dict[str, dict[str, list[Timing]]]:
-    """``{model: {loop: [timing per block]}}``."""
+def run_rounds(args: argparse.Namespace) -> dict[str, dict[str, Measured]]:
+    """``{model: {loop: its timings and page faults per block}}``."""
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
-        out: dict[str, dict[str, list[Timing]]] = {}
+        out: dict[str, dict[str, Measured]] = {}
         for name in args.models:
             gc.collect()
             out[name] = run_interleaved(args, name, Path(tmp))
@@ -329,7 +359,7 @@ def _load() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], load_before: str) -> bool:
+def report(args: argparse.Namespace, times: dict[str, dict[str, Measured]], load_before: str) -> bool:
     """Print the tables; return whether the target is met on every model (CPU-time clock)."""
     print()
     print("Data path: noether vs hand-written loops (MSE, AdamW, cpu, 1 thread, in-memory TensorDataset)")
@@ -347,8 +377,8 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], 
         model = MODELS[name]
         blocks = blocks_of(args, model)
         rows = times[name]
-        cpu = {loop: [t.cpu * 1e6 for t in rows[loop]] for loop in LOOPS}
-        wall = {loop: [t.wall * 1e6 for t in rows[loop]] for loop in LOOPS}
+        cpu = {loop: [t.cpu * 1e6 for t in rows[loop].timings] for loop in LOOPS}
+        wall = {loop: [t.wall * 1e6 for t in rows[loop].timings] for loop in LOOPS}
         print()
         print(
             f"{name}: {model.label}; {blocks} timed blocks of {args.block} updates after "
@@ -356,7 +386,7 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], 
         )
         head = (
             f"  {'':20}  {'CPU µs/update':^25}  {'wall µs/update':^25}  "
-            f"{'/ DataLoader loop':^25}  {'/ pre-batched loop':^25}"
+            f"{'/ DataLoader loop':^25}  {'/ pre-batched loop':^25}  {'page faults/update':^22}"
         )
         print(head)
         for loop in LOOPS:
@@ -364,7 +394,7 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[Timing]]], 
             vs_floor = [a / b for a, b in zip(cpu[loop], cpu["pre-batched loop"], strict=True)]
             print(
                 f"  {loop:20}  {_cell(cpu[loop])}  {_cell(wall[loop])}  "
-                f"{_cell(vs_loader, '7.3f')}  {_cell(vs_floor, '7.3f')}"
+                f"{_cell(vs_loader, '7.3f')}  {_cell(vs_floor, '7.3f')}  {_cell(rows[loop].faults, '6.2f')}"
             )
         defaults = cpu["noether, defaults"]
         faster = (
