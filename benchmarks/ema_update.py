@@ -64,6 +64,7 @@ def ema_update(model: nn.Module) -> Callable[[], None]:
     ema = EmaCallback(config)
     trainer: Any = SimpleNamespace(
         plugins=SimpleNamespace(children_of=lambda _: []),
+        children=lambda _: [],
         model_name="model",
         named_models=lambda: [("model", model)],
         resumed_from=None,
