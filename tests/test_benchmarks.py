@@ -1,10 +1,13 @@
 """The benchmark scripts still run: one tiny run of the default-plugins benchmark (its numbers are not
-checked here; speed is measured by running the script, never asserted in a test), and the GPU check,
-which on a machine without CUDA skips."""
+checked here; speed is measured by running the script, never asserted in a test), the GPU check,
+which on a machine without CUDA skips, and ``python -m benchmarks --quick``, which writes every row of
+the report between its markers and nothing outside them."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -98,3 +101,76 @@ def test_the_gpu_check_skips_cleanly_without_cuda() -> None:
     assert "no CUDA device here" in proc.stdout
     assert "skipping" in proc.stdout
     assert proc.stderr == ""
+
+
+MARKED = re.compile(r"(<!-- benchmarks:begin (\w+) -->\n).*?(\n<!-- benchmarks:end \2 -->)", re.DOTALL)
+
+
+def _stale(text: str) -> str:
+    """``text`` with every marked section's content replaced by ``STALE``."""
+    return MARKED.sub(r"\1STALE\3", text)
+
+
+def test_the_report_command_writes_every_row_between_the_markers_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import report
+
+    docs, readme = tmp_path / "performance.md", tmp_path / "README.md"
+    docs.write_text(_stale((ROOT / "docs" / "performance.md").read_text(encoding="utf-8")), encoding="utf-8")
+    readme.write_text(_stale((ROOT / "README.md").read_text(encoding="utf-8")), encoding="utf-8")
+    docs_before, readme_before = docs.read_text(encoding="utf-8"), readme.read_text(encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--docs", str(docs), "--readme", str(readme)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    docs_after, readme_after = docs.read_text(encoding="utf-8"), readme.read_text(encoding="utf-8")
+    assert [m[1] for m in MARKED.findall(docs_after)] == ["overhead", "components", "gpu"]
+    assert [m[1] for m in MARKED.findall(readme_after)] == ["headline"]
+    assert "STALE" not in docs_after
+    assert "STALE" not in readme_after
+    # outside the markers, not a character changed
+    assert _stale(docs_after) == docs_before
+    assert _stale(readme_after) == readme_before
+
+    overhead = docs_after.split("<!-- benchmarks:begin overhead -->")[1].split("<!-- benchmarks:end")[0]
+    rows = [report.HAND, report.FLOOR, *report.NOETHER_ROWS]
+    if report.lightning_available():
+        rows += list(report.LIGHTNING_ROWS)
+        assert "not installed" not in overhead
+    else:
+        assert overhead.count("Lightning: not installed") == 1
+        assert "Lightning, " not in overhead
+    for row in rows:
+        assert overhead.count(f"\n| {row} | ") == 2, row  # one row per model
+    for model in ("**tiny**: Linear(32->32), batch 8", "**mlp**: MLP 256 wide (2 hidden layers), batch 32"):
+        assert model in overhead
+    assert overhead.count("load average (1/5/15 min) before ") == 2
+    assert "2 CPUs" in overhead or f"{os.cpu_count()} CPUs" in overhead
+
+    components = docs_after.split("<!-- benchmarks:begin components -->")[1].split("<!-- benchmarks:end")[0]
+    assert "| 1,055,744 | 48 |" in components  # EMA at 1M: parameters and tensors
+    assert "| 1,055,744 | 4.2 MB |" in components  # a checkpoint of the same model
+    gpu = docs_after.split("<!-- benchmarks:begin gpu -->")[1].split("<!-- benchmarks:end")[0]
+    if not torch.cuda.is_available():
+        assert "No GPU: not measured" in gpu
+
+    headline = readme_after.split("<!-- benchmarks:begin headline -->")[1].split("<!-- benchmarks:end")[0]
+    assert "| noether, no plugins | " in headline
+    assert "| noether, defaults | " in headline
+    assert ("| Lightning, defaults | " in headline) == report.lightning_available()
+
+
+def test_the_report_refuses_a_file_without_its_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.__main__ import replace_marked
+
+    text = (
+        "# Performance\n\n<!-- benchmarks:begin overhead -->\nold\n<!-- benchmarks:end overhead -->\nrest\n"
+    )
+    assert replace_marked(text, "overhead", "new", tmp_path) == text.replace("\nold\n", "\nnew\n")
+    with pytest.raises(SystemExit, match="expected one '<!-- benchmarks:begin gpu -->'"):
+        replace_marked(text, "gpu", "new", tmp_path)
