@@ -314,6 +314,9 @@ def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> di
         ]
 
         def run(who: int) -> None:
+            # OpenMP's thread count is per thread: without this a loop's thread would run one OpenMP thread
+            # per core, whatever the main thread set (see benchmarks/report.py)
+            torch.set_num_threads(1)
             try:
                 bodies[who]()
             except BaseException as exc:  # reported by the main thread
