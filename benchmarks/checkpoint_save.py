@@ -12,7 +12,9 @@ kinds of save:
   plus a flush to disk; not safe against a kill). It computes the CRC-32 of every zip record, torch's
   default; the writer skips it (``torch.load`` never checks it);
 * ``raw``: the payload's bytes, serialized once beforehand, written onto the target with one ``write``
-  and one ``fsync``: the floor for putting those bytes on disk.
+  and one ``fsync``: the floor for putting those bytes on disk;
+* ``serialize``: ``torch.save`` of the payload into memory, without the CRC-32s as the writer does, and
+  nothing written: what the serializer alone costs (``atomic`` pays it, ``raw`` does not).
 
 **A set**, what CheckpointCallback and EmaCallback write at one update: the weights, EMA weights, the
 optimizer state (AdamW: two tensors per parameter) and a small trainer state, as one
@@ -55,6 +57,7 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks.ema_update import blocks
 from noether_core.io.checkpoints import CheckpointWriter
+from noether_core.io.checkpoints import _without_crc32 as without_crc32
 from noether_core.io.paths import RunPaths
 
 POSITION = {"epoch": 1, "update": 100, "sample": 3200}
@@ -117,6 +120,10 @@ def candidates(directory: Path, model: nn.Module) -> dict[str, Callable[[], None
     def raw() -> None:
         raw_write(raw_target, data)
 
+    def serialize() -> None:
+        with without_crc32():
+            torch.save(payload, io.BytesIO())
+
     def atomic_set() -> None:
         with writer.checkpoint_set("latest") as parts:
             parts.save_model("model", weights, position=POSITION)
@@ -128,7 +135,14 @@ def candidates(directory: Path, model: nn.Module) -> dict[str, Callable[[], None
         for path, part in zip(set_targets, set_data, strict=True):
             raw_write(path, part)
 
-    return {"atomic": atomic, "torch.save": plain, "raw": raw, "atomic set": atomic_set, "raw set": raw_set}
+    return {
+        "atomic": atomic,
+        "torch.save": plain,
+        "raw": raw,
+        "serialize": serialize,
+        "atomic set": atomic_set,
+        "raw set": raw_set,
+    }
 
 
 def measure(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
@@ -184,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         header = (
             f"{'size':>6} {'what':>8} {'bytes':>9}  {'atomic':>9} {'torch.save':>11} {'raw':>9}  "
-            f"{'atomic/raw (range)':>20} {'torch.save/raw':>14}"
+            f"{'atomic/raw (range)':>20} {'torch.save/raw':>14} {'serialize/raw':>13}"
         )
         print(header)
         print("-" * len(header))
@@ -196,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             one = ratio_range(samples, "atomic", "raw")
             many = ratio_range(samples, "atomic set", "raw set")
             plain = ratio_range(samples, "torch.save", "raw")
+            serializer = ratio_range(samples, "serialize", "raw")
             ok &= one[0] <= TARGET and many[0] <= TARGET
             print(
                 f"{label:>6} {'one file':>8} {size / 1e6:>6.1f} MB {med['atomic'] * 1e3:>6.1f} ms "
                 f"{med['torch.save'] * 1e3:>8.1f} ms {med['raw'] * 1e3:>6.1f} ms  "
-                f"{one[0]:>5.2f}x ({one[1]:.2f}-{one[2]:.2f}) {plain[0]:>13.2f}x"
+                f"{one[0]:>5.2f}x ({one[1]:.2f}-{one[2]:.2f}) {plain[0]:>13.2f}x {serializer[0]:>12.2f}x"
             )
             print(
                 f"{'':>6} {'set of 4':>8} {set_size / 1e6:>6.1f} MB {med['atomic set'] * 1e3:>6.1f} ms "
