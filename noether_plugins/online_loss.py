@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("noether")
 
+#: The loss dtypes whose values :meth:`OnlineLossCallback.at_eval` may read one by one on the CPU.
+_FLOATING = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
 #: Updates whose losses are kept as they came before they are summed on the device (bounds the number
 #: of live tensors over long intervals; one stacked sum per this many updates).
 FOLD_EVERY = 256
@@ -132,6 +135,37 @@ class OnlineLossCallback:
             out.append((names, stacked, count))
         return out
 
+    def _cpu_means(self) -> tuple[tuple[str, ...], list[float], list[int]] | None:
+        """Names, means and counts of the pending updates read one value at a time, where that gives
+        the numbers :meth:`at_eval` gets from stacking them: the usual few updates (no sums folded
+        yet) of floating-point losses on the CPU, with the same names throughout; clears them.
+        ``None`` otherwise, with nothing changed.
+
+        On the CPU, reading a handful of numbers costs less than stacking them into a new tensor and
+        reading that. The means are the same to the bit: a floating-point loss becomes the same
+        float either way (stacking a float16 loss makes it float32 first, exactly), and the sums
+        add the same values in the same order."""
+        pending = self._pending
+        if not pending:
+            return None
+        first = pending[0]
+        if not next(iter(first.values())).is_cpu:
+            return None
+        keys = first.keys()
+        names = tuple(first)
+        if len(pending) > 1 and not all(losses.keys() == keys for losses in pending):
+            return None
+        values = [losses[name] for losses in pending for name in names]
+        if not {value.dtype for value in values} <= _FLOATING:
+            return None  # stacking makes integers float32, which may round them: that path does it
+        try:
+            numbers = [float(value) for value in values]
+        except (RuntimeError, ValueError, TypeError):  # more than one element: the stacking path says so
+            return None
+        pending.clear()
+        count, width = len(numbers) // len(names), len(names)
+        return names, [sum(numbers[j::width]) / count for j in range(width)], [count] * width
+
     def _fold(self, chunks: list[tuple[tuple[str, ...], torch.Tensor, int]] | None = None) -> None:
         """Add the pending updates (or ``chunks`` of them) to the running sums: a few device ops, no host
         sync."""
@@ -164,22 +198,25 @@ class OnlineLossCallback:
     def at_eval(self, trainer: Run, counter: Counter, config: Config, interval: EvalInterval) -> None:
         if interval == "eval":
             return
-        chunks = self._chunks()
         distributed = trainer.dist.is_distributed
         check = not trainer.skip_nan_loss
         # the one host sync, and only when a value is needed now: to check it or to print it
         wanted = check or config.verbose
         means: torch.Tensor | None = None
         host: list[float] | None = None
-        if wanted and not distributed and not self._sums and len(chunks) == 1:
-            # the usual case: every update since the last log is still pending (fewer than FOLD_EVERY),
-            # one set of names; one copy to the host and the means in Python, no more ops
+        # the usual case: every update since the last log is still pending (fewer than FOLD_EVERY)
+        usual = wanted and not distributed and not self._sums
+        cpu = self._cpu_means() if usual else None
+        if cpu is not None:
+            names, host, counts = cpu
+        elif usual and len(chunks := self._chunks()) == 1:
+            # one set of names: one copy to the host and the means in Python, no more ops
             ((names, stacked, count),) = chunks
             values, width = stacked.tolist(), len(names)
             host = [sum(values[j::width]) / count for j in range(width)]
             counts = [count] * width
         else:
-            self._fold(chunks)
+            self._fold(chunks if usual else None)
             if not self._sums:
                 return
             names, means, counts = self._means()

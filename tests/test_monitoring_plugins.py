@@ -662,6 +662,50 @@ def test_online_loss_with_losses_that_come_and_go(skip_nan_loss: bool) -> None:
     assert trainer.writer.values == {"loss/online/total/U1": 3.0, "loss/online/aux/U1": 15.0}
 
 
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        [torch.float32] * 7,
+        [
+            torch.float16,
+            torch.float32,
+            torch.bfloat16,
+            torch.float64,
+            torch.float16,
+            torch.float32,
+            torch.float32,
+        ],
+        [torch.int64] * 7,  # stacking makes them float32 (rounding 2**24 + 1): read as the stack reads them
+        [
+            torch.float32,
+            torch.int64,
+            torch.float32,
+            torch.float32,
+            torch.float32,
+            torch.float32,
+            torch.float32,
+        ],
+    ],
+)
+def test_online_loss_cpu_means_are_those_of_the_stacked_losses(dtypes: list[torch.dtype]) -> None:
+    """Whether the pending CPU losses are read one by one or stacked first, the means agree to the bit."""
+    values = [0.1, 1 / 3, 2.0**24 + 1, 1e-3, 7.25, 0.3, 2.0 / 3]
+    means = []
+    for cpu_reads in (True, False):
+        config = OnlineLossCallback.Config(kind="OnlineLossCallback", every_n_updates=7, verbose=False)
+        plugin = OnlineLossCallback(config)
+        if not cpu_reads:
+            plugin._cpu_means = lambda: None  # type: ignore[method-assign]
+        for value, dtype in zip(values, dtypes, strict=True):
+            plugin.after_update({"total": torch.tensor(value, dtype=dtype), "aux": torch.tensor(value / 7)})
+        trainer = types.SimpleNamespace(dist=DistInfo(), writer=_Writer(), skip_nan_loss=False)
+        plugin.at_eval(trainer, types.SimpleNamespace(update=7), config, "update")
+        assert not plugin._pending
+        means.append(trainer.writer.values)
+    assert means[0] == means[1]
+    assert means[0].keys() == {"loss/online/total/U7", "loss/online/aux/U7"}
+
+
 def test_peak_memory_on_an_indexed_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
     resets: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**29)

@@ -168,6 +168,28 @@ def test_statistics_count_every_record(paths: RunPaths) -> None:
     assert len(read_metrics(paths.metrics_jsonl)) == 301
 
 
+def test_plain_records_are_written_as_the_json_encoder_writes_them(paths: RunPaths) -> None:
+    """Finite floats and ints take a shortcut past the encoder: the lines are the encoder's all the same."""
+    records: list[dict[str, Any]] = [
+        {"epoch": 0, "update": 1, "sample": 8, "loss/online/total/U4": 0.1, "optim/lr/model": 1e-300},
+        {"epoch": 1, "update": 2, "sample": 16, 'q"u\\ote': -0.0, "größe/\u2603": 2**70, "t\tab": 5e-324},
+        {"epoch": 1, "update": 3, "sample": 24},
+        {"epoch": 1, "update": 4, "sample": 32, "a": 1.5, "b": math.nan},  # the encoder's own path
+    ]
+    tracker = DiskTracker(MetricProperties())
+    tracker.start(paths, {})
+    for record in records:
+        tracker.log(record)
+    tracker.close("completed")
+    lines = paths.metrics_jsonl.read_text(encoding="utf-8").splitlines()
+    assert lines[:3] == [json.dumps(record) for record in records[:3]]
+    assert lines[3] == json.dumps({**records[3], "b": "NaN"})
+    summary = tracker.metric_summary()
+    assert summary["größe/\u2603"] == {"min": 2.0**70, "max": 2.0**70, "last": 2.0**70}
+    assert summary["a"] == {"min": 1.5, "max": 1.5, "last": 1.5}
+    assert "update" not in summary
+
+
 def test_non_finite_values_are_strict_json(paths: RunPaths) -> None:
     tracker = DiskTracker(MetricProperties())
     tracker.start(paths, {})

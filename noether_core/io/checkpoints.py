@@ -385,22 +385,10 @@ class CheckpointWriter:
                 del self._open[tag]
                 self._commit([parts])
 
-    @contextlib.contextmanager
-    def deferred_commit(self) -> Iterator[None]:
+    def deferred_commit(self) -> AbstractContextManager[None]:
         """Commit the sets written inside the block together when it ends (nested blocks: when the
         outermost ends); an exception leaving the block commits none of them."""
-        if self._batch is not None:
-            yield
-            return
-        batch: list[CheckpointSet] = []
-        self._batch = batch
-        try:
-            yield
-        except BaseException:
-            self._end_batch(batch, commit=False)
-            raise
-        with self.guard():
-            self._end_batch(batch, commit=True)
+        return _DeferredCommit(self)
 
     def _end_batch(self, batch: list[CheckpointSet], *, commit: bool) -> None:
         self._batch = None
@@ -574,6 +562,36 @@ class CheckpointWriter:
     def discard_partial_writes(self) -> list[Path]:
         """:meth:`recover`: kept for callers from before checkpoint sets."""
         return self.recover()
+
+
+class _DeferredCommit:
+    """:meth:`CheckpointWriter.deferred_commit`'s block. A class, not a ``contextlib`` generator: the
+    trainer opens one on every tick, and a generator's context manager costs several times more to
+    enter and leave."""
+
+    __slots__ = ("_batch", "_writer")
+
+    def __init__(self, writer: CheckpointWriter) -> None:
+        self._writer = writer
+        self._batch: list[CheckpointSet] | None = None
+
+    def __enter__(self) -> None:
+        writer = self._writer
+        if writer._batch is None:  # the outermost block; a nested one leaves the commit to it
+            self._batch = writer._batch = []
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        writer = self._writer
+        if kind is not None:
+            writer._end_batch(batch, commit=False)
+        elif not batch and not writer._doomed:  # the usual step: nothing to commit, no write to guard
+            writer._end_batch(batch, commit=True)
+        else:
+            with writer.guard():
+                writer._end_batch(batch, commit=True)
 
 
 __all__ = [

@@ -200,6 +200,8 @@ class DiskTracker:
         self._summary: dict[str, Any] = {}
         self._closed = False
         self._flush_at = 0.0
+        # each key's ``"key": `` as the JSON encoder writes it (escaped, ASCII only)
+        self._json_keys: dict[str, str] = {}
 
     def start(self, paths: RunPaths, config: Mapping[str, Any]) -> None:
         """Open ``metrics.jsonl`` for appending; ``config`` is not used (the trainer writes
@@ -236,16 +238,57 @@ class DiskTracker:
         """Append ``record`` as one line of ``metrics.jsonl`` and update the running statistics."""
         if self._file is None:
             raise RuntimeError("DiskTracker.log called before start or after close")
-        try:
-            line = _STRICT_JSON.encode(record)
-        except ValueError:  # NaN or an infinity: strict JSON has no such numbers, they become strings
-            line = _STRICT_JSON.encode({key: encode_value(value) for key, value in record.items()})
+        line = self._plain_line(record)
+        if line is None:
+            try:
+                line = _STRICT_JSON.encode(record)
+            except ValueError:  # NaN or an infinity: strict JSON has no such numbers, they become strings
+                line = _STRICT_JSON.encode({key: encode_value(value) for key, value in record.items()})
+            self._update_stats(record)
         self._file.write(line + "\n")
         now = time.monotonic()
         if now >= self._flush_at:
             self._file.flush()
             self._flush_at = now + FLUSH_SECONDS
-        self._update_stats(record)
+
+    def _plain_line(self, record: Mapping[str, float | int]) -> str | None:
+        """``record`` as the line :data:`_STRICT_JSON` writes when every value is a finite ``float``
+        or an ``int`` (what :class:`LogWriter` sends), else ``None``; the statistics of the values read
+        are updated on the way (where it returns ``None``, :meth:`_update_stats` adds them again, which
+        changes nothing: ``min``, ``max`` and ``last`` of a value added twice are those of it once).
+
+        The encoder's own path builds a new C encoder per record, and the statistics would take a
+        second pass over the values; a record comes every few updates."""
+        keys = self._json_keys
+        stats = self._stats
+        parts = []
+        for key, value in record.items():
+            prefix = keys.get(key)
+            if prefix is None:
+                if type(key) is not str:
+                    return None
+                prefix = keys[key] = _STRICT_JSON.encode(key) + ": "
+            kind = type(value)
+            if kind is float:
+                if not -math.inf < value < math.inf:  # an infinity, or NaN (no comparison holds)
+                    return None
+                parts.append(prefix + float.__repr__(value))
+            elif kind is int:
+                parts.append(prefix + int.__repr__(value))
+                value = float(value)
+            else:
+                return None
+            if key in POSITION_KEYS:
+                continue
+            entry = stats.get(key)
+            if entry is None:
+                entry = stats[key] = _Stats()
+            entry.last = value
+            if entry.min is None or value < entry.min:
+                entry.min = value
+            if entry.max is None or value > entry.max:
+                entry.max = value
+        return "{" + ", ".join(parts) + "}"
 
     def flush(self) -> None:
         """Write every record logged so far to the disk (the trainer calls it before a checkpoint

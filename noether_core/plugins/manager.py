@@ -75,8 +75,8 @@ class PluginManager:
         self._bound_core: Mapping[str, Any] | None = None
         self._compiled: dict[str, Callable[..., None]] = {}
         # at_eval compiled per set of due entries (a run has a few such sets, ticking again and again)
-        self._compiled_at_eval: dict[tuple[int, ...], Callable[[], None]] = {}
-        self._due_before: set[tuple[int, ...]] = set()
+        self._compiled_at_eval: dict[tuple[Slot, ...], Callable[[], None]] = {}
+        self._due_before: set[tuple[Slot, ...]] = set()
         self._deferred: list[tuple[str, Callable[[], object]]] = []
 
     def register(
@@ -382,7 +382,7 @@ class PluginManager:
         """``at_eval`` for the bound core arguments to ``slots``, each with its own interval's unit:
         what :meth:`_at_eval_each` does, compiled for a set of due entries the second time it is due
         (a set due once, at the end say, is not worth compiling); ``None``: take the general path."""
-        key = tuple(s.index for s in slots)
+        key = tuple(slots)  # slots hash by identity, and a run keeps its slots
         dispatch = self._compiled_at_eval.get(key)
         if dispatch is not None:
             return dispatch
