@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import resource
 import sys
@@ -258,7 +259,11 @@ class _Terminal(io.TextIOWrapper):
 
 @contextlib.contextmanager
 def console(terminal: bool) -> Iterator[None]:
-    """stdout and stderr to ``/dev/null`` for the run; with ``terminal``, ones that claim to be a TTY."""
+    """stdout and stderr to ``/dev/null`` for the run; with ``terminal``, ones that claim to be a TTY.
+    The ``noether`` loggers get their handlers back on the way out: a run set up inside points them at
+    these streams, which are closed then, and a later line (``EmaCallback``'s, say) would fail."""
+    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
+    handlers = [list(logger.handlers) for logger in loggers]
     with open(os.devnull, "w", encoding="utf-8") as out, open(os.devnull, "w", encoding="utf-8") as err:
         streams: tuple[Any, Any] = (out, err)
         if terminal:
@@ -272,6 +277,8 @@ def console(terminal: bool) -> Iterator[None]:
             yield
         finally:
             sys.stdout, sys.stderr = saved
+            for logger, kept in zip(loggers, handlers, strict=True):
+                logger.handlers[:] = kept
             if terminal:
                 for stream in streams:
                     stream.close()

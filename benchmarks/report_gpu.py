@@ -189,11 +189,12 @@ def bandwidth_table(device: torch.device, sizes: list[str], rounds: int) -> list
                         samples[name].append(_timed(candidates[name], device, 20))
             ema_s = statistics.median(samples["ema"])
             bound_s = statistics.median(samples["bound"])
-            save = checkpoint_save.measure(checkpoint_save.candidates(Path(tmp), model.state_dict()), rounds)
+            save = checkpoint_save.measure(checkpoint_save.candidates(Path(tmp), model), rounds)
+            atomic, raw = statistics.median(save["atomic"]), statistics.median(save["raw"])
+            ratio = checkpoint_save.ratio_range(save, "atomic", "raw")[0]
             lines.append(
                 f"| {numel:,} | {ema_s * 1e3:.3f} | {bound_s * 1e3:.3f} | {bound_s / ema_s:.0%} "
-                f"| {3 * 4 * numel / ema_s / 1e9:.0f} | {save['atomic'] * 1e3:.1f} | {save['raw'] * 1e3:.1f} "
-                f"| {save['atomic'] / save['raw']:.2f}x |"
+                f"| {3 * 4 * numel / ema_s / 1e9:.0f} | {atomic * 1e3:.1f} | {raw * 1e3:.1f} | {ratio:.2f}x |"
             )
             del model, ema, candidates
     return lines
