@@ -15,21 +15,15 @@ AdamW, one CPU thread), for the same number of updates:
 Models: ``tiny``, a 32x32 ``nn.Linear`` at batch 8; ``mlp``, the bundled MLP 256 wide (two hidden
 layers of 256, 256 in and out) at batch 64.
 
-How it is timed (as in ``default_plugins_overhead.py``). For each model the four loops run in threads
-of one process and take turns, ``--turn`` updates each (50), with a baton so only one runs at a time.
-(Turns of 10 updates sometimes made the pre-batched loop ten times slower on a busy 2-core machine, a
-cross-thread effect not understood; turns of 50 did not show it.)
-Each update is timed from fetching its batch to fetching the next, on two clocks: this thread's CPU
-time (which does not count time spent waiting for a core on a busy machine) and wall time, and the
-times are added up per block of ``--block`` updates (200: every block of the defaults holds the same
-log and track ticks). A block of one loop is timed next to the same block of the others, a fraction of
-a second apart, so a machine that slows down for a while slows all four alike; the ratios are paired
-per block (median of the per-block ratios). Warm-up blocks and everything outside the loop (building
-the run, ``before_training``, ``after_training``) are left out; the table shows medians and [min ..
-max] over the blocks. The machine's load average before and after is printed with it: the
-development machines are shared. Each loop's thread also counts its minor page faults per update
-(``getrusage(RUSAGE_THREAD)``): memory the allocator gave back to the kernel and takes again shows
-there, and in the CPU time.
+How it is timed: by :mod:`benchmarks.interleave`'s runner. For each model the four loops run in
+threads of one process and take turns, ``--turn`` updates each (50). (Turns of 10 updates sometimes
+made the pre-batched loop ten times slower on a busy 2-core machine, a cross-thread effect not
+understood; turns of 50 did not show it.) Each update is timed on this thread's CPU time and on wall
+time, added up per block of ``--block`` updates (200: every block of the defaults holds the same log
+and track ticks); the ratios are paired per block (median of the per-block ratios), and the table
+shows medians and [min .. max] over the blocks after ``--warmup-blocks``, with each loop's minor page
+faults per update. The machine's load average before and after is printed with it: the development
+machines are shared.
 
 Target (issue #17): noether with its defaults faster than the DataLoader loop and within 5% of the
 pre-batched loop, on both models, on the CPU-time clock.
@@ -43,38 +37,29 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.data_path` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.default_plugins_overhead import Baton, console
-from benchmarks.trainer_overhead import Timing
+from benchmarks.interleave import Blocks, Body, cli_trainer, load_average, plan_of, run_interleaved, timed_fit
+from benchmarks.trainer_overhead import Timing, hand_written_updates
 from noether_core.config.loader import structure_config
-from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.paths import RunPaths
-from noether_core.io.trackers import DiskTracker
 from noether_core.plugins.registry import PluginRegistry
 from noether_core.run.building import build_model
-from noether_core.run.launch import setup_logging
-from noether_core.run.plan import RunPlan
-from noether_core.run.trainer import Trainer
 
 SEED = 0
 LR = 1e-3
@@ -83,8 +68,6 @@ DATASET_KIND = "benchmarks.data_path:make_dataset"
 TARGET_RATIO = 1.05
 #: Log and track intervals of the defaults: those of a 20,000-update run (1/100 and 1/500 of it).
 LOG_EVERY, TRACK_EVERY = 200, 40
-
-T = TypeVar("T")
 
 
 class Measured(NamedTuple):
@@ -140,72 +123,7 @@ def blocks_of(args: argparse.Namespace, model: Model) -> int:
 # ---------------------------------------------------------------------------------------- the loops
 
 
-class Blocks:
-    """Times one loop's updates, ``turn`` at a time in turns with the other loops (a
-    :class:`~benchmarks.default_plugins_overhead.Baton`), and adds them up per block of ``block``
-    updates, on this thread's CPU time and on wall time. An update is timed from fetching its batch to
-    fetching the next; between turns the loop waits for the baton, untimed."""
-
-    def __init__(self, who: int, baton: Baton, args: argparse.Namespace, blocks: int) -> None:
-        self.who = who
-        self.baton = baton
-        self.size = args.block
-        self.turn = args.turn
-        self.warmup_blocks = args.warmup_blocks
-        self.updates = args.block * (args.warmup_blocks + blocks)
-        self.cpu: list[float] = []
-        self.wall: list[float] = []
-        self.faults: list[float] = []
-
-    def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        cpu_clock, wall_clock = time.thread_time, time.perf_counter
-        size, turn, last = self.size, self.turn, self.updates
-        it = iter(items)
-        cpu = wall = 0.0
-        faults = _thread_faults()
-        for i in range(last):
-            if i % turn == 0:
-                self.baton.wait_for(self.who)
-            start_cpu, start_wall = cpu_clock(), wall_clock()
-            item = next(it, None)
-            if item is None:
-                return
-            yield item
-            cpu += cpu_clock() - start_cpu
-            wall += wall_clock() - start_wall
-            if (i + 1) % size == 0:
-                self.cpu.append(cpu / size)
-                self.wall.append(wall / size)
-                now = _thread_faults()
-                self.faults.append((now - faults) / size)
-                cpu = wall = 0.0
-                faults = now
-            # after the last update the baton stays with this loop until it has returned, so no
-            # other loop runs beside its after_training
-            if (i + 1) % turn == 0 and i + 1 < last:
-                self.baton.pass_on(self.who)
-
-    def timings(self) -> list[Timing]:
-        """Seconds per update of each timed block (warm-up blocks left out)."""
-        pairs = zip(self.wall, self.cpu, strict=True)
-        return [Timing(wall, cpu) for wall, cpu in list(pairs)[self.warmup_blocks :]]
-
-    def faults_per_update(self) -> list[float]:
-        """Page faults of this loop's thread per update, for each timed block."""
-        return self.faults[self.warmup_blocks :]
-
-
-def _thread_faults() -> int:
-    """Minor page faults of the calling thread so far (of the process where a thread's own count is not
-    available)."""
-    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
-    faults: int = resource.getrusage(who).ru_minflt
-    return faults
-
-
-def hand_written(
-    args: argparse.Namespace, model: Model, pre_batched: bool, timer: Blocks
-) -> Callable[[], None]:
+def hand_written(args: argparse.Namespace, model: Model, pre_batched: bool, timer: Blocks) -> Body:
     """The hand-written loop over a ``DataLoader``, or over batches cut before the clock starts."""
     torch.manual_seed(SEED)
     dataset = make_dataset(args.dataset_size, model.features)
@@ -230,14 +148,7 @@ def hand_written(
             yield from epoch
 
     def loop() -> None:
-        net.train()
-        for x, y in timer.wrap(batches()):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            loss = F.mse_loss(net(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        hand_written_updates(net, optimizer, timer.wrap(batches()), device)
 
     return loop
 
@@ -267,70 +178,33 @@ def raw_config(model: Model, *, defaults: bool, total: int, size: int) -> dict[s
     }
 
 
-def noether(
-    args: argparse.Namespace, model: Model, defaults: bool, timer: Blocks, output_dir: Path
-) -> Callable[[], None]:
+def noether(args: argparse.Namespace, model: Model, defaults: bool, output_dir: Path, timer: Blocks) -> Body:
     """The Trainer, set up as ``noether train`` sets a run up; its batches timed by ``timer``. Call it
-    inside :func:`~benchmarks.default_plugins_overhead.console`."""
-    registry = PluginRegistry.from_environment()
-    raw = raw_config(model, defaults=defaults, total=timer.updates, size=args.dataset_size)
-    plan = RunPlan(structure_config(raw, registry), registry)
+    inside :func:`~benchmarks.interleave.console`."""
+    plan = plan_of(raw_config(model, defaults=defaults, total=timer.updates, size=args.dataset_size))
     assert bool(plan.all_entries) == defaults
-    paths = RunPaths.create(output_dir, f"defaults-{defaults}-{time.monotonic_ns()}")
-    setup_logging(paths)
-    metrics = MetricProperties()
-    tracker = DiskTracker(metrics)
-    tracker.start(paths, {})
-    trainer = Trainer(plan, paths, trackers=[tracker], metrics=metrics)
-    batches = trainer._train_batches()
-    assert batches.batched, "a TensorDataset is read a batch per call"
-    inner = batches.updates
-    batches.updates = lambda counter: timer.wrap(inner(counter))  # type: ignore[method-assign]
-
-    def fit() -> None:
-        status = trainer.fit()
-        if status != "completed":
-            raise RuntimeError(f"noether ended {status}")
-
-    return fit
+    trainer = cli_trainer(plan, output_dir, f"defaults-{defaults}")
+    assert trainer._train_batches().batched, "a TensorDataset is read a batch per call"
+    return timed_fit(trainer, timer, "noether")
 
 
-def run_interleaved(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Measured]:
-    """Seconds and page faults per update of every timed block of each loop on model ``name``. The
-    loops run in threads of this process and take turns every ``--turn`` updates, so each block of one
-    loop is timed next to the same block of the others, a fraction of a second apart: a machine that
-    slows down for a while slows all of them alike."""
+def run_loops(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, Measured]:
+    """Seconds and page faults per update of every timed block of each loop on model ``name``, the
+    loops interleaved (:func:`~benchmarks.interleave.run_interleaved`)."""
     model = MODELS[name]
-    blocks = blocks_of(args, model)
-    baton = Baton(len(LOOPS))
-    timers = [Blocks(i, baton, args, blocks) for i in range(len(LOOPS))]
-    errors: list[BaseException] = []
-    with console(terminal=False):
-        bodies = [
-            hand_written(args, model, False, timers[0]),
-            hand_written(args, model, True, timers[1]),
-            noether(args, model, False, timers[2], output_dir),
-            noether(args, model, True, timers[3], output_dir),
-        ]
-
-        def run(who: int) -> None:
-            # OpenMP's thread count is per thread: without this a loop's thread would run one OpenMP thread
-            # per core, whatever the main thread set (see benchmarks/report.py)
-            torch.set_num_threads(1)
-            try:
-                bodies[who]()
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
-            finally:
-                baton.pass_on(who, finished=True)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(LOOPS))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
+    makers: list[Callable[[Blocks], Body]] = [
+        functools.partial(hand_written, args, model, False),
+        functools.partial(hand_written, args, model, True),
+        functools.partial(noether, args, model, False, output_dir),
+        functools.partial(noether, args, model, True, output_dir),
+    ]
+    timers = run_interleaved(
+        makers,
+        block=args.block,
+        turn=args.turn,
+        blocks=blocks_of(args, model),
+        warmup_blocks=args.warmup_blocks,
+    )
     return {
         loop: Measured(timer.timings(), timer.faults_per_update())
         for loop, timer in zip(LOOPS, timers, strict=True)
@@ -346,20 +220,12 @@ def run_rounds(args: argparse.Namespace) -> dict[str, dict[str, Measured]]:
         out: dict[str, dict[str, Measured]] = {}
         for name in args.models:
             gc.collect()
-            out[name] = run_interleaved(args, name, Path(tmp))
+            out[name] = run_loops(args, name, Path(tmp))
     return out
 
 
 def _cell(values: list[float], fmt: str = "7.1f") -> str:
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}} ..{max(values):{fmt}}]"
-
-
-def _load() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:  # not on every platform
-        return "unknown"
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def report(args: argparse.Namespace, times: dict[str, dict[str, Measured]], load_before: str) -> bool:
@@ -374,7 +240,7 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, Measured]], load
         f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{datetime.date.today().isoformat()}"
     )
-    print(f"load average (1/5/15 min): before {load_before}, after {_load()}")
+    print(f"load average (1/5/15 min): before {load_before}, after {load_average()}")
     met = True
     for name in args.models:
         model = MODELS[name]
@@ -440,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    load_before = _load()
+    load_before = load_average()
     met = report(args, run_rounds(args), load_before)
     return 1 if args.check and not met else 0
 

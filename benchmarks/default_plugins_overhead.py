@@ -12,18 +12,16 @@ the defaults of a run that ticks every few updates, which no run of real length 
 ``stand-ins`` has plugins with the defaults' hooks and intervals and empty bodies, which splits the
 overhead into the trainer's dispatch and the plugins' own work.
 
-How it is timed. The three trainers run in one process, each in a thread, and take turns, ``--turn``
-updates each (10: a few milliseconds), with a baton so only one runs at a time. Each update is timed,
-from fetching its batch to the end of its tick, with this thread's CPU time (``--clock wall`` for wall
-time), and the times are added up per block of ``--block`` updates (a multiple of both intervals, so
-every block holds the same ticks). A round is the same block of all three trainers, run interleaved
-within a few tens of milliseconds, so a machine that slows down for a while (the development machines
-are shared) slows all three alike; the overhead is the median over rounds of the per-round difference,
-and the quartiles show the spread. Short turns keep the three close in time; a turn of one update
-would also put every update of the run after another trainer's, colder than in a real run.
-Warm-up blocks are left out, and so is everything outside the training loop (building the run,
-``before_training``, ``after_training``); ticks (``at_eval``, records written, lines printed) are in.
-Target: at most 30 µs per update for all defaults together.
+How it is timed: by :mod:`benchmarks.interleave`'s runner. The three trainers run in one process,
+each in a thread, and take turns, ``--turn`` updates each (10: a few milliseconds). Each update is
+timed, from fetching its batch to the end of its tick, with this thread's CPU time (``--clock wall``
+for wall time), and the times are added up per block of ``--block`` updates (a multiple of both
+intervals, so every block holds the same ticks). A round is the same block of all three trainers, run
+interleaved within a few tens of milliseconds; the overhead is the median over rounds of the per-round
+difference, and the quartiles show the spread. Short turns keep the three close in time; a turn of one
+update would also put every update of the run after another trainer's, colder than in a real run.
+Warm-up blocks are left out, and so is everything outside the training loop; ticks (``at_eval``,
+records written, lines printed) are in. Target: at most 30 µs per update for all defaults together.
 
     python benchmarks/default_plugins_overhead.py                      # defaults of a 20,000-update run
     python benchmarks/default_plugins_overhead.py --run-length 2200    # ... of a 2,200-update run
@@ -39,21 +37,17 @@ cheap calls), over all updates; each is the plugin's own time, not the dispatch 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
+import functools
 import gc
-import io
 import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import torch
@@ -62,22 +56,16 @@ from torch.utils.data import TensorDataset
 if __package__ in (None, ""):  # run as a script: make `benchmarks.default_plugins_overhead` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.interleave import cli_trainer, console, noether_candidate, plan_of, run_interleaved
 from noether_core import hookimpl
-from noether_core.config.loader import structure_config
-from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.paths import RunPaths
-from noether_core.io.trackers import DiskTracker
-from noether_core.plugins.registry import PluginRegistry, PluginSource, inspect_plugin
-from noether_core.run.launch import setup_logging
-from noether_core.run.plan import PlannedEntry, RunPlan
+from noether_core.plugins.registry import PluginSource, inspect_plugin
+from noether_core.run.plan import PlannedEntry
 from noether_core.run.trainer import Trainer
 
 TARGET_US = 30.0
 FEATURES = 32
 SEED = 0
 DATASET_KIND = "benchmarks.default_plugins_overhead:make_dataset"
-
-T = TypeVar("T")
 
 
 def make_dataset(size: int = 4096, features: int = FEATURES, seed: int = 0) -> TensorDataset:
@@ -86,34 +74,6 @@ def make_dataset(size: int = 4096, features: int = FEATURES, seed: int = 0) -> T
     return TensorDataset(
         torch.randn(size, features, generator=gen), torch.randn(size, features, generator=gen)
     )
-
-
-class _Terminal(io.TextIOWrapper):
-    """``/dev/null`` that says it is a terminal (``--terminal``)."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-@contextlib.contextmanager
-def console(terminal: bool) -> Iterator[None]:
-    """stdout and stderr to ``/dev/null`` for the run; with ``terminal``, ones that claim to be a TTY."""
-    with open(os.devnull, "w", encoding="utf-8") as out, open(os.devnull, "w", encoding="utf-8") as err:
-        streams: tuple[Any, Any] = (out, err)
-        if terminal:
-            streams = (
-                _Terminal(open(os.devnull, "wb"), encoding="utf-8", line_buffering=True),  # noqa: SIM115
-                _Terminal(open(os.devnull, "wb"), encoding="utf-8", line_buffering=True),  # noqa: SIM115
-            )
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = streams
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = saved
-            if terminal:
-                for stream in streams:
-                    stream.close()
 
 
 def intervals(args: argparse.Namespace) -> tuple[int, int]:
@@ -188,17 +148,11 @@ def build_trainer(args: argparse.Namespace, variant: str, output_dir: Path, tota
 
     Call it, and ``fit`` the trainer, inside one :func:`console`: the defaults depend on stdout being a
     terminal (EtaCallback), and the ``noether`` logger keeps the stdout it was set up with."""
-    registry = PluginRegistry.from_environment()
-    plan = RunPlan(structure_config(raw_config(args, variant != "none", total), registry), registry)
+    plan = plan_of(raw_config(args, variant != "none", total))
     assert bool(plan.all_entries) == (variant != "none")
     if variant == "stand-ins":
         plan.default_entries = stand_ins(plan.default_entries)  # type: ignore[misc]
-    paths = RunPaths.create(output_dir, f"{variant}-{time.monotonic_ns()}")
-    setup_logging(paths)
-    metrics = MetricProperties()
-    tracker = DiskTracker(metrics)
-    tracker.start(paths, {})
-    return Trainer(plan, paths, trackers=[tracker], metrics=metrics)
+    return cli_trainer(plan, output_dir, variant)
 
 
 def run_once(args: argparse.Namespace, variant: str, output_dir: Path) -> Trainer:
@@ -221,104 +175,19 @@ def per_plugin_us(trainer: Trainer) -> dict[str, float]:
     return out
 
 
-class Baton:
-    """Lets one of ``n`` threads run at a time, in turn (0, 1, ..., n-1, 0, ...); a finished thread is
-    skipped."""
-
-    def __init__(self, n: int) -> None:
-        self._cond = threading.Condition()
-        self._turn = 0
-        self._done = [False] * n
-
-    def wait_for(self, who: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._turn == who)
-
-    def pass_on(self, who: int, *, finished: bool = False) -> None:
-        with self._cond:
-            if finished:
-                self._done[who] = True
-            n = len(self._done)
-            for step in range(1, n + 1):
-                nxt = (who + step) % n
-                if not self._done[nxt]:
-                    self._turn = nxt
-                    break
-            self._cond.notify_all()
-
-
-class Blocks:
-    """Times one trainer's updates, ``turn`` at a time in turns with the other variants' trainers, and
-    adds them up per block of ``size`` updates. Each update is timed from fetching its batch to the end
-    of its tick; between turns the trainer waits for the baton, untimed."""
-
-    def __init__(self, who: int, baton: Baton, args: argparse.Namespace) -> None:
-        self.who = who
-        self.baton = baton
-        self.size = args.block
-        self.turn = args.turn
-        self.updates = args.block * (args.warmup_blocks + args.blocks)
-        self.clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-        self.seconds: list[float] = []
-
-    def wrap(self, items: Iterable[T]) -> Iterator[T]:
-        clock, size, turn, last = self.clock, self.size, self.turn, self.updates
-        it = iter(items)
-        spent = 0.0
-        for i in range(last):
-            if i % turn == 0:
-                self.baton.wait_for(self.who)
-            start = clock()
-            item = next(it, None)
-            if item is None:
-                return
-            yield item
-            spent += clock() - start
-            if (i + 1) % size == 0:
-                self.seconds.append(spent)
-                spent = 0.0
-            # after the last update the baton stays with this thread until fit() has returned, so no
-            # other trainer runs beside its after_training
-            if (i + 1) % turn == 0 and i + 1 < last:
-                self.baton.pass_on(self.who)
-
-
-def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[str, list[float]]:
-    """Seconds per update of every timed block, per variant. The variants' trainers run in threads of
-    one process and take turns every ``block`` updates, so each block of one variant is timed next to
-    the same block of the others, seconds apart at most: a machine that slows down for a while slows all
-    of them alike, and the per-block differences cancel it."""
-    size, blocks = args.block, args.warmup_blocks + args.blocks
-    baton = Baton(len(VARIANTS))
-    timers = [Blocks(i, baton, args) for i in range(len(VARIANTS))]
-    errors: list[BaseException] = []
-
-    def fit(who: int, trainer: Trainer) -> None:
-        try:
-            status = trainer.fit()
-            if status != "completed":
-                raise RuntimeError(f"{VARIANTS[who]} ended {status}")
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-        finally:
-            baton.pass_on(who, finished=True)
-
-    with console(args.terminal):
-        trainers = []
-        for variant, timer in zip(VARIANTS, timers, strict=True):
-            trainer = build_trainer(args, variant, output_dir, size * blocks)
-            batches = trainer._train_batches()
-            updates = batches.updates
-            batches.updates = lambda c, u=updates, t=timer: t.wrap(u(c))  # type: ignore[method-assign]
-            trainers.append(trainer)
-        threads = [threading.Thread(target=fit, args=(i, t)) for i, t in enumerate(trainers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return {v: t.seconds[args.warmup_blocks :] for v, t in zip(VARIANTS, timers, strict=True)}
+def run_variants(args: argparse.Namespace, output_dir: Path) -> dict[str, list[float]]:
+    """Seconds per update of every timed block, per variant, the variants' trainers interleaved
+    (:func:`~benchmarks.interleave.run_interleaved`)."""
+    timers = run_interleaved(
+        [noether_candidate(functools.partial(build_trainer, args, v, output_dir), v) for v in VARIANTS],
+        block=args.block,
+        turn=args.turn,
+        blocks=args.blocks,
+        warmup_blocks=args.warmup_blocks,
+        inner=args.clock,
+        terminal=args.terminal,
+    )
+    return {v: t.seconds(args.clock) for v, t in zip(VARIANTS, timers, strict=True)}
 
 
 def run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
@@ -327,7 +196,7 @@ def run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[d
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
         out = Path(tmp)
         gc.collect()
-        times = {v: [s / args.block for s in ts] for v, ts in run_interleaved(args, out).items()}
+        times = run_variants(args, out)
         for _ in range(args.breakdown_runs):
             gc.collect()
             plugins.append(per_plugin_us(run_once(args, "defaults", out)))
@@ -337,6 +206,18 @@ def run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[d
 def _spread(values: list[float]) -> str:
     q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
     return f"{statistics.median(values):8.1f}   [{q1:7.1f} .. {q3:7.1f}]"
+
+
+def _head(bare: list[float]) -> None:
+    """The environment line and the table's first row, the trainer without plugins (µs per update)."""
+    print(
+        f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{datetime.date.today().isoformat()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        "median [quartiles] over blocks"
+    )
+    print()
+    print(f"  {'':40}{'median':>8}   {'[q1 .. q3]':>18}")
+    print(f"  {'no plugins, µs/update':40}{_spread(bare)}")
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: list[dict[str, float]]) -> float:
@@ -360,14 +241,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], plugins: lis
         f"the three trainers taking turns every {args.turn} update(s); "
         f"{'thread CPU time' if args.clock == 'cpu' else 'wall time'}"
     )
-    print(
-        f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{datetime.date.today().isoformat()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        "median [quartiles] over blocks"
-    )
-    print()
-    print(f"  {'':40}{'median':>8}   {'[q1 .. q3]':>18}")
-    print(f"  {'no plugins, µs/update':40}{_spread(bare)}")
+    _head(bare)
     print(f"  {'no-op stand-ins, µs/update':40}{_spread(dummies)}")
     print(f"  {'default plugins, µs/update':40}{_spread(full)}")
     print(f"  {'overhead of the defaults, µs/update':40}{_spread(overhead)}")

@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
-def _no_op_kind() -> str:
-    """A third-party plugin that does nothing (``after_update``, ``at_eval``), as an importable kind
-    (a module made here: the checkout counted need not have ``benchmarks/noop_plugins_overhead.py``)."""
-    import types
-
+def no_op_plugin() -> type:
+    """A third-party plugin class that does nothing (``after_update``, ``at_eval``; its ``Config`` takes
+    ``every_n_updates``), ``noop_plugins_overhead.py``'s too. Made on call, from the ``noether_core``
+    then importable: in a child that is the counted checkout's, which this module must not import
+    before its path is set."""
     from noether_core import CallbackConfig, hookimpl
 
     class NoOp:
@@ -55,8 +55,16 @@ def _no_op_kind() -> str:
         def at_eval(self) -> None:
             pass
 
+    return NoOp
+
+
+def _no_op_kind() -> str:
+    """:func:`no_op_plugin` as an importable kind (a module made here: the checkout counted need not
+    have ``benchmarks/noop_plugins_overhead.py``)."""
+    import types
+
     module = types.ModuleType("noether_bench_noop")
-    module.NoOp = NoOp  # type: ignore[attr-defined]
+    module.NoOp = no_op_plugin()  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     return f"{module.__name__}:NoOp"
 

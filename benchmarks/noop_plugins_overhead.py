@@ -9,9 +9,10 @@ is the dispatch: the call of every entry on every update, and of every due entry
 timed for the end-of-run summary. Issue #15's target: at most 1 µs per update per plugin.
 
 The model, data and timing are those of ``default_plugins_overhead.py``: a 32x32 ``nn.Linear``, batch
-8, AdamW, one CPU thread; the trainers (no plugins, 20, 100) run in threads of one process and take
-turns every ``--turn`` updates; each update is timed on this thread's CPU clock, summed per block, and
-the overhead is the median over blocks of the per-block difference to the trainer without plugins.
+8, AdamW, one CPU thread; the trainers (no plugins, 20, 100) run interleaved by
+:mod:`benchmarks.interleave`'s runner, taking turns every ``--turn`` updates; each update is timed on
+this thread's CPU clock, summed per block, and the overhead is the median over blocks of the per-block
+difference to the trainer without plugins.
 The per-plugin figure is that overhead divided by the number of plugins, and the slope between 20 and
 100 plugins (what one more plugin adds, without any fixed cost of having plugins at all).
 
@@ -23,16 +24,12 @@ The per-plugin figure is that overhead divided by the number of plugins, and the
 from __future__ import annotations
 
 import argparse
-import datetime
+import functools
 import gc
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -40,15 +37,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks.noop_plugins_overhead` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.default_plugins_overhead import Baton, Blocks, _spread, console, raw_config
-from noether_core import CallbackConfig, hookimpl
-from noether_core.config.loader import structure_config
-from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.paths import RunPaths
-from noether_core.io.trackers import DiskTracker
-from noether_core.plugins.registry import PluginRegistry
-from noether_core.run.launch import setup_logging
-from noether_core.run.plan import RunPlan
+from benchmarks.default_plugins_overhead import _head, _spread, raw_config
+from benchmarks.instructions_per_update import no_op_plugin
+from benchmarks.interleave import cli_trainer, noether_candidate, plan_of, run_interleaved
 from noether_core.run.trainer import Trainer
 
 TARGET_US = 1.0
@@ -56,21 +47,9 @@ KIND = "benchmarks.noop_plugins_overhead:NoOp"
 COUNTS = (0, 20, 100)
 
 
-class NoOp:
-    """A third-party plugin that does nothing, on an update interval."""
-
-    Config = CallbackConfig
-
-    def __init__(self, config: CallbackConfig) -> None:
-        self.config = config
-
-    @hookimpl
-    def after_update(self) -> None:
-        pass
-
-    @hookimpl
-    def at_eval(self) -> None:
-        pass
+#: A third-party plugin that does nothing (``after_update``, ``at_eval``), on an update interval: the
+#: one ``instructions_per_update.py --variant noop`` counts.
+NoOp = no_op_plugin()
 
 
 def build_trainer(args: argparse.Namespace, plugins: int, output_dir: Path, total: int) -> Trainer:
@@ -80,52 +59,23 @@ def build_trainer(args: argparse.Namespace, plugins: int, output_dir: Path, tota
     raw["callbacks"] = [
         {"kind": KIND, "name": f"noop{i}", "every_n_updates": args.every} for i in range(plugins)
     ]
-    registry = PluginRegistry.from_environment()
-    plan = RunPlan(structure_config(raw, registry), registry)
-    paths = RunPaths.create(output_dir, f"noop{plugins}-{time.monotonic_ns()}")
-    setup_logging(paths)
-    metrics = MetricProperties()
-    tracker = DiskTracker(metrics)
-    tracker.start(paths, {})
-    return Trainer(plan, paths, trackers=[tracker], metrics=metrics)
+    return cli_trainer(plan_of(raw), output_dir, f"noop{plugins}")
 
 
-def run_interleaved(args: argparse.Namespace, output_dir: Path) -> dict[int, list[float]]:
+def run_counts(args: argparse.Namespace, output_dir: Path) -> dict[int, list[float]]:
     """Seconds per update of every timed block, per number of plugins (trainers taking turns)."""
-    blocks = args.warmup_blocks + args.blocks
-    baton = Baton(len(COUNTS))
-    timers = [Blocks(i, baton, args) for i in range(len(COUNTS))]
-    errors: list[BaseException] = []
-
-    def fit(who: int, trainer: Trainer) -> None:
-        try:
-            status = trainer.fit()
-            if status != "completed":
-                raise RuntimeError(f"{COUNTS[who]} plugins: ended {status}")
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-        finally:
-            baton.pass_on(who, finished=True)
-
-    with console(False):
-        trainers = []
-        for plugins, timer in zip(COUNTS, timers, strict=True):
-            trainer = build_trainer(args, plugins, output_dir, args.block * blocks)
-            batches = trainer._train_batches()
-            updates = batches.updates
-            batches.updates = lambda c, u=updates, t=timer: t.wrap(u(c))  # type: ignore[method-assign]
-            trainers.append(trainer)
-        threads = [threading.Thread(target=fit, args=(i, t)) for i, t in enumerate(trainers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return {
-        n: [s / args.block for s in t.seconds[args.warmup_blocks :]]
-        for n, t in zip(COUNTS, timers, strict=True)
-    }
+    timers = run_interleaved(
+        [
+            noether_candidate(functools.partial(build_trainer, args, n, output_dir), f"{n} plugins:")
+            for n in COUNTS
+        ],
+        block=args.block,
+        turn=args.turn,
+        blocks=args.blocks,
+        warmup_blocks=args.warmup_blocks,
+        inner="cpu",
+    )
+    return {n: t.seconds("cpu") for n, t in zip(COUNTS, timers, strict=True)}
 
 
 def report(args: argparse.Namespace, times: dict[int, list[float]]) -> float:
@@ -141,14 +91,7 @@ def report(args: argparse.Namespace, times: dict[int, list[float]]) -> float:
         f"{args.blocks} timed blocks of {args.block} updates after {args.warmup_blocks} warm-up block(s), "
         f"the trainers taking turns every {args.turn} updates; thread CPU time"
     )
-    print(
-        f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{datetime.date.today().isoformat()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        "median [quartiles] over blocks"
-    )
-    print()
-    print(f"  {'':40}{'median':>8}   {'[q1 .. q3]':>18}")
-    print(f"  {'no plugins, µs/update':40}{_spread(bare)}")
+    _head(bare)
     per_plugin: dict[int, float] = {}
     for n in COUNTS[1:]:
         overhead = [b - a for a, b in zip(bare, us[n], strict=True)]
@@ -183,8 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.block = args.every * math.ceil(50 / args.every)
     args.blocks = max(args.updates // args.block, 1)
     args.warmup_blocks = math.ceil(args.warmup / args.block)
-    # what raw_config and Blocks read: intervals of the (absent) defaults, and the CPU clock
-    args.run_length, args.log_every, args.track_every, args.clock = 20_000, None, None, "cpu"
+    # what raw_config reads: intervals of the (absent) defaults
+    args.run_length, args.log_every, args.track_every = 20_000, None, None
     return args
 
 
@@ -193,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
         gc.collect()
-        times = run_interleaved(args, Path(tmp))
+        times = run_counts(args, Path(tmp))
     worst = report(args, times)
     return 1 if args.check and worst > TARGET_US else 0
 

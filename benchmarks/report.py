@@ -16,15 +16,13 @@ For each model (``tiny``: a 32x32 ``nn.Linear`` at batch 8; ``mlp``: the bundled
   progress bar as Lightning sets them, writing into a temporary directory); the defaults with
   ``self.log`` of the loss at every step.
 
-How it is timed: as in :mod:`benchmarks.data_path`, whose timer and baton it uses. The candidates take
-turns, ``--turn`` updates each; every update is timed from fetching its batch to fetching the next, on
-this thread's CPU time and on wall time, and the times are added up per block of ``--block`` updates
-(1,000: every block of every candidate holds the same log, track, checkpoint and evaluation ticks). A
-block of one candidate is timed next to the same block of the others, so a machine that slows down for
-a while slows all of them alike; overheads and ratios are paired per block. Each of ``--rounds`` rounds
-builds every candidate afresh, in an order rotated from the round before, and leaves its first block out
-(warm-up). Work that a candidate hands to other threads (Lightning's TensorBoard writer, tqdm's
-monitor) is in the wall clock only.
+How it is timed: by :mod:`benchmarks.interleave`'s runner, as in :mod:`benchmarks.data_path`. The
+candidates take turns, ``--turn`` updates each; every update is timed on this thread's CPU time and on
+wall time, added up per block of ``--block`` updates (1,000: every block of every candidate holds the
+same log, track, checkpoint and evaluation ticks), and overheads and ratios are paired per block. Each
+of ``--rounds`` rounds builds every candidate afresh, in an order rotated from the round before, and
+leaves its first block out (warm-up). Work that a candidate hands to other threads (Lightning's
+TensorBoard writer, tqdm's monitor) is in the wall clock only.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import itertools
 import logging
@@ -39,7 +38,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -57,23 +55,23 @@ from benchmarks.data_path import (
     LR,
     MODELS,
     SEED,
-    Blocks,
     Model,
     build_model_section,
     hand_written,
     make_dataset,
     raw_config,
 )
-from benchmarks.default_plugins_overhead import Baton, console
+from benchmarks.interleave import (
+    Blocks,
+    Body,
+    cli_trainer,
+    load_average,
+    plan_of,
+    run_interleaved,
+    timed_fit,
+)
 from benchmarks.trainer_overhead import Timing
 from noether_core import CallbackConfig, hookimpl
-from noether_core.config.loader import structure_config
-from noether_core.io.metric_properties import MetricProperties
-from noether_core.io.paths import RunPaths
-from noether_core.io.trackers import DiskTracker
-from noether_core.plugins.registry import PluginRegistry
-from noether_core.run.launch import setup_logging
-from noether_core.run.plan import RunPlan
 from noether_core.run.trainer import Trainer
 
 #: The report's models: ``tiny`` as in ``data_path.py``; ``mlp`` its MLP at batch 32 (about 1 ms/update).
@@ -115,7 +113,6 @@ class Setup(NamedTuple):
     output_dir: Path
 
 
-Body = Callable[[], None]
 Maker = Callable[[Setup, Blocks], Body]
 
 
@@ -144,31 +141,15 @@ def noether_config(setup: Setup, total: int, variant: str) -> dict[str, Any]:
 
 
 def noether_trainer(setup: Setup, raw: dict[str, Any], name: str) -> Trainer:
-    """A Trainer set up as ``noether train`` sets a run up (as ``data_path.noether``, for any config).
-    Call it inside :func:`~benchmarks.default_plugins_overhead.console`."""
-    registry = PluginRegistry.from_environment()
-    plan = RunPlan(structure_config(raw, registry), registry)
-    paths = RunPaths.create(setup.output_dir, f"{name}-{time.monotonic_ns()}")
-    setup_logging(paths)
-    metrics = MetricProperties()
-    tracker = DiskTracker(metrics)
-    tracker.start(paths, {})
-    return Trainer(plan, paths, trackers=[tracker], metrics=metrics)
+    """A Trainer set up as ``noether train`` sets a run up, for any config. Call it inside
+    :func:`~benchmarks.interleave.console`."""
+    return cli_trainer(plan_of(raw), setup.output_dir, name)
 
 
 def noether(variant: str) -> Maker:
     def make(setup: Setup, timer: Blocks) -> Body:
         trainer = noether_trainer(setup, noether_config(setup, timer.updates, variant), variant)
-        batches = trainer._train_batches()
-        inner = batches.updates
-        batches.updates = lambda counter: timer.wrap(inner(counter))  # type: ignore[method-assign]
-
-        def fit() -> None:
-            status = trainer.fit()
-            if status != "completed":
-                raise RuntimeError(f"noether ({variant}) ended {status}")
-
-        return fit
+        return timed_fit(trainer, timer, f"noether ({variant})")
 
     return make
 
@@ -276,18 +257,11 @@ def candidates(with_lightning: bool) -> dict[str, Maker]:
 # -------------------------------------------------------------------------------------------- running
 
 
-def load_average() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:  # not on every platform
-        return "unknown"
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Lightning's start-up messages and warnings (few workers, unsized iterable ...) go nowhere: its
-    loggers print to the stderr they found at import, which :func:`console` does not catch."""
+    loggers print to the stderr they found at import, which :func:`~benchmarks.interleave.console`
+    does not catch."""
     names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
@@ -307,32 +281,14 @@ def run_round(
 ) -> dict[str, list[Timing]]:
     """One round: every candidate built afresh, run in threads taking turns in ``order``; the timings of
     each candidate's blocks after the warm-up."""
-    baton = Baton(len(order))
-    timers = {label: Blocks(i, baton, setup.args, blocks) for i, label in enumerate(order)}
-    errors: list[BaseException] = []
-    with console(terminal=False):
-        bodies = {label: makers[label](setup, timers[label]) for label in order}
-
-        def run(label: str) -> None:
-            # OpenMP's thread count is per thread: a new thread starts at one per core, whatever the main
-            # thread set, and on a busy machine the tiny model's ops then wait for a second OpenMP thread
-            # (the pre-batched loop measured 2-30x slower, the hand-written and Lightning loops slower too)
-            torch.set_num_threads(1)
-            try:
-                bodies[label]()
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
-            finally:
-                baton.pass_on(timers[label].who, finished=True)
-
-        threads = [threading.Thread(target=run, args=(label,)) for label in order]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return {label: timer.timings() for label, timer in timers.items()}
+    timers = run_interleaved(
+        [functools.partial(makers[label], setup) for label in order],
+        block=setup.args.block,
+        turn=setup.args.turn,
+        blocks=blocks,
+        warmup_blocks=setup.args.warmup_blocks,
+    )
+    return {label: timer.timings() for label, timer in zip(order, timers, strict=True)}
 
 
 class ModelResult(NamedTuple):

@@ -18,19 +18,17 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmarks import checkpoint_save, ema_update, trainer_overhead
 from benchmarks.data_path import LR, SEED, Model, build_model_section, make_dataset
-from benchmarks.default_plugins_overhead import console
+from benchmarks.interleave import console
 from benchmarks.report import Setup, noether_config, noether_trainer
-from benchmarks.trainer_overhead import HostSyncCounter, Window
+from benchmarks.trainer_overhead import HostSyncCounter, Window, cycled, hand_written_updates, time_batches
 
 #: About 50M parameters: 2048 x 4096 + 2 x (4096 x 4096) + 4096 x 2048 weights.
 BIG = Model(
@@ -101,25 +99,8 @@ def step_table(device: torch.device, updates: int, rounds: int, dataset_size: in
             drop_last=True,
             pin_memory=device.type == "cuda",
         )
-        total = 20 + updates
-
-        def batches() -> Iterator[Any]:
-            done = 0
-            while True:
-                for batch in loader:
-                    yield batch
-                    done += 1
-                    if done == total:
-                        return
-
         window = Window(20, device)
-        for x, y in window.wrap(batches()):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            loss = F.mse_loss(net(x), y)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        hand_written_updates(net, optimizer, window.wrap(cycled(loader, 20 + updates)), device)
         return window.per_update(updates).wall
 
     def noether() -> float:
@@ -129,9 +110,7 @@ def step_table(device: torch.device, updates: int, rounds: int, dataset_size: in
             with console(terminal=False):
                 trainer = noether_trainer(setup, noether_config(setup, 20 + updates, "none"), "gpu")
                 window = Window(20, trainer.device)
-                batches = trainer._train_batches()
-                inner = batches.updates
-                batches.updates = lambda counter: window.wrap(inner(counter))  # type: ignore[method-assign]
+                time_batches(trainer, window.wrap)
                 status = trainer.fit()
             assert status == "completed", status
         return window.per_update(updates).wall
@@ -210,11 +189,12 @@ def bandwidth_table(device: torch.device, sizes: list[str], rounds: int) -> list
                         samples[name].append(_timed(candidates[name], device, 20))
             ema_s = statistics.median(samples["ema"])
             bound_s = statistics.median(samples["bound"])
-            save = checkpoint_save.measure(checkpoint_save.candidates(Path(tmp), model.state_dict()), rounds)
+            save = checkpoint_save.measure(checkpoint_save.candidates(Path(tmp), model), rounds)
+            atomic, raw = statistics.median(save["atomic"]), statistics.median(save["raw"])
+            ratio = checkpoint_save.ratio_range(save, "atomic", "raw")[0]
             lines.append(
                 f"| {numel:,} | {ema_s * 1e3:.3f} | {bound_s * 1e3:.3f} | {bound_s / ema_s:.0%} "
-                f"| {3 * 4 * numel / ema_s / 1e9:.0f} | {save['atomic'] * 1e3:.1f} | {save['raw'] * 1e3:.1f} "
-                f"| {save['atomic'] / save['raw']:.2f}x |"
+                f"| {3 * 4 * numel / ema_s / 1e9:.0f} | {atomic * 1e3:.1f} | {raw * 1e3:.1f} | {ratio:.2f}x |"
             )
             del model, ema, candidates
     return lines

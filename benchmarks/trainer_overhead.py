@@ -208,9 +208,7 @@ def time_trainer(
     with tempfile.TemporaryDirectory(prefix="noether-bench-") as tmp:
         trainer = build_trainer(args, Path(tmp))
         window = Window(args.warmup, trainer.device, probe)
-        batches = trainer._train_batches()
-        updates = batches.updates
-        batches.updates = lambda counter: window.wrap(updates(counter))  # type: ignore[method-assign]
+        time_batches(trainer, window.wrap)
         status = trainer.fit()
         assert status == "completed", status
         assert trainer.counter.update == args.warmup + args.updates
@@ -228,27 +226,42 @@ def time_handwritten(args: argparse.Namespace) -> Timing:
     loader = DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True, pin_memory=device.type == "cuda"
     )
-    total = args.warmup + args.updates
-
-    def batches() -> Iterator[Any]:
-        done = 0
-        while True:
-            for batch in loader:
-                yield batch
-                done += 1
-                if done == total:
-                    return
-
     window = Window(args.warmup, device)
+    hand_written_updates(model, optimizer, window.wrap(cycled(loader, args.warmup + args.updates)), device)
+    return window.per_update(args.updates)
+
+
+def time_batches(trainer: Trainer, wrap: Callable[[Iterator[Any]], Iterator[Any]]) -> None:
+    """Let ``trainer``'s training batches pass through ``wrap`` (a timer's) on their way to the loop."""
+    batches = trainer._train_batches()
+    inner = batches.updates
+    batches.updates = lambda counter: wrap(inner(counter))  # type: ignore[method-assign]
+
+
+def cycled(loader: Iterable[T], total: int) -> Iterator[T]:
+    """``loader``'s batches, epoch after epoch, ``total`` of them."""
+    done = 0
+    while True:
+        for batch in loader:
+            yield batch
+            done += 1
+            if done == total:
+                return
+
+
+def hand_written_updates(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Any], device: torch.device
+) -> None:
+    """The hand-written loop: for each ``(x, y)``, ``.to(device)``, forward, MSE, ``backward``,
+    ``step``, ``zero_grad``."""
     model.train()
-    for x, y in window.wrap(batches()):
+    for x, y in batches:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         loss = F.mse_loss(model(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return window.per_update(args.updates)
 
 
 # ---------------------------------------------------------------------------------------------- report
