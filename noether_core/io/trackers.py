@@ -283,11 +283,7 @@ class DiskTracker:
             entry = stats.get(key)
             if entry is None:
                 entry = stats[key] = _Stats()
-            entry.last = value
-            if entry.min is None or value < entry.min:
-                entry.min = value
-            if entry.max is None or value > entry.max:
-                entry.max = value
+            entry.add(value)
         return "{" + ", ".join(parts) + "}"
 
     def flush(self) -> None:
