@@ -9,12 +9,13 @@ the ``quick`` fixture and shrink their sizes, they are not skipped.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,24 @@ def pytest_report_header() -> str:
     if QUICK:
         return "NOETHER_QUICK=1: tests marked slow run in their quick variant"
     return "NOETHER_QUICK unset: tests marked slow run at full size"
+
+
+@pytest.fixture(autouse=True)
+def _restore_noether_loggers() -> Iterator[None]:
+    """Put the ``noether`` loggers back as they were after every test. A test that runs ``noether train``
+    in-process leaves handlers on the stdout it had, and pytest closes that capture stream after the
+    test: a later test's log record would then end in "I/O operation on closed file" and a traceback
+    printed by logging (which also shows up as heap growth in test_flat_memory)."""
+    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,9 +160,13 @@ def every_plugin(max_updates: int, every: int, log_every: int) -> dict[str, Any]
 
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # the run logs at INFO as ``noether train`` does, so noether's logging path is measured whatever
-    # level an earlier test left
-    monkeypatch.setattr(logging.getLogger("noether"), "level", logging.INFO)
+    # the run logs at INFO to a console handler as ``noether train`` does, so noether's logging path is
+    # measured whatever level and handlers an earlier test left (conftest puts them back afterwards)
+    logger = logging.getLogger("noether")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    monkeypatch.setattr(logger, "propagate", False)
+    console = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (closed below)
+    monkeypatch.setattr(logger, "handlers", [console])
     SNAPSHOTS.clear()
     tracemalloc.start(1)
     try:
@@ -169,6 +174,8 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     finally:
         tracemalloc.stop()
         SNAPSHOTS.clear()
+        console.close()
+        console.stream.close()
 
 
 def growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[tracemalloc.StatisticDiff]:
