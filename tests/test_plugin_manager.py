@@ -25,7 +25,7 @@ from noether_core import CallbackConfig, PluginLoadError, PluginValidationError,
 from noether_core.errors import ImmediateStop, PluginFailure
 from noether_core.io.log_writer import LogWriter
 from noether_core.plugins.dispatch import HOOKS, Slot
-from noether_core.plugins.manager import PluginManager
+from noether_core.plugins.manager import MAX_TICKS, PluginManager
 from noether_core.plugins.registry import Plugin, PluginRegistry, PluginSource, inspect_plugin
 from noether_core.plugins.scheduling import IntervalScheduler
 from noether_core.run.counter import Counter, RunEnd
@@ -596,7 +596,7 @@ def test_at_eval_of_a_recurring_set_of_due_entries_is_compiled_and_behaves_as_th
         return any(f.startswith("<noether at_eval dispatch") for f in files)
 
     for _ in range(3):  # the first time general, then compiled: each entry its own interval's unit
-        pm.at_eval(core, [a, b])
+        pm.at_eval_tick(core, pm.tick([a, b]))
     assert journal == [("a", "update", "a"), ("b", "epoch", "b")] * 3
     assert writer.owner == "trainer"
     assert (a.calls[HOOKS.index("at_eval")], b.calls[HOOKS.index("at_eval")]) == (3, 3)
@@ -608,7 +608,7 @@ def test_at_eval_of_a_recurring_set_of_due_entries_is_compiled_and_behaves_as_th
     failures = []
     for _ in range(3):
         with pytest.raises(PluginFailure) as info:
-            pm.at_eval(core, [a, boom, b])
+            pm.at_eval_tick(core, pm.tick([a, boom, b]))
         failures.append(info.value)
         assert writer.owner == "trainer"
     assert [(f.entry, f.hook) for f in failures] == [("boom", "at_eval")] * 3
@@ -617,6 +617,26 @@ def test_at_eval_of_a_recurring_set_of_due_entries_is_compiled_and_behaves_as_th
     assert journal == [("a", "update", "a")] * 3  # the entry after the failure never ran
     assert boom.calls[HOOKS.index("at_eval")] == 3
     assert b.calls[HOOKS.index("at_eval")] == 4
+
+
+def test_ticks_are_kept_per_set_of_due_entries_up_to_a_bound() -> None:
+    pm = PluginManager()
+    slots = [pm.register(plugin(UnitProbe), JournalConfig(kind="UnitProbe", name=f"e{i}")) for i in range(7)]
+    pm.freeze()
+    core = make_core()
+    pm.owner_sink = core["trainer"].writer
+    pm.bind(core)
+    sets = [[s for i, s in enumerate(slots) if mask >> i & 1] for mask in range(1, 2 ** len(slots))]
+    kept = [pm.tick(due) for due in sets[:MAX_TICKS]]
+    assert [pm.tick(due) for due in sets[:MAX_TICKS]] == kept  # the very same objects
+    beyond = sets[MAX_TICKS]
+    assert pm.tick(beyond) is not pm.tick(beyond)  # worked out each time, so never compiled
+    for _ in range(3):
+        tick = pm.tick(beyond)
+        pm.at_eval_tick(core, tick)
+        assert tick.dispatch is None
+    assert [entry for entry, _, _ in core["trainer"].journal] == [s.key for s in beyond] * 3
+    assert list(pm.tick(sets[0]).owners) == sets[0]
 
 
 def test_bind_before_freeze_raises() -> None:

@@ -51,8 +51,26 @@ if TYPE_CHECKING:
     from noether_core.plugins.hookspecs import EvalInterval, RunStatus
 
 
-#: How many sets of due entries keep a compiled ``at_eval`` dispatch (see ``_at_eval_dispatch``).
-MAX_COMPILED_AT_EVAL = 64
+#: How many sets of due entries keep their :class:`Tick` (intervals that rarely coincide could make
+#: many sets; the others are worked out at each of their ticks and never compiled).
+MAX_TICKS = 64
+
+
+class Tick:
+    """What the trainer needs at a tick where a given set of entries is due, worked out once per set
+    (:meth:`PluginManager.tick`): a run's ticks bring the same few sets again and again.
+
+    ``owners`` are the top-level entries to call (a due child's owner), ``needs_eval_mode`` whether any
+    of them may run the model. The ``at_eval`` dispatch to them is compiled the second time the set is
+    due (a set due once, at the end say, is not worth compiling)."""
+
+    __slots__ = ("dispatch", "needs_eval_mode", "owners", "seen")
+
+    def __init__(self, owners: Sequence[Slot], needs_eval_mode: bool) -> None:
+        self.owners = owners
+        self.needs_eval_mode = needs_eval_mode
+        self.seen = 0
+        self.dispatch: Callable[[], None] | None = None
 
 
 class PluginManager:
@@ -74,9 +92,7 @@ class PluginManager:
         self.owner_sink: OwnerAware | None = None
         self._bound_core: Mapping[str, Any] | None = None
         self._compiled: dict[str, Callable[..., None]] = {}
-        # at_eval compiled per set of due entries (a run has a few such sets, ticking again and again)
-        self._compiled_at_eval: dict[tuple[Slot, ...], Callable[[], None]] = {}
-        self._due_before: set[tuple[Slot, ...]] = set()
+        self._ticks: dict[tuple[Slot, ...], Tick] = {}
         self._deferred: list[tuple[str, Callable[[], object]]] = []
 
     def register(
@@ -161,8 +177,7 @@ class PluginManager:
             raise RuntimeError("bind() comes after freeze()")
         self._bound_core = core
         self._compiled = {}
-        self._compiled_at_eval = {}
-        self._due_before = set()
+        self._ticks = {}
         for hook in PER_UPDATE_HOOKS:
             compiled = compile_event(hook, self._tables.get(hook, []), core, self.owner_sink)
             if hook in self._wrappers:  # only then: an update without wrappers pays nothing for them
@@ -218,6 +233,18 @@ class PluginManager:
         if all(s.parent is None for s in due):
             return due
         return sorted({self.owner(s).index: self.owner(s) for s in due}.values(), key=lambda s: s.index)
+
+    def tick(self, due: Sequence[Slot]) -> Tick:
+        """The :class:`Tick` for the ``due`` entries (what the scheduler's cursor returned), kept per set
+        of them (up to :data:`MAX_TICKS` sets); run it with :meth:`at_eval_tick`."""
+        key = tuple(due)  # slots hash by identity, and a run keeps its slots
+        tick = self._ticks.get(key)
+        if tick is None:
+            owners = self.owners(due)
+            tick = Tick(owners, self.needs_eval_mode(owners))
+            if len(self._ticks) < MAX_TICKS:
+                self._ticks[key] = tick
+        return tick
 
     @property
     def scheduled(self) -> list[Slot]:
@@ -366,39 +393,28 @@ class PluginManager:
         unless given, inside the wrappers of ``at_eval``. A wrapper gets ``interval`` as given, else the
         unit of the first due entry."""
         if "at_eval" not in self._wrappers:
-            dispatch = (
-                self._at_eval_dispatch(slots) if core is self._bound_core and interval is None else None
-            )
-            if dispatch is not None:  # the trainer's ticks, the same few sets of entries again and again
-                dispatch()
-            else:
-                self._at_eval_each(core, slots, interval)
+            self._at_eval_each(core, slots, interval)
             return
         first = next((s.interval.unit for s in slots if s.interval is not None), "eval")
         arguments = {**core, "interval": interval or first}
         self._around("at_eval", arguments, lambda: self._at_eval_each(core, slots, interval))
 
-    def _at_eval_dispatch(self, slots: Sequence[Slot]) -> Callable[[], None] | None:
-        """``at_eval`` for the bound core arguments to ``slots``, each with its own interval's unit:
-        what :meth:`_at_eval_each` does, compiled for a set of due entries the second time it is due
-        (a set due once, at the end say, is not worth compiling); ``None``: take the general path."""
-        key = tuple(slots)  # slots hash by identity, and a run keeps its slots
-        dispatch = self._compiled_at_eval.get(key)
-        if dispatch is not None:
-            return dispatch
-        # bounded: intervals that rarely coincide could make many sets; the rest stay general
-        if key not in self._due_before:
-            if len(self._due_before) < MAX_COMPILED_AT_EVAL:
-                self._due_before.add(key)
-            return None
-        assert self._bound_core is not None
-        calls = [self._own[(s.index, "at_eval")] for s in slots if (s.index, "at_eval") in self._own]
-        units = [c[0].interval.unit if c[0].interval else "eval" for c in calls]
-        dispatch = compile_event(
-            "at_eval", calls, self._bound_core, self.owner_sink, per_entry={"interval": units}
-        )
-        self._compiled_at_eval[key] = dispatch
-        return dispatch
+    def at_eval_tick(self, core: Mapping[str, Any], tick: Tick) -> None:
+        """:meth:`at_eval` for the owners of ``tick``, each with its own interval's unit: for the
+        bound core arguments and without wrappers, through the dispatch compiled for its set."""
+        if tick.dispatch is None:
+            tick.seen += 1
+            if tick.seen < 2 or core is not self._bound_core or "at_eval" in self._wrappers:
+                self.at_eval(core, tick.owners)
+                return
+            assert self._bound_core is not None
+            own = self._own
+            calls = [own[(s.index, "at_eval")] for s in tick.owners if (s.index, "at_eval") in own]
+            units = [c[0].interval.unit if c[0].interval else "eval" for c in calls]
+            tick.dispatch = compile_event(
+                "at_eval", calls, self._bound_core, self.owner_sink, per_entry={"interval": units}
+            )
+        tick.dispatch()
 
     def _at_eval_each(
         self, core: Mapping[str, Any], slots: Sequence[Slot], interval: EvalInterval | None
@@ -448,4 +464,4 @@ class PluginManager:
         return sum(slot.seconds)
 
 
-__all__ = ["PluginManager"]
+__all__ = ["MAX_TICKS", "PluginManager", "Tick"]

@@ -50,10 +50,6 @@ from noether_core.run.train_step import StepOutput, as_step_output
 
 log = logging.getLogger("noether")
 
-#: Sets of due entries whose owners :meth:`Trainer._tick` keeps (intervals that rarely coincide could
-#: make many sets; the rest are worked out each time).
-MAX_TICK_PLANS = 64
-
 
 class Trainer:
     """One run: build it from a :class:`RunPlan` and a run directory, then call :meth:`fit` (or
@@ -165,7 +161,6 @@ class Trainer:
         if self.dist.is_distributed and self.device.type != "cpu":
             self._flag_group = torch.distributed.new_group(backend="gloo")
         self._cursor = self.scheduler.cursor(self.plugins.ticking(), self.counter.update)
-        self._tick_plans: dict[tuple[Slot, ...], tuple[Sequence[Slot], bool]] = {}
 
     # ------------------------------------------------------------------------------ what plugins reach
 
@@ -440,12 +435,12 @@ class Trainer:
         deferred actions, and the flush of this step's metrics."""
         epoch_end = self._epoch_listeners and self.counter.is_epoch_end
         due = self._cursor.due(self.counter.update)
-        due_eval_mode = False
-        if due:
-            due, due_eval_mode = self._tick_plan(due)
-        if epoch_end or due:
+        tick = self.plugins.tick(due) if due else None
+        if epoch_end or tick is not None:
             # the model goes to eval mode (and back) only if an entry called now may run it
-            eval_mode = (epoch_end and self._epoch_needs_eval_mode) or due_eval_mode
+            eval_mode = (epoch_end and self._epoch_needs_eval_mode) or (
+                tick is not None and tick.needs_eval_mode
+            )
             if eval_mode:
                 self.model.eval()
             # autograd off as in _without_grad (torch.no_grad() costs more than the switch); the step's
@@ -456,8 +451,8 @@ class Trainer:
                 with self.checkpoints.deferred_commit():
                     if epoch_end:
                         self.plugins.after_epoch(self._core)
-                    if due:
-                        self.plugins.at_eval(self._core, due)
+                    if tick is not None:
+                        self.plugins.at_eval_tick(self._core, tick)
                     self.plugins.run_deferred()
             finally:
                 torch._C._set_grad_enabled(grad_mode)
@@ -467,18 +462,6 @@ class Trainer:
             with torch.no_grad(), self.checkpoints.deferred_commit():
                 self.plugins.run_deferred()
         self.writer.flush()
-
-    def _tick_plan(self, due: Sequence[Slot]) -> tuple[Sequence[Slot], bool]:
-        """The entries to call for the ``due`` ones and whether any of them may run the model, worked
-        out once per set: a run's ticks bring the same few sets again and again."""
-        key = tuple(due)
-        plan = self._tick_plans.get(key)
-        if plan is None:
-            owners = self.plugins.owners(due)
-            plan = (owners, self.plugins.needs_eval_mode(owners))
-            if len(self._tick_plans) < MAX_TICK_PLANS:
-                self._tick_plans[key] = plan
-        return plan
 
     def _leave_loop(self) -> bool:
         """Whether to stop after this update. Ranks agree: a signal, a stop request or the time limit
