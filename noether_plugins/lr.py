@@ -14,7 +14,9 @@ schedules the values are constants of the config and nothing is logged. The valu
 update that just finished used.
 
 The first update is logged too, also when the interval does not fall on it, so a warmup's start is on
-record (in ``after_update`` of update 1, unless the scheduler says the interval is due there).
+record: ``before_training`` of a run that starts at update 0 asks for it with
+``trainer.after_this_step`` (which, called before the first update, runs after it), unless the
+scheduler says the interval is due there. So the plugin has no per-update hook at all.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ class LrCallback:
         self.config = config
         # (group index, "lr"/"weight_decay", metric key), worked out once per run
         self._keys: list[tuple[int, str, str]] | None = None
-        self._trainer: Run | None = None
-        self._log_first_update = False
 
     def _plan(self, trainer: Run) -> list[tuple[int, str, str]]:
         optimizer = trainer.optimizer
@@ -82,17 +82,16 @@ class LrCallback:
         return ["optim/lr/*", "optim/wd/*"]
 
     @hookimpl
-    def before_training(self, trainer: Run, config: CallbackConfig) -> None:
-        self._trainer = trainer
+    def before_training(self, trainer: Run, counter: Counter, config: CallbackConfig) -> None:
         # update 1 is logged whatever the interval; where the interval is due there, at_eval does it
         interval = config.interval
-        self._log_first_update = interval is None or not trainer.scheduler.is_due(interval, 1)
+        if counter.update == 0 and (interval is None or not trainer.scheduler.is_due(interval, 1)):
 
-    @hookimpl
-    def after_update(self, counter: Counter) -> None:
-        # runs every update: takes only the counter and returns at once after update 1
-        if counter.update == 1 and self._log_first_update and self._trainer is not None:
-            self._log(self._trainer)
+            def first_update() -> None:
+                if counter.update == 1:  # not when the run ended before its first update
+                    self._log(trainer)
+
+            trainer.after_this_step(first_update)
 
     @hookimpl
     def at_eval(self, trainer: Run, interval: EvalInterval) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import pytest
 import sample_plugins
@@ -12,6 +12,7 @@ import torch
 import yaml
 from tiny_runs import UPE, entry, fit, make_trainer, tiny_config, train, write_config
 
+from noether_core import CallbackConfig, Counter, Run, hookimpl
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
 from noether_core.io.trackers import DiskTracker, read_metrics
@@ -44,6 +45,39 @@ def test_events_fire_in_lifecycle_order(tmp_path: Path) -> None:
     ticks = [(e, u, x) for e, u, x in events if e in ("after_epoch", "at_eval")]
     assert ticks == [("at_eval", 3, "update"), ("after_epoch", 4, 1), ("at_eval", 6, "update")]
     assert sum(1 for e in events if e[0] == "after_update") == 6
+
+
+class AsksBeforeTraining:
+    """Asks, in ``before_training``, for an action after this step; records when the action ran."""
+
+    Config = CallbackConfig
+    runs: ClassVar[list[tuple[int, list[str]]]] = []
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def before_training(self, trainer: Run, counter: Counter) -> None:
+        def action() -> None:
+            AsksBeforeTraining.runs.append((counter.update, list(self.events)))
+            trainer.writer.add_scalar("asked/before_training", counter.update)
+
+        trainer.after_this_step(action)
+
+    @hookimpl
+    def after_update(self, counter: Counter) -> None:
+        self.events.append(f"after_update {counter.update}")
+
+
+def test_an_action_asked_for_in_before_training_runs_after_the_first_update(tmp_path: Path) -> None:
+    AsksBeforeTraining.runs = []
+    raw = tiny_config(max_updates=3, max_epochs=None)
+    raw["callbacks"] = [{"kind": "test_trainer:AsksBeforeTraining"}]
+    _, records = fit(tmp_path, raw, expect="completed")
+    # once, after update 1's events, and what it logs is in update 1's record
+    assert AsksBeforeTraining.runs == [(1, ["after_update 1"])]
+    asked = [r for r in records.records if "asked/before_training" in r]
+    assert [(r["update"], r["asked/before_training"]) for r in asked] == [(1, 1)]
 
 
 def test_end_part_way_through_an_epoch_finishes_cleanly(tmp_path: Path) -> None:
