@@ -58,20 +58,7 @@ def torchrun(
         "noether_core",
         *train_arguments(cfg, tmp_path, run_id, *extra),
     ]
-    fresh = run_id is not None and not (tmp_path / run_id).exists()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240, check=False)
-    if fresh and run_id is not None and _aborted_in_torch(proc):
-        # gloo's TCP transport, under load, can abort a rank in C++ (std::terminate, no Python frame)
-        # while the ranks connect or part; a new run from nothing is the same run, so it gets one more try
-        print(f"torchrun: a rank aborted (SIGABRT); trying once more:\n{proc.stderr[-4000:]}")
-        shutil.rmtree(tmp_path / run_id, ignore_errors=True)
-        cmd[cmd.index("--master_port") + 1] = str(_free_port())
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240, check=False)
-    return proc
-
-
-def _aborted_in_torch(proc: subprocess.CompletedProcess[str]) -> bool:
-    return proc.returncode != 0 and "Signal 6 (SIGABRT)" in proc.stderr and "Traceback" not in proc.stderr
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240, check=False)
 
 
 def train_arguments(cfg: Path | None, tmp_path: Path, run_id: str | None, *extra: str) -> list[str]:

@@ -4,9 +4,11 @@ leaves its ``last`` weights."""
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -142,3 +144,31 @@ def test_every_finished_run_leaves_its_last_weights(tmp_path: Path, save_last: b
         evaluation = noether_core.evaluate(tmp_path / "r")
         assert evaluation.run_dir == tmp_path / "r" / "eval" / "last"
         assert evaluation.status == "completed"
+
+
+class RememberTheRun:
+    """Keeps a weak reference to the run it is given, and to its optimizer."""
+
+    Config = noether_core.CallbackConfig
+    refs: ClassVar[list[weakref.ref[Any]]] = []
+
+    def __init__(self, config: noether_core.CallbackConfig) -> None:
+        pass
+
+    @noether_core.hookimpl
+    def before_training(self, trainer: noether_core.Run) -> None:
+        RememberTheRun.refs = [weakref.ref(trainer), weakref.ref(trainer.optimizer)]
+
+
+def test_train_frees_the_run_before_it_returns(tmp_path: Path) -> None:
+    # under torchrun the trainer holds the process group (DistributedDataParallel's reducer); freed only
+    # at the interpreter's finalization, destroying it aborted a rank now and then after a finished run
+    raw = tiny_config(max_updates=2, max_epochs=None)
+    raw["callbacks"] = [{"kind": "test_python_api:RememberTheRun"}]
+    gc.disable()  # what train() frees, it frees itself, not a collection that happens to run meanwhile
+    try:
+        result = noether_core.train(raw, output_dir=tmp_path, run_id="r")
+        assert result.status == "completed"
+        assert [ref() for ref in RememberTheRun.refs] == [None, None]
+    finally:
+        gc.enable()

@@ -7,6 +7,7 @@ from the config is derived in the plan, once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -347,6 +348,11 @@ def train(
     try:
         return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed, damaged)
     finally:
+        # the trainer lives in reference cycles (plugins and the run's view of it point back at it): free
+        # it now, while the interpreter is whole. Under torchrun it holds DistributedDataParallel and,
+        # through its reducer, the gloo process group, whose destruction during the interpreter's
+        # finalization could abort a rank (SIGABRT) after a finished run.
+        gc.collect()
         if lock is not None:
             lock.release()  # last: the files are complete when the next process may take the run
 
@@ -456,7 +462,10 @@ def evaluate(
     check_checkpoint_tag(checkpoint)
     paths = RunPaths.existing(os.fspath(run_dir))
     with RunLock.acquire(paths.root):  # the run's trackers' files are written too, and eval/<TAG>/
-        return _evaluate_in(paths, checkpoint, model, datasets)
+        try:
+            return _evaluate_in(paths, checkpoint, model, datasets)
+        finally:
+            gc.collect()  # as in train(): the trainer's reference cycles go before the call returns
 
 
 def _evaluate_in(

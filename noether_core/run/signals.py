@@ -40,6 +40,10 @@ log = logging.getLogger("noether")
 
 _keep_until_exit = False
 
+#: How long the end of a run waits for the signal listener thread to return (it returns as soon as the
+#: pipe it reads is closed; the bound only keeps a stuck read from holding the run's end).
+LISTENER_JOIN_SECONDS = 5.0
+
 
 def keep_handling_until_exit() -> None:
     """Ignore SIGTERM and SIGINT when a run ends, for the rest of the process: a signal that arrives
@@ -85,6 +89,7 @@ class Signals:
         self._watchdog: threading.Thread | None = None
         self._watchdog_lock = threading.RLock()  # the handler may run again inside itself
         self._wakeup_write_end: int | None = None
+        self._listener: threading.Thread | None = None
         self._previous_wakeup_fd = -1
 
     # --------------------------------------------------------------------------------- the handler
@@ -205,9 +210,10 @@ class Signals:
             os.set_blocking(write_end, False)
             self._previous_wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
             self._wakeup_write_end = write_end
-            threading.Thread(
+            self._listener = threading.Thread(
                 target=self._listen, args=(read_end,), name="noether-signal-listener", daemon=True
-            ).start()
+            )
+            self._listener.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -221,9 +227,14 @@ class Signals:
             signal.signal(sig, signal.SIG_IGN if _keep_until_exit else handler)
         if self._wakeup_write_end is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
-            # the listener reads the end of the pipe, closes its end and returns
+            # the listener reads the end of the pipe, closes its end and returns; waited for, since
+            # until then its frame holds this object and the trainer's timeout callback (and through
+            # it the trainer, which the caller frees next)
             os.close(self._wakeup_write_end)
             self._wakeup_write_end = None
+            if self._listener is not None:
+                self._listener.join(LISTENER_JOIN_SECONDS)
+                self._listener = None
 
 
 __all__ = ["Phase", "Signals", "keep_handling_until_exit"]
