@@ -216,8 +216,8 @@ class Run(Protocol):
     def after_this_step(self, action: Callable[[], object]) -> None:
         """Run ``action`` once every entry has had this update's events, before the step's metrics are
         flushed: a checkpoint taken there holds every entry's state after this update. Asked in
-        ``before_training``, it runs after the first update's events (what it logs is in update 1's
-        record); if the run ends before any update, it does not run."""
+        ``before_training``, it runs after the first update's events (what it logs is in that
+        update's record)."""
 
     def save_checkpoint(
         self,
