@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +29,11 @@ from noether_core.run.train_step import StepOutput, default_train_step
 #: Snapshots taken by :class:`HeapProbe` in this process: update -> snapshot.
 SNAPSHOTS: dict[int, tracemalloc.Snapshot] = {}
 #: Bytes one allocation site may grow by between two snapshots, and all sites together. An object per
-#: update would be hundreds of KiB over the thousands of updates between snapshots.
-SITE_SLACK = 8 * 1024
+#: update would be hundreds of KiB over the thousands of updates between snapshots. What is alive at
+#: the moment of a snapshot but bounded (an evaluation loader's index lists, a checkpoint's
+#: serialization buffers, torch's dispatch caches) differs between two snapshots by up to about
+#: 16 KiB at one site, depending on what ran before in the process and how busy the machine is.
+SITE_SLACK = 32 * 1024
 TOTAL_SLACK = 64 * 1024
 
 
@@ -160,13 +162,9 @@ def every_plugin(max_updates: int, every: int, log_every: int) -> dict[str, Any]
 
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # the run logs at INFO to a console handler as ``noether train`` does, so noether's logging path is
-    # measured whatever level and handlers an earlier test left (conftest puts them back afterwards)
-    logger = logging.getLogger("noether")
-    monkeypatch.setattr(logger, "level", logging.INFO)
-    monkeypatch.setattr(logger, "propagate", False)
-    console = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (closed below)
-    monkeypatch.setattr(logger, "handlers", [console])
+    # the run logs at INFO as ``noether train`` does, so noether's logging path is measured whatever
+    # level an earlier test left
+    monkeypatch.setattr(logging.getLogger("noether"), "level", logging.INFO)
     SNAPSHOTS.clear()
     tracemalloc.start(1)
     try:
@@ -174,8 +172,6 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     finally:
         tracemalloc.stop()
         SNAPSHOTS.clear()
-        console.close()
-        console.stream.close()
 
 
 def growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[tracemalloc.StatisticDiff]:
