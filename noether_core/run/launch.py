@@ -423,6 +423,7 @@ def _train_in(
         raise
     finally:
         teardown = Teardown(failure)
+        teardown.run("releasing the process group", _release_process_group, trainer)
         teardown.run("leaving the process group", shutdown, trainer.dist)
         teardown.raise_first()
     result = _result(status, paths, trainer)
@@ -431,6 +432,16 @@ def _train_in(
     if status == "interrupted":
         log.info("resume with: noether train --resume %s", paths.root)
     return result
+
+
+def _release_process_group(trainer: Trainer) -> None:
+    """Drop DistributedDataParallel (its reducer holds the process group) and the run's cycles, so that
+    ``destroy_process_group`` drops the group's last reference and destroys it then, on every rank at
+    the same point, rather than whenever a later collection (or the interpreter's finalization) happens
+    to free the wrapper; gloo's destructor joins its worker threads, which is not safe that late."""
+    if trainer.train_model is not trainer.model:
+        trainer.train_model = trainer.model
+        gc.collect()
 
 
 def _caused_by(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
