@@ -22,6 +22,7 @@ still is); ``--clock wall --threads N`` measures wall time with N threads.
     python benchmarks/ema_update.py --rounds 15
     python benchmarks/ema_update.py --clock wall --threads 2
     python benchmarks/ema_update.py --check           # exit 1 when a target is missed
+    python benchmarks/ema_update.py --breakdown       # the 1M update taken apart
 """
 
 from __future__ import annotations
@@ -93,6 +94,43 @@ def bound(numel: int) -> Callable[[], None]:
     return lambda: a.add_(b)
 
 
+#: Below this many elements a tensor counts as small in ``--breakdown`` (biases, layer-norm weights).
+SMALL = 4096
+
+
+def breakdown_candidates(model: nn.Module) -> dict[str, Callable[[], None]]:
+    """What the update at 1M is made of, each on copies of ``model``'s parameters: the bound, one
+    ``lerp_`` over flat buffers of all elements, the callback's fused call over every tensor, the same
+    over the large tensors only, and the small tensors gathered with one ``torch.cat`` and averaged with
+    one ``lerp_`` before the large ones' fused call (a CPU path tried and not kept)."""
+    lives = [p.detach() for p in model.parameters()]
+    shadows = [p.clone() for p in lives]
+    numel = sum(p.numel() for p in lives)
+    flat_live = torch.cat([p.flatten() for p in lives])
+    flat_shadow = flat_live.clone()
+    large = [(s, p) for s, p in zip(shadows, lives, strict=True) if p.numel() >= SMALL]
+    large_shadows, large_lives = [s for s, _ in large], [p for _, p in large]
+    small_lives = [p.view(-1) for p in lives if p.numel() < SMALL]
+    small_shadow = torch.cat(small_lives)
+    gathered = torch.empty_like(small_shadow)
+    weight = 1.0 - FACTOR
+
+    def gather() -> None:
+        torch.cat(small_lives, out=gathered)
+        small_shadow.lerp_(gathered, weight)
+        torch._foreach_lerp_(large_shadows, large_lives, weight)
+
+    return {
+        "bound (add_, flat)": bound(numel),
+        "lerp_, flat": lambda: flat_shadow.lerp_(flat_live, weight),
+        f"_foreach_lerp_, all {len(lives)} tensors": lambda: torch._foreach_lerp_(shadows, lives, weight),
+        f"_foreach_lerp_, the {len(large)} large only": lambda: torch._foreach_lerp_(
+            large_shadows, large_lives, weight
+        ),
+        f"{len(small_lives)} small gathered + the large": gather,
+    }
+
+
 CLOCK: Callable[[], float] = time.thread_time
 
 
@@ -119,6 +157,16 @@ def measure(candidates: dict[str, Callable[[], None]], rounds: int, budget: floa
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def breakdown(args: argparse.Namespace) -> int:
+    width, depth = SIZES["1M"]
+    result = measure(breakdown_candidates(blocks(width, depth)), args.rounds, args.budget)
+    floor = next(iter(result.values()))
+    print(f"1M, per call (small: fewer than {SMALL} elements):")
+    for name, seconds in result.items():
+        print(f"  {name:<40} {seconds * 1e6:>8.1f} µs  {floor / seconds:>5.0%} of the bound")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=9)
@@ -128,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "--clock", choices=("cpu", "wall"), default="cpu", help="this thread's CPU time, or wall"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only the 1M model's update taken apart (see the docs)"
+    )
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -141,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         + ("thread CPU time" if args.clock == "cpu" else "wall time")
     )
     print()
+    if args.breakdown:
+        return breakdown(args)
     header = (
         f"{'size':>5} {'params':>11} {'tensors':>7}  {'EmaCallback':>12} {'bound':>10}  {'of bound':>8}  "
         f"{'GB/s':>6}"

@@ -91,6 +91,35 @@ def test_data_path_benchmark_prints_every_loop_and_the_target(
     assert out.count("within 5% of the pre-batched loop") == 2
 
 
+def test_the_ema_breakdown_prints_each_way_of_averaging(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import ema_update
+
+    assert ema_update.main(["--breakdown", "--rounds", "1", "--budget", "0.001"]) == 0
+    out = capsys.readouterr().out
+    rows = ("bound (add_, flat)", "lerp_, flat", "_foreach_lerp_, all 48 tensors", "the 16 large only")
+    for row in (*rows, "32 small gathered + the large"):
+        assert row in out
+    assert out.count("of the bound") == 5
+
+
+def test_the_checkpoint_breakdown_prints_each_part_of_a_save(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import checkpoint_save
+
+    assert checkpoint_save.main(["--breakdown", "--rounds", "1", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = ("48 tensors, bytes dropped", "1 tensor of the same bytes", "synced in turn", "synced at once")
+    for row in rows:
+        assert row in out
+    assert len(re.findall(r"\d+\.\d\d ms", out)) == 4
+    assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the script checks, it does not skip")
 def test_the_gpu_check_skips_cleanly_without_cuda() -> None:
     script = ROOT / "benchmarks" / "gpu_check.py"

@@ -349,9 +349,9 @@ def train(
         return _train_in(paths, plan, registry, extra_trackers, resume_paths, checkpoint, removed, damaged)
     finally:
         # the trainer lives in reference cycles (plugins and the run's view of it point back at it): free
-        # it now, while the interpreter is whole. Under torchrun it holds DistributedDataParallel and,
-        # through its reducer, the gloo process group, whose destruction during the interpreter's
-        # finalization could abort a rank (SIGABRT) after a finished run.
+        # it, its model and its optimizer now, not at some later collection (a Python-API user training
+        # again gets the memory back at once; under torchrun the process group is gone already, see
+        # _release_process_group)
         gc.collect()
         if lock is not None:
             lock.release()  # last: the files are complete when the next process may take the run
