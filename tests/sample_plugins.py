@@ -527,3 +527,30 @@ class LogAtEnd:
     @hookimpl
     def after_training(self, trainer: Any) -> None:
         trainer.writer.add_scalar("end/value", 1.0)
+
+
+class WrapperFreed:
+    """Prints, when the trainer's DistributedDataParallel wrapper is freed (or the process ends with it
+    alive), whether the process group was still up then: ``rank R: DDP freed with the process group
+    up: True``."""
+
+    def __init__(self, config: CallbackConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def before_training(self, trainer: Any) -> None:
+        import sys
+        import weakref
+
+        import torch.distributed as dist
+
+        wrapper = trainer.train_model
+        if not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            return
+        rank = trainer.rank
+
+        def report() -> None:
+            up = dist.is_initialized()
+            print(f"rank {rank}: DDP freed with the process group up: {up}", file=sys.stderr)
+
+        weakref.finalize(wrapper, report)

@@ -112,6 +112,23 @@ def test_two_gloo_ranks_match_one_process_and_the_nproc_flag_runs_the_same_job(t
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_each_rank_frees_its_ddp_wrapper_before_leaving_the_process_group(tmp_path: Path) -> None:
+    # gloo's group is destroyed with its last holder (the wrapper's reducer); destroyed later, in a
+    # garbage collection or the interpreter's finalization, it can hang or abort a finished rank
+    config = dict(
+        CONFIG,
+        trainer=dict(CONFIG["trainer"], max_updates=2, max_epochs=None),
+        callbacks=[{"kind": "sample_plugins:WrapperFreed"}],
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    proc = torchrun(cfg, tmp_path, "freed")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: DDP freed with the process group up: True" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("arguments", "environment", "message"),
     [
