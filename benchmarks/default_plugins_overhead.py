@@ -28,6 +28,14 @@ records written, lines printed) are in. Target: at most 30 µs per update for al
     python benchmarks/default_plugins_overhead.py --log-every 100 --track-every 20
     python benchmarks/default_plugins_overhead.py --terminal           # as on a terminal: bar and Eta
     python benchmarks/default_plugins_overhead.py --check              # exit 1 when over the target
+    python benchmarks/default_plugins_overhead.py --run-length 2000 --updates 8000 --turn 8200
+                                          # uninterrupted: each trainer's whole run in one turn
+
+Short turns keep the three trainers close in time but start every turn colder than a real run, and
+the median over short blocks leaves out the rare slow update (the one after a tick, an epoch's end).
+With ``--turn`` at least the run's length each trainer runs all its updates in one go, as ``noether
+train`` does: the figure to hold against the target (31-35 µs at a 2,000-update run's intervals on
+2026-12-04, where the short turns gave 27-33).
 
 The per-plugin rows come from extra runs of ``defaults`` alone: the trainer's per-entry accounting
 (``perf_counter``, one read per call; a thread-CPU-time read would cost ten times as much and swamp the
