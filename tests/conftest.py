@@ -9,7 +9,6 @@ the ``quick`` fixture and shrink their sizes, they are not skipped.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from tiny_runs import noether_loggers_restored
 
 try:
     import fcntl
@@ -42,20 +42,10 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(autouse=True)
 def _restore_noether_loggers() -> Iterator[None]:
-    """Put the ``noether`` loggers back as they were after every test. A test that runs ``noether train``
-    in-process leaves handlers on the stdout it had, and pytest closes that capture stream after the
-    test: a later test's log record would then end in "I/O operation on closed file" and a traceback
-    printed by logging (which also shows up as heap growth in test_flat_memory)."""
-    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
-    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    yield
-    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
-        for handler in logger.handlers:
-            if handler not in handlers:
-                handler.close()
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+    """The ``noether`` loggers as they were before every test, after it (see
+    :func:`tiny_runs.noether_loggers_restored`)."""
+    with noether_loggers_restored():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tiny_runs import noether_loggers_restored
 
 from noether_core.cli import main
 
@@ -606,7 +607,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("trained")
     config = base / "good.yaml"
     config.write_text(GOOD_YAML)
-    assert main(["train", str(config), "--output-dir", str(base), "--run-id", "run"]) == 0
+    with noether_loggers_restored():
+        assert main(["train", str(config), "--output-dir", str(base), "--run-id", "run"]) == 0
     return base / "run"
 
 

@@ -5,12 +5,10 @@ the report between its markers and nothing outside them."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,6 @@ from noether_core import hookimpl
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def keep_logging() -> Iterator[None]:
-    """The benchmark sets the ``noether`` loggers up for its runs; later tests get them back as they were."""
-    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
-    saved = [list(logger.handlers) for logger in loggers]
-    yield
-    for logger, handlers in zip(loggers, saved, strict=True):
-        logger.handlers[:] = handlers
-
-
-@pytest.mark.usefixtures("keep_logging")
 def test_default_plugins_overhead_runs_and_prints_its_table(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,7 +35,6 @@ def test_default_plugins_overhead_runs_and_prints_its_table(
         assert row in out
 
 
-@pytest.mark.usefixtures("keep_logging")
 def test_noop_plugins_benchmark_runs_every_plugin_and_prints_the_per_plugin_rows(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,7 +58,6 @@ def test_noop_plugins_benchmark_runs_every_plugin_and_prints_the_per_plugin_rows
     assert len(calls) == (20 + 100) * 20  # every entry of both trainers, on every update
 
 
-@pytest.mark.usefixtures("keep_logging")
 def test_data_path_benchmark_prints_every_loop_and_the_target(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

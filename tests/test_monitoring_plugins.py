@@ -19,7 +19,6 @@ import re
 import socket
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +136,6 @@ def plain_config(*callbacks: dict[str, Any], **trainer: Any) -> dict[str, Any]:
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture
-def keep_logging() -> Iterator[None]:
-    """Put the ``noether`` logger's handlers back after a test that points them elsewhere."""
-    logger = logging.getLogger("noether")
-    handlers = list(logger.handlers)
-    yield
-    logger.handlers[:] = handlers
 
 
 # ------------------------------------------------------------------------- the shared default run
@@ -521,9 +511,7 @@ def test_progress_heartbeat_and_a_log_in_the_same_update_do_not_divide_by_zero(
     assert out.count(" per update\n") == 6
 
 
-def test_progress_bar_on_a_terminal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_logging: None
-) -> None:
+def test_progress_bar_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setattr(progress, "REDRAW_SECONDS", 0.0)
@@ -552,9 +540,7 @@ def test_progress_bar_on_a_terminal(
     assert trainer.plugins.slots[0].obj.bar is None
 
 
-def test_a_second_progress_bar_prints_lines_instead(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_logging: None
-) -> None:
+def test_a_second_progress_bar_prints_lines_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     setup_logging(None)
@@ -570,7 +556,7 @@ def test_a_second_progress_bar_prints_lines_instead(
 
 
 def test_progress_bar_is_taken_down_when_the_run_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_logging: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
@@ -587,7 +573,7 @@ def test_progress_bar_is_taken_down_when_the_run_fails(
 
 
 def test_eta_status_line_on_a_terminal_stays_out_of_log_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_logging: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)

@@ -12,10 +12,12 @@ subprocess of the ``noether`` command.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +209,33 @@ def entry(trainer: Trainer, which: int | str = 0) -> Any:
     return next(s.obj for s in slots if s.key == which)
 
 
+@contextlib.contextmanager
+def noether_loggers_restored() -> Iterator[None]:
+    """Put the ``noether`` loggers back as they were when the block ends. A run in this process leaves
+    handlers on the stdout it had: pytest's capture stream of that test, closed after it (a later
+    record then ends in "I/O operation on closed file" and a traceback printed by logging), or a
+    buffer that keeps every later record of the session (heap growth in test_flat_memory)."""
+    loggers = [logging.getLogger(name) for name in ("noether", "noether.file")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 def train(tmp_path: Path, raw: Mapping[str, Any], run_id: str = "r", *args: str) -> int:
     """``noether train`` of ``raw`` (written to ``tmp_path/{run_id}.yaml``) into ``tmp_path/run_id``, in
-    this process; returns the exit status. ``args`` are more command-line arguments."""
+    this process; returns the exit status. ``args`` are more command-line arguments. The ``noether``
+    loggers are put back afterwards, so a module's shared run leaves nothing for the later tests."""
     cfg = write_config(tmp_path / f"{run_id}.yaml", raw)
-    return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id, *args])
+    with noether_loggers_restored():
+        return main(["train", str(cfg), "--output-dir", str(tmp_path), "--run-id", run_id, *args])
 
 
 def noether_script() -> Path:
