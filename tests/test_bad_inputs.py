@@ -822,6 +822,7 @@ set_keys = st.lists(
 @FUZZ
 @given(key=set_keys, value=st.one_of(yaml_text, st.text(max_size=20)), sep=st.sampled_from(["=", "", "=="]))
 @example(key="-", value="", sep="=")  # a value argparse took for an option and answered with its usage text
+@example(key="¹", value="", sep="=")  # a digit (isdigit) that int() refuses: was a traceback
 def test_fuzz_set_strings(
     key: str, value: str, sep: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -531,7 +531,7 @@ def _parse_key(key: str) -> list[str | int]:
         name, index = m.groups()
         if index is not None:
             parts.append(int(index))
-        elif name.isdigit():
+        elif name.isdecimal():  # not isdigit(): "¹" is a digit that int() refuses
             parts.append(int(name))
         else:
             parts.append(name)
