@@ -5,9 +5,10 @@ kinds of save:
 
 **One file**, the weights as ``latest`` (``CheckpointWriter.save_model``):
 
-* ``atomic``: the weights-only check, ``torch.save`` into a temporary file beside the target, one
-  ``fsync`` of its data, the rename onto the target, one ``fsync`` of the directory (a set of one file
-  needs no commit journal: its rename is the commit point);
+* ``atomic``: the weights-only check, ``torch.save`` into a temporary file beside the target (asking
+  the kernel to start writing each MiB out as it comes), one ``fsync`` of its data, the rename onto
+  the target, one ``fsync`` of the directory (a set of one file needs no commit journal: its rename
+  is the commit point);
 * ``torch.save``: ``torch.save`` of the same payload straight onto the target, then ``fsync`` (a plain save
   plus a flush to disk; not safe against a kill). It computes the CRC-32 of every zip record, torch's
   default; the writer skips it (``torch.load`` never checks it);
@@ -20,8 +21,9 @@ kinds of save:
 optimizer state (AdamW: two tensors per parameter) and a small trainer state, as one
 ``checkpoint_set("latest")``:
 
-* ``atomic``: the four parts each written to a temporary file and synced, then one commit: the journal
-  (written and synced), its rename, a directory sync, the four renames, a directory sync, the journal's
+* ``atomic``: the four parts each written to a temporary file and synced (each part's sync in a
+  background thread while the next part is serialized), then one commit: the journal (written and
+  synced), its rename, a directory sync, the four renames, a directory sync, the journal's
   removal (see ``noether_core/io/checkpoint_journal.py``);
 * ``raw``: the same four payloads' bytes, serialized beforehand, each written onto its file with one
   ``write`` and one ``fsync``.

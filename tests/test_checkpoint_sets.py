@@ -7,11 +7,13 @@ commit, between two renames: :mod:`commit_faults`; right after a checkpoint: ``S
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,76 @@ def test_a_set_becomes_visible_only_when_its_block_ends(writer: CheckpointWriter
         "model_cp=latest_trainer.th",
     ]
     assert not writer.committing
+
+
+def test_a_sets_parts_are_synced_off_the_caller_and_before_the_journal(
+    writer: CheckpointWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the parts' syncs run in threads while the caller writes the next part, and the commit waits for
+    # all of them: the journal, the commit point, is never written before the data it commits
+    events: list[tuple[str, str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        events.append(("synced", name, threading.current_thread().name))
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("renamed", Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name the synced files")
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_set(writer, "latest", 1)
+    monkeypatch.undo()
+
+    parts = [e for e in events if e[0] == "synced" and "_cp=latest_" in e[1]]
+    assert sorted(name.split("_cp=latest_")[1].split(".th")[0] for _, name, _ in parts) == [
+        "model",
+        "optim",
+        "trainer",
+    ]
+    assert all(thread.startswith("noether-fsync") for _, _, thread in parts)
+    journal = next(i for i, e in enumerate(events) if e[0] == "renamed" and e[2].startswith(JOURNAL_PREFIX))
+    assert max(events.index(e) for e in parts) < journal
+    assert updates_of(writer.paths.root, "latest") == {
+        "model_cp=latest_model.th": 1,
+        "model_cp=latest_optim.th": 1,
+        "model_cp=latest_trainer.th": 1,
+    }
+
+
+def test_a_part_that_cannot_be_synced_fails_the_whole_set(
+    writer: CheckpointWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_set(writer, "latest", 1)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "_cp=latest_optim" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name the synced files")
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(CheckpointWriteError) as info:
+        save_set(writer, "latest", 2)
+    monkeypatch.undo()
+
+    # the failure surfaces at the commit, names the part, and nothing of the new set became visible
+    assert "model_cp=latest_optim.th" in str(info.value)
+    assert os.strerror(errno.EIO) in str(info.value)
+    assert not writer.committing
+    assert names(writer.paths.root) == {
+        "model_cp=latest_model.th",
+        "model_cp=latest_optim.th",
+        "model_cp=latest_trainer.th",
+    }
+    assert set(updates_of(writer.paths.root, "latest").values()) == {1}
 
 
 def test_a_set_with_fewer_parts_removes_the_stale_ones(writer: CheckpointWriter) -> None:

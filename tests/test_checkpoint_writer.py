@@ -19,6 +19,7 @@ from torch import nn
 
 from noether_core.errors import CheckpointLoadError, CheckpointWriteError, NoetherError
 from noether_core.io.checkpoints import (
+    WRITEBACK_BYTES,
     CheckpointWriter,
     atomic_torch_save,
     check_weights_only_safe,
@@ -86,6 +87,48 @@ def test_atomic_save_respects_umask_not_private_mode(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_writeback_hints_change_no_byte_of_a_large_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # past WRITEBACK_BYTES the writer asks the OS to start writing out what it wrote so far; the file
+    # must be the very same as without the hints (macOS, Windows) and when the file system refuses them
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise here: the writer gives no hints")
+    torch.manual_seed(0)
+    payload = {"state_dict": {f"w{i}": torch.randn(256, 300) for i in range(12)}, "v": 1}  # ~3.7 MB
+    hints: list[tuple[int, int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        hints.append((offset, length, advice))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    atomic_torch_save(payload, tmp_path / "hinted.th")
+    monkeypatch.undo()
+    # one hint per MiB or so written, each starting where the previous one ended
+    assert len(hints) >= 3
+    assert {advice for _, _, advice in hints} == {os.POSIX_FADV_DONTNEED}
+    assert [offset for offset, _, _ in hints] == [0] + [o + n for o, n, _ in hints[:-1]]
+    assert all(length >= WRITEBACK_BYTES for _, length, _ in hints)
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)
+    atomic_torch_save(payload, tmp_path / "plain.th")
+    monkeypatch.undo()
+
+    def refused(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "posix_fadvise", refused, raising=False)
+    atomic_torch_save(payload, tmp_path / "refused.th")
+    monkeypatch.undo()
+
+    hinted = (tmp_path / "hinted.th").read_bytes()
+    assert len(hinted) > 3 * WRITEBACK_BYTES
+    assert hinted == (tmp_path / "plain.th").read_bytes() == (tmp_path / "refused.th").read_bytes()
+    loaded = load_checkpoint(tmp_path / "hinted.th")
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in payload["state_dict"].items())
 
 
 def test_disk_full_on_fsync_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

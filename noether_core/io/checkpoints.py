@@ -24,9 +24,10 @@ import contextlib
 import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 import torch
 
@@ -98,25 +99,108 @@ def atomic_torch_save(obj: object, path: Path | str) -> None:
         ) from error
 
 
+#: Bytes of a checkpoint file written between two requests to the operating system to start writing
+#: them out (:class:`_WritebackFile`).
+WRITEBACK_BYTES = 1 << 20
+
+
+class _WritebackFile:
+    """The file ``torch.save`` writes a checkpoint into: after every :data:`WRITEBACK_BYTES` it asks the
+    operating system to start writing what came so far to the disk (``posix_fadvise(DONTNEED)``, which
+    on Linux starts the writeback without waiting for it), so the disk works while the serializer
+    produces the rest and the final ``fsync`` waits for the last part only. Left alone, the kernel
+    holds the data until that ``fsync``, and serializing and writing out take turns: a 64 MB save took
+    1.06x-1.11x a raw write of its bytes that way, 0.78x-0.93x with this
+    (``benchmarks/checkpoint_save.py``, docs/callbacks/checkpointing.md)."""
+
+    __slots__ = ("_advise", "_file", "_started", "_written")
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._advise = getattr(os, "posix_fadvise", None)  # not on macOS or Windows: plain writes there
+        self._started = 0
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        written = self._file.write(data)
+        self._written += written
+        if self._advise is not None and self._written - self._started >= WRITEBACK_BYTES:
+            self._file.flush()
+            # a hint: where the file system does not take it, the final fsync writes everything
+            with contextlib.suppress(OSError):
+                self._advise(self._file.fileno(), self._started, self._written - self._started, _DONTNEED)
+            self._started = self._written
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+_DONTNEED: int = getattr(os, "POSIX_FADV_DONTNEED", 4)
+
+
 def _write_temp(obj: object, target: Path) -> Path:
     """``torch.save(obj)`` into a new, synced temporary file beside ``target``; returns its path. On any
     failure nothing is left behind and an ``Exception`` becomes :class:`CheckpointWriteError`."""
+    tmp, file = _write_unsynced(obj, target)
+    _sync_and_close(file, tmp, target)
+    return tmp
+
+
+def _write_unsynced(obj: object, target: Path) -> tuple[Path, BinaryIO]:
+    """``torch.save(obj)`` into a new temporary file beside ``target``, written and flushed but not yet
+    synced: returns its path and the open file, for :func:`_sync_and_close`. On any failure nothing is
+    left behind and an ``Exception`` becomes :class:`CheckpointWriteError`."""
     tmp = _temp_path(target)
+    file = None
     try:
         # O_EXCL: never write through a name someone else created; 0o666 lets the umask decide, unlike
         # tempfile.mkstemp's 0o600.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as file, _without_crc32():
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
+        file = os.fdopen(fd, "wb")
+        with _without_crc32():
+            # it has the two methods torch.save calls on a file: write and flush
+            torch.save(obj, cast("IO[bytes]", _WritebackFile(file)))
+        file.flush()
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        _removed(tmp)
         if isinstance(error, Exception):
             raise CheckpointWriteError(target, _describe(error)) from error
         raise
-    return tmp
+    return tmp, file
+
+
+def _sync_and_close(file: BinaryIO, tmp: Path, target: Path) -> None:
+    """Sync ``file`` (the temporary file ``tmp`` of ``target``) to the disk and close it. On a failure
+    the file is removed and an ``Exception`` becomes :class:`CheckpointWriteError`."""
+    try:
+        with file:
+            os.fsync(file.fileno())
+    except BaseException as error:
+        _removed(tmp)
+        if isinstance(error, Exception):
+            raise CheckpointWriteError(target, _describe(error)) from error
+        raise
+
+
+#: Threads that sync the parts of checkpoint sets, per process (a forked child cannot use its
+#: parent's threads).
+_SYNC_THREADS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _sync_threads() -> ThreadPoolExecutor:
+    pool = _SYNC_THREADS.get(os.getpid())
+    if pool is None:
+        pool = _SYNC_THREADS[os.getpid()] = ThreadPoolExecutor(4, thread_name_prefix="noether-fsync")
+    return pool
+
+
+def _removed(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -210,9 +294,14 @@ _CORE_PARTS: tuple[CheckpointPart, ...] = ("model", "optim", "trainer")
 
 
 class CheckpointSet:
-    """The files of one checkpoint tag being written: each ``save_*`` writes its part to a synced
-    temporary file, and the whole set becomes the tag's at once when it is committed (see
-    :meth:`CheckpointWriter.checkpoint_set`). Each ``save_*`` returns the path the part will have.
+    """The files of one checkpoint tag being written: each ``save_*`` writes its part to a temporary
+    file, and the whole set becomes the tag's at once when it is committed (see
+    :meth:`CheckpointWriter.checkpoint_set`). Each ``save_*`` returns the path the part will have once
+    its bytes are written (the caller may change the tensors then); the file's ``fsync`` runs in a
+    background thread meanwhile, so the disk writes one part while the next is serialized, and the
+    commit waits for every part's sync before its commit point. A part that cannot be synced fails
+    the commit with :class:`~noether_core.errors.CheckpointWriteError` naming it, and nothing of the
+    set becomes visible.
 
     File contents, all loadable with :func:`load_checkpoint`:
 
@@ -234,6 +323,7 @@ class CheckpointSet:
         self.replaces = False
         self.failed = False
         self._staged: dict[Path, Path] = {}  # target -> its temporary file
+        self._syncing: dict[Path, Future[None]] = {}  # target -> the sync of its temporary file
 
     @property
     def paths(self) -> list[Path]:
@@ -249,12 +339,31 @@ class CheckpointSet:
 
     def _stage(self, payload: dict[str, Any], target: Path) -> Path:
         check_weights_only_safe(payload, target)
-        temp = _write_temp(payload, target)
+        temp, file = _write_unsynced(payload, target)
         previous = self._staged.pop(target, None)
         if previous is not None:  # the same part saved twice in one set: the later one counts
+            self._settle(target)
             previous.unlink(missing_ok=True)
         self._staged[target] = temp
+        # the sync runs in a thread (fsync lets go of the GIL) while the caller serializes the next part;
+        # the commit waits for it (see _wait_synced)
+        try:
+            self._syncing[target] = _sync_threads().submit(_sync_and_close, file, temp, target)
+        except RuntimeError:  # the interpreter is shutting down: no new threads, sync here
+            _sync_and_close(file, temp, target)
         return target
+
+    def _settle(self, target: Path) -> BaseException | None:
+        """Wait for the sync of ``target``'s temporary file, if one runs; its error, if it failed."""
+        syncing = self._syncing.pop(target, None)
+        return None if syncing is None else syncing.exception()
+
+    def _wait_synced(self) -> None:
+        """Wait until every part's temporary file is on the disk; raises the first part's failure
+        (:class:`CheckpointWriteError`) after all are done."""
+        errors = [error for error in map(self._settle, list(self._syncing)) if error is not None]
+        if errors:
+            raise errors[0]
 
     def save_model(
         self,
@@ -302,6 +411,8 @@ class CheckpointSet:
         return any("_ema=" not in path.name for path in self._staged)
 
     def _discard(self) -> None:
+        for target in list(self._syncing):  # the files are closed before they are removed
+            self._settle(target)
         for temp in self._staged.values():
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
@@ -413,6 +524,8 @@ class CheckpointWriter:
             return
         directory = self.paths.checkpoints
         try:
+            for parts in sets:
+                parts._wait_synced()
             if not self._recovered:  # an older, unfinished commit must land before this one
                 self.recover()
             if staged and self.before_commit is not None:
