@@ -131,6 +131,8 @@ def test_a_sets_parts_are_synced_off_the_caller_and_before_the_journal(
         "trainer",
     ]
     assert all(thread.startswith("noether-fsync") for _, _, thread in parts)
+    # and none of them outlives the commit (a fork afterwards forks a single-threaded process)
+    assert not [t for t in threading.enumerate() if t.name.startswith("noether-fsync")]
     journal = next(i for i, e in enumerate(events) if e[0] == "renamed" and e[2].startswith(JOURNAL_PREFIX))
     assert max(events.index(e) for e in parts) < journal
     assert updates_of(writer.paths.root, "latest") == {

@@ -23,8 +23,8 @@ import collections
 import contextlib
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -110,7 +110,7 @@ class _WritebackFile:
     on Linux starts the writeback without waiting for it), so the disk works while the serializer
     produces the rest and the final ``fsync`` waits for the last part only. Left alone, the kernel
     holds the data until that ``fsync``, and serializing and writing out take turns: a 64 MB save took
-    1.06x-1.11x a raw write of its bytes that way, 0.78x-0.93x with this
+    1.06x-1.11x a raw write of its bytes that way, 0.78x-0.86x with this
     (``benchmarks/checkpoint_save.py``, docs/callbacks/checkpointing.md)."""
 
     __slots__ = ("_advise", "_file", "_started", "_written")
@@ -186,16 +186,22 @@ def _sync_and_close(file: BinaryIO, tmp: Path, target: Path) -> None:
         raise
 
 
-#: Threads that sync the parts of checkpoint sets, per process (a forked child cannot use its
-#: parent's threads).
-_SYNC_THREADS: dict[int, ThreadPoolExecutor] = {}
+class _BackgroundSync(threading.Thread):
+    """The ``fsync`` and close of one part's temporary file (:func:`_sync_and_close`), in a thread of its
+    own: started when the part is written, joined before the commit, so no thread outlives a set (a
+    process that forks afterwards, such as a ``DataLoader`` starting its workers, forks a
+    single-threaded process as before)."""
 
+    def __init__(self, file: BinaryIO, tmp: Path, target: Path) -> None:
+        super().__init__(name=f"noether-fsync {target.name}")
+        self._args = (file, tmp, target)
+        self.error: BaseException | None = None
 
-def _sync_threads() -> ThreadPoolExecutor:
-    pool = _SYNC_THREADS.get(os.getpid())
-    if pool is None:
-        pool = _SYNC_THREADS[os.getpid()] = ThreadPoolExecutor(4, thread_name_prefix="noether-fsync")
-    return pool
+    def run(self) -> None:
+        try:
+            _sync_and_close(*self._args)
+        except BaseException as error:  # handed to the committing thread by _settle
+            self.error = error
 
 
 def _removed(path: Path) -> None:
@@ -323,7 +329,7 @@ class CheckpointSet:
         self.replaces = False
         self.failed = False
         self._staged: dict[Path, Path] = {}  # target -> its temporary file
-        self._syncing: dict[Path, Future[None]] = {}  # target -> the sync of its temporary file
+        self._syncing: dict[Path, _BackgroundSync] = {}  # target -> the sync of its temporary file
 
     @property
     def paths(self) -> list[Path]:
@@ -347,16 +353,22 @@ class CheckpointSet:
         self._staged[target] = temp
         # the sync runs in a thread (fsync lets go of the GIL) while the caller serializes the next part;
         # the commit waits for it (see _wait_synced)
+        sync = _BackgroundSync(file, temp, target)
         try:
-            self._syncing[target] = _sync_threads().submit(_sync_and_close, file, temp, target)
-        except RuntimeError:  # the interpreter is shutting down: no new threads, sync here
+            sync.start()
+        except RuntimeError:  # no thread to be had (the interpreter is shutting down): sync here
             _sync_and_close(file, temp, target)
+        else:
+            self._syncing[target] = sync
         return target
 
     def _settle(self, target: Path) -> BaseException | None:
         """Wait for the sync of ``target``'s temporary file, if one runs; its error, if it failed."""
-        syncing = self._syncing.pop(target, None)
-        return None if syncing is None else syncing.exception()
+        sync = self._syncing.pop(target, None)
+        if sync is None:
+            return None
+        sync.join()
+        return sync.error
 
     def _wait_synced(self) -> None:
         """Wait until every part's temporary file is on the disk; raises the first part's failure
