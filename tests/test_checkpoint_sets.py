@@ -142,6 +142,22 @@ def test_a_sets_parts_are_synced_off_the_caller_and_before_the_journal(
     }
 
 
+def test_a_part_saved_twice_in_one_set_keeps_the_later_one(writer: CheckpointWriter) -> None:
+    with writer.checkpoint_set("latest") as parts:
+        parts.save_model("model", {"w": torch.zeros(3)}, position=POSITION)
+        parts.save_model("model", {"w": torch.ones(3)}, position=POSITION)
+        parts.save_trainer("model", {"counter": {"update": 1}}, position=POSITION)
+    directory = writer.paths.checkpoints
+    # no temporary file of the first save is left behind, and the later weights are the tag's
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "model_cp=latest_model.th",
+        "model_cp=latest_trainer.th",
+    ]
+    assert torch.equal(
+        load_checkpoint(directory / "model_cp=latest_model.th")["state_dict"]["w"], torch.ones(3)
+    )
+
+
 def test_a_part_that_cannot_be_synced_fails_the_whole_set(
     writer: CheckpointWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
