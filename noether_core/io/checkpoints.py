@@ -426,8 +426,7 @@ class CheckpointSet:
         for target in list(self._syncing):  # the files are closed before they are removed
             self._settle(target)
         for temp in self._staged.values():
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
+            _removed(temp)
         self._staged.clear()
 
 
