@@ -72,7 +72,7 @@ class OnlineLossCallback:
         """The partial window: the losses of the updates not folded yet, as they came, and the running
         sums (so a resumed run does the very same arithmetic)."""
         return {
-            "pending": [dict(losses) for losses in self._pending],
+            "pending": _packed(self._pending),
             "sums": [
                 {"names": list(names), "sums": sums, "count": count}
                 for names, (sums, count) in self._sums.items()
@@ -128,8 +128,12 @@ class OnlineLossCallback:
             count = len(values) // len(names)
             try:
                 stacked = torch.stack(values)
-            except RuntimeError:  # a loss of shape (1,) among 0-d ones, or one that is not a number
-                stacked = torch.stack([_single(n, v) for n, v in zip(names * count, values, strict=True)])
+            except RuntimeError:  # a loss of shape (1,) among 0-d ones, one that is not a number, or
+                # one on another device (a train step on the GPU returning a CPU tensor as a named loss)
+                device = values[0].device
+                stacked = torch.stack(
+                    [_single(n, v).to(device) for n, v in zip(names * count, values, strict=True)]
+                )
             if stacked.dtype not in (torch.float32, torch.float64):  # half precision: sum in float32
                 stacked = stacked.float()
             out.append((names, stacked, count))
@@ -260,3 +264,16 @@ def _single(name: str, value: torch.Tensor) -> torch.Tensor:
     if value.numel() != 1:
         raise ValueError(f"loss {name!r} must be a single number, got a tensor of shape {tuple(value.shape)}")
     return value.reshape(())
+
+
+def _packed(pending: list[Mapping[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """``pending`` as it came, each loss a view of one CPU tensor holding them all, where they stack
+    without a change (the usual case: scalars of one dtype on one device). Saving a window of ``n``
+    updates then copies one tensor off the device (one host sync, not one per loss) and stores one
+    storage, not ``n`` of them. The values are the same to the bit, so a resumed run still does the
+    very same arithmetic. Otherwise copies of the dicts, the tensors as they are."""
+    values = [value for losses in pending for value in losses.values()]
+    if not values or len({(v.dtype, v.shape, v.device) for v in values}) != 1:
+        return [dict(losses) for losses in pending]
+    parts = iter(torch.stack(values).cpu().unbind())
+    return [{name: next(parts) for name in losses} for losses in pending]

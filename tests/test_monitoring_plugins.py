@@ -372,7 +372,7 @@ def test_online_loss_pinned_on_a_frozen_model_over_one_epoch(tmp_path: Path) -> 
     data = trainer.data["train"]
     x, y = data.x, data.y  # type: ignore[attr-defined]
     with torch.no_grad():
-        expected = F.cross_entropy(trainer.model(x), y).item()
+        expected = F.cross_entropy(trainer.model(x.to(trainer.device)), y.to(trainer.device)).item()
     assert [r["update"] for r in sink.records] == [4, 8]
     for record in sink.records:
         assert set(record) == {"epoch", "update", "sample", "loss/online/total/E1"}
@@ -690,6 +690,65 @@ def test_online_loss_cpu_means_are_those_of_the_stacked_losses(dtypes: list[torc
         means.append(trainer.writer.values)
     assert means[0] == means[1]
     assert means[0].keys() == {"loss/online/total/U7", "loss/online/aux/U7"}
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(
+                    not torch.cuda.is_available(), reason="needs a CUDA device (NOETHER_TEST_CUDA=1)"
+                ),
+            ],
+        ),
+    ],
+)
+def test_online_loss_saves_its_window_as_one_cpu_tensor_and_resumes_to_the_bit(
+    tmp_path: Path, device: str
+) -> None:
+    """A saved window of n updates is n views of one CPU tensor (one copy off the device, one storage
+    in the checkpoint), and the plugin loaded from it logs the means of the plugin never saved."""
+    config = OnlineLossCallback.Config(kind="OnlineLossCallback", every_n_updates=9, verbose=False)
+    live, saved = OnlineLossCallback(config), OnlineLossCallback(config)
+    values = [0.1, 1 / 3, 2.0**24 + 1, 1e-3, 7.25, 0.3, 2.0 / 3, 5.5, 1e6 / 7]
+    for value in values[:5]:
+        live.after_update(
+            {"total": torch.tensor(value, device=device), "aux": torch.tensor(-value, device=device)}
+        )
+    state = live.state_dict()
+    pending = [t for losses in state["pending"] for t in losses.values()]
+    assert len(pending) == 10
+    assert all(t.device.type == "cpu" and t.dim() == 0 for t in pending)
+    assert len({t.untyped_storage().data_ptr() for t in pending}) == 1
+    assert [list(losses) for losses in state["pending"]] == [["total", "aux"]] * 5
+    assert len(live._pending) == 5  # saving leaves the live window as it was
+    path = tmp_path / "state.th"
+    torch.save(state, path)
+    saved.load_state_dict(torch.load(path, weights_only=True))
+    means = []
+    for plugin in (live, saved):
+        for value in values[5:]:
+            loss = {"total": torch.tensor(value, device=device), "aux": torch.tensor(-value, device=device)}
+            plugin.after_update(loss)
+        trainer = types.SimpleNamespace(dist=DistInfo(), writer=_Writer(), skip_nan_loss=False)
+        plugin.at_eval(trainer, types.SimpleNamespace(update=9), config, "update")
+        means.append(trainer.writer.values)
+    assert means[0] == means[1]
+    assert means[0]["loss/online/total/U9"] == pytest.approx(sum(values) / 9, rel=1e-6)
+
+
+def test_online_loss_saves_a_window_of_mixed_dtypes_as_it_came() -> None:
+    config = OnlineLossCallback.Config(kind="OnlineLossCallback", every_n_updates=9, verbose=False)
+    plugin = OnlineLossCallback(config)
+    for dtype in (torch.float16, torch.float32, torch.bfloat16):
+        plugin.after_update({"total": torch.tensor(1 / 3, dtype=dtype)})
+    pending = [losses["total"] for losses in plugin.state_dict()["pending"]]
+    assert [t.dtype for t in pending] == [torch.float16, torch.float32, torch.bfloat16]
+    assert [t is losses["total"] for t, losses in zip(pending, plugin._pending, strict=True)] == [True] * 3
 
 
 def test_peak_memory_on_an_indexed_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
