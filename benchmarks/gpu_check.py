@@ -12,7 +12,9 @@ temporary directory), and prints one line per check:
   difference cancels what start and end cost; target: none. With the default plugins, the syncs per
   update are reported too (their logging steps read values back to the host);
 * ``nccl``: with two GPUs or more, ``noether train --nproc-per-node 2`` on two GPUs (the NCCL backend,
-  one GPU per process by ``LOCAL_RANK``) completes.
+  one GPU per process by ``LOCAL_RANK``) completes;
+* ``gpus-per-process``: one process more than there are GPUs is refused with a config error (exit 2)
+  before any process group is joined.
 
 Without CUDA it says so and exits 0: nothing here can run.
 
@@ -99,24 +101,40 @@ def check_host_syncs(directory: Path) -> str:
     return f"loop {per_update['loop']:g} per update; with the default plugins {per_update['defaults']:g}"
 
 
-def check_nccl(directory: Path) -> str:
+def torchrun_example(directory: Path, run_id: str, processes: int) -> subprocess.CompletedProcess[str]:
+    """``noether train --nproc-per-node PROCESSES`` on the short example, in a process of its own."""
     command = [
         sys.executable,
         "-m",
         "noether_core",
         "train",
         "--nproc-per-node",
-        "2",
+        str(processes),
         "--output-dir",
         str(directory),
         "--run-id",
-        "nccl",
+        run_id,
         *(arg for override in SHORT for arg in ("--set", override)),
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def check_nccl(directory: Path) -> str:
+    proc = torchrun_example(directory, "nccl", 2)
     if proc.returncode != 0:
         raise AssertionError(f"exit status {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return "2 processes on 2 GPUs completed"
+
+
+def check_gpus_per_process(directory: Path) -> str:
+    """One process more than this machine has GPUs: refused with the config error, before training."""
+    n = torch.cuda.device_count() + 1
+    proc = torchrun_example(directory, "too-many", n)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 2 or "GPU(s) visible" not in output or "invalid device ordinal" in output:
+        raise AssertionError(f"exit status {proc.returncode}:\n{output[-3000:]}")
+    said = next(line.strip() for line in output.splitlines() if "GPU(s) visible" in line)
+    return f"{n} processes refused (exit 2): {said}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("peak-memory", check_peak_memory, ""),
         ("host-syncs", check_host_syncs, ""),
         ("nccl", check_nccl if torch.cuda.device_count() >= 2 else None, "fewer than 2 GPUs"),
+        ("gpus-per-process", check_gpus_per_process, ""),
     ]
     failed = 0
     with tempfile.TemporaryDirectory(prefix="noether-gpu-check-") as tmp:

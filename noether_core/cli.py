@@ -229,6 +229,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return _schedule(args)
     if args.command == "train":
         if launcher_requested(args):
+            if args.resume is None:
+                _checked_before_launch(args)
             command = torchrun_command(args, _train_arguments(args))
             return run_torchrun(command, replace_process=args.ends_process)
         from noether_core.run.launch import train_from_cli
@@ -256,6 +258,21 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return runs_list_command(args.dir, args.keys, as_json=args.json)
     raise AssertionError(args.command)  # argparse only lets known commands through
+
+
+def _checked_before_launch(args: argparse.Namespace) -> None:
+    """What ``noether train --nproc-per-node N`` refuses once, before torchrun starts any process (each
+    would print the same error, under torchrun's report of its failed children): a new run's invalid
+    config, and a run on CUDA with more processes on this machine than it has GPUs. A resumed run's
+    config is read by its processes, which refuse the same things."""
+    from noether_core.run.device import check_gpus_per_process, pick_device
+    from noether_core.run.launch import load_run_config
+
+    registry = PluginRegistry.from_environment()
+    config, source = load_run_config(args.config, args.overrides, registry)
+    _plan_checked(config, registry, source)
+    if pick_device(config.trainer.device).type == "cuda":
+        check_gpus_per_process(config.trainer.device, args.nproc_per_node)
 
 
 def _train_arguments(args: argparse.Namespace) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 import yaml
 from tiny_runs import tiny_config, train
 
+from noether_core import ConfigError
 from noether_core.cli import main
 from noether_core.io.checkpoints import load_checkpoint
 from noether_core.run.sampling import EpochSampler
@@ -411,3 +412,65 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path: 
     # both ranks skip update 3 (rank 1 saw the NaN, rank 0 was told), and go on together
     assert output.count("non-finite loss at update 3: skipping it (1 in a row)") == 2, output
     assert "run nan completed at E0_U4_S64" in output
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "local_world_size", "refused"),
+    [("auto", 1, "2", True), ("cuda", 0, "1", True), ("cuda:1", 3, "4", True), ("cuda", 2, "2", False)],
+)
+def test_more_processes_than_gpus_on_a_machine_are_refused_before_any_process_group(
+    monkeypatch: pytest.MonkeyPatch, device: str, gpus: int, local_world_size: str, refused: bool
+) -> None:
+    """Without the check, the process whose LOCAL_RANK has no GPU dies in its first collective with
+    CUDA's "invalid device ordinal" (seen on a 1-GPU machine with --nproc-per-node 2). This machine has
+    no GPU, so the device count is set by hand; a real one runs it in benchmarks/gpu_check.py."""
+    from noether_core.run.device import check_gpus_per_process, processes_on_this_machine
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    processes = processes_on_this_machine()
+    assert processes == int(local_world_size)
+    if not refused:
+        check_gpus_per_process(device, processes)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_gpus_per_process(device, processes)
+    message = str(caught.value)
+    assert "trainer.device" in message
+    assert f"this machine runs {local_world_size} processes and has {gpus} GPU(s) visible" in message
+    assert f"--nproc-per-node {gpus}" in message
+    assert "trainer.device=cpu" in message
+    assert ("what 'auto' picks" in message) == (device == "auto")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to share
+    assert processes_on_this_machine() == 1
+
+
+def test_nproc_per_node_refuses_a_bad_config_once_before_starting_any_process(tmp_path: Path) -> None:
+    """The command that would start torchrun checks a new run's config itself: one message, exit 2, no
+    process started (torchrun would report each failed child with a traceback of its own)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "noether_core",
+            "train",
+            "--nproc-per-node",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "--set",
+            "trainer.max_updates=3",  # the bundled example sets max_epochs: two ends
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("noether: error: invalid config") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "torch.distributed" not in proc.stderr
+    assert "rank " not in proc.stderr  # said by this command, not by a process torchrun started
+    assert list(tmp_path.iterdir()) == []  # no run directory

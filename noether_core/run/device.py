@@ -42,6 +42,8 @@ def place_run(trainer: TrainerConfig) -> tuple[torch.device, DistInfo]:
     """This process's device and place among the run's processes (joining torchrun's process group),
     with the global generators seeded (``seed + rank``) and torch configured for ``trainer``."""
     device = pick_device(trainer.device)
+    if device.type == "cuda":  # before any process group: every process refuses alike, none waits
+        check_gpus_per_process(trainer.device, processes_on_this_machine())
     dist_info = init_from_env(device.type, trainer.process_group_timeout)
     if device.type == "cuda" and dist_info.is_distributed:
         # one GPU per process: torchrun's LOCAL_RANK picks it
@@ -51,6 +53,35 @@ def place_run(trainer: TrainerConfig) -> tuple[torch.device, DistInfo]:
     configure_torch(device, num_threads=trainer.num_threads, deterministic=trainer.deterministic)
     keep_freed_memory()
     return device, dist_info
+
+
+def check_gpus_per_process(name: str, processes: int) -> None:
+    """Refuse a run on CUDA (``trainer.device`` is ``name``) with more ``processes`` on this machine than
+    it has GPUs: each process takes the GPU of its ``LOCAL_RANK``, and one past the last would fail in
+    its first collective with CUDA's "invalid device ordinal"."""
+    gpus = torch.cuda.device_count()
+    if processes <= gpus:
+        return
+    picked = " (what 'auto' picks where CUDA is available)" if name == "auto" else ""
+    raise ConfigError(
+        [
+            ConfigIssue(
+                "trainer.device",
+                f"{name!r} trains on CUDA{picked}, one GPU per process, but this machine runs "
+                f"{processes} processes and has {gpus} GPU(s) visible: start at most {gpus} "
+                f"(--nproc-per-node {gpus}), or set trainer.device=cpu to train on the CPU (gloo)",
+            )
+        ]
+    )
+
+
+def processes_on_this_machine() -> int:
+    """How many processes of the run torchrun started on this machine (1 outside torchrun); read from
+    the environment, the same in every one of them."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "0")), local_rank + 1)
 
 
 def seed_everything(seed: int) -> None:
