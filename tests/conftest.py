@@ -4,6 +4,12 @@ The tiny runs tests share, and the helpers that run them, are in :mod:`tiny_runs
 
 ``NOETHER_QUICK=1`` (set by ``.ci/run``) asks tests marked ``slow`` for their quick variant: they read
 the ``quick`` fixture and shrink their sizes, they are not skipped.
+
+The suite is a CPU suite on every machine: its tiny runs leave ``trainer.device`` at ``auto`` and
+assert what a CPU run does (gloo ranks, RSS peaks, CPU tensors), so on a machine with GPUs it hides them
+(``CUDA_VISIBLE_DEVICES=""``, inherited by every subprocess). ``NOETHER_TEST_CUDA=1 pytest -m cuda``
+leaves them visible and runs the tests marked ``cuda``; ``benchmarks/gpu_check.py`` checks the rest of
+the GPU paths with real runs.
 """
 
 from __future__ import annotations
@@ -28,16 +34,24 @@ except ImportError:  # not POSIX: each xdist worker installs its own copies
 QUICK = os.environ.get("NOETHER_QUICK", "") not in ("", "0")
 PLUGIN_DISTS = Path(__file__).parent / "plugin_dists"
 
+TEST_CUDA = os.environ.get("NOETHER_TEST_CUDA", "") not in ("", "0")
+if not TEST_CUDA:  # before anything asks torch for a device: CUDA reads it once, when it starts
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 # Under pytest-xdist every worker is a process of its own; one math thread each keeps a 2-core machine
 # from being oversubscribed (CLI subprocesses inherit it). Set before any test imports torch.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_report_header() -> str:
+def pytest_report_header() -> list[str]:
     if QUICK:
-        return "NOETHER_QUICK=1: tests marked slow run in their quick variant"
-    return "NOETHER_QUICK unset: tests marked slow run at full size"
+        lines = ["NOETHER_QUICK=1: tests marked slow run in their quick variant"]
+    else:
+        lines = ["NOETHER_QUICK unset: tests marked slow run at full size"]
+    if TEST_CUDA:
+        lines.append("NOETHER_TEST_CUDA=1: GPUs visible; run with -m cuda (the other tests assume a CPU)")
+    return lines
 
 
 @pytest.fixture(autouse=True)
