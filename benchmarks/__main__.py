@@ -9,6 +9,7 @@ README (``headline``). Everything outside the markers stays as written.
     python -m benchmarks               # the full report (about 10 minutes on 2 cores), written
     python -m benchmarks --no-write    # printed only
     python -m benchmarks --quick       # a smoke run of every candidate (its numbers mean nothing)
+    python -m benchmarks --gpu-only    # the GPU section alone (a few minutes), written into the docs page
     tox -e bench                       # the same, in tox's env with the bench extra (Lightning)
 """
 
@@ -62,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="run the GPU section on this device (default: cuda where available, else skip it); 'cpu' "
         "checks its code on a machine without a GPU, and then nothing is written",
+    )
+    p.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="run the GPU section alone and write only it (the CPU sections and the README stay as they are)",
     )
     args = p.parse_args(argv)
     quick = args.quick
@@ -193,6 +199,8 @@ def gpu_section(args: argparse.Namespace, device: torch.device | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.gpu_only:
+        return gpu_only(args)
     started = time.perf_counter()
     lightning = not args.no_lightning and report.lightning_available()
     makers = report.candidates(lightning)
@@ -225,6 +233,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_marked(args.docs, sections)
     write_marked(args.readme, readme)
     log(f"  written: {args.docs}, {args.readme}")
+    return 0
+
+
+def gpu_only(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    device = gpu_device(args)
+    if device is None:
+        log(f"{COMMAND} --gpu-only: no CUDA device here (torch {torch.__version__}); nothing measured")
+        return 1
+    log(f"  GPU section on {device}")
+    body = gpu_section(args, device)
+    print(f"\n<!-- gpu -->\n{body}")
+    log(f"  done in {time.perf_counter() - started:.0f} s")
+    if args.no_write or args.gpu_device == "cpu":
+        return 0
+    write_marked(args.docs, {"gpu": body})
+    log(f"  written: {args.docs}")
     return 0
 
 

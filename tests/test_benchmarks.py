@@ -1,7 +1,8 @@
 """The benchmark scripts still run: one tiny run of the default-plugins benchmark (its numbers are not
 checked here; speed is measured by running the script, never asserted in a test), the GPU check,
-which on a machine without CUDA skips, and ``python -m benchmarks --quick``, which writes every row of
-the report between its markers and nothing outside them."""
+which on a machine without CUDA skips, ``python -m benchmarks --quick``, which writes every row of
+the report between its markers and nothing outside them, and the report's GPU section, whose code runs
+on the CPU with ``--gpu-device cpu``."""
 
 from __future__ import annotations
 
@@ -188,3 +189,31 @@ def test_the_report_refuses_a_file_without_its_markers(
     assert replace_marked(text, "overhead", "new", tmp_path) == text.replace("\nold\n", "\nnew\n")
     with pytest.raises(SystemExit, match="expected one '<!-- benchmarks:begin gpu -->'"):
         replace_marked(text, "gpu", "new", tmp_path)
+
+
+def test_the_gpu_section_runs_its_code_on_the_cpu_and_writes_nothing(tmp_path: Path) -> None:
+    docs = tmp_path / "performance.md"
+    docs.write_text("<!-- benchmarks:begin gpu -->\nold\n<!-- benchmarks:end gpu -->\n", encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks", "--gpu-only", "--gpu-device", "cpu", "--quick"]
+    proc = subprocess.run(
+        [*command, "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "the GPU section's code run on the CPU: a check of the code, not a GPU figure" in out
+    assert "| no plugins | 0 | 0.000 | 0 |" in out  # the loop itself converts no tensor to a number
+    assert re.search(r"\| defaults \(log U200, track U40\) \| \d+ \| [\d.]+ \| 2 \|", out)
+    for row in ("| hand-written loop | ", "| noether, no plugins | ", "| 1,055,744 | "):
+        assert out.count(row) == 1, row
+    assert docs.read_text(encoding="utf-8").count("\nold\n") == 1  # a CPU run is no GPU figure
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the GPU section runs")
+def test_gpu_only_without_a_gpu_says_so_and_fails(tmp_path: Path) -> None:
+    docs = tmp_path / "performance.md"
+    docs.write_text("<!-- benchmarks:begin gpu -->\nold\n<!-- benchmarks:end gpu -->\n", encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks", "--gpu-only", "--docs", str(docs)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "--gpu-only: no CUDA device here" in proc.stderr
+    assert docs.read_text(encoding="utf-8").count("\nold\n") == 1
