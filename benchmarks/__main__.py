@@ -225,15 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections["gpu"] = gpu_section(args, device)
     tiny = next((r for r in results if r.name == "tiny"), results[0])
     readme = {"headline": headline_section(args, tiny, lightning)}
-    for name, body in {**sections, **readme}.items():
-        print(f"\n<!-- {name} -->\n{body}")
-    log(f"  done in {time.perf_counter() - started:.0f} s")
-    if args.no_write or args.gpu_device == "cpu":
-        return 0
-    write_marked(args.docs, sections)
-    write_marked(args.readme, readme)
-    log(f"  written: {args.docs}, {args.readme}")
-    return 0
+    return publish(args, started, sections, readme)
 
 
 def gpu_only(args: argparse.Namespace) -> int:
@@ -243,13 +235,21 @@ def gpu_only(args: argparse.Namespace) -> int:
         log(f"{COMMAND} --gpu-only: no CUDA device here (torch {torch.__version__}); nothing measured")
         return 1
     log(f"  GPU section on {device}")
-    body = gpu_section(args, device)
-    print(f"\n<!-- gpu -->\n{body}")
+    return publish(args, started, {"gpu": gpu_section(args, device)}, {})
+
+
+def publish(args: argparse.Namespace, started: float, docs: dict[str, str], readme: dict[str, str]) -> int:
+    """Print the sections, then write them between their markers in the docs page and the README,
+    unless ``--no-write``, or ``--gpu-device cpu`` (a check of the code, no GPU figure)."""
+    for name, body in {**docs, **readme}.items():
+        print(f"\n<!-- {name} -->\n{body}")
     log(f"  done in {time.perf_counter() - started:.0f} s")
     if args.no_write or args.gpu_device == "cpu":
         return 0
-    write_marked(args.docs, {"gpu": body})
-    log(f"  written: {args.docs}")
+    for path, sections in ((args.docs, docs), (args.readme, readme)):
+        if sections:
+            write_marked(path, sections)
+            log(f"  written: {path}")
     return 0
 
 

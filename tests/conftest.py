@@ -54,6 +54,14 @@ def pytest_report_header() -> list[str]:
     return lines
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("cuda") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (NOETHER_TEST_CUDA=1 on a machine with one)")
+
+
 @pytest.fixture(autouse=True)
 def _restore_noether_loggers() -> Iterator[None]:
     """The ``noether`` loggers as they were before every test, after it (see

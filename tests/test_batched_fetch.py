@@ -302,7 +302,6 @@ def test_persistent_workers_false_without_workers_is_fine(tmp_path: Path) -> Non
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (NOETHER_TEST_CUDA=1)")
 def test_on_cuda_batches_are_pinned_and_train_as_unpinned(tmp_path: Path) -> None:
     runs = {}
     for pin in (True, False):
