@@ -155,8 +155,13 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     """The forward pass's autocast for ``precision`` (none for ``fp32``)."""
     dtype = _AUTOCAST_DTYPES[precision]
     if dtype is None:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
     return torch.autocast(device.type, dtype=dtype)
+
+
+#: A context that does nothing, shared: a ``nullcontext`` holds no state, and building one per
+#: micro-batch costs an object.
+NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -195,6 +200,7 @@ def _moved(batch: Any, device: torch.device, to_cpu: bool) -> Any:
 
 
 __all__ = [
+    "NO_CONTEXT",
     "autocast",
     "configure_torch",
     "keep_freed_memory",

@@ -152,8 +152,11 @@ def optimizer_step(
                 torch.nn.utils.clip_grad_value_(params, clip_grad_value)
             if clip_grad_norm is not None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-        grad_scaler.step(optimizer)
-        grad_scaler.update()
+        if grad_scaler.is_enabled():
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:  # what a disabled scaler's step and update come down to, without the two calls
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 

@@ -37,7 +37,7 @@ from noether_core.plugins.timing import report_durations
 from noether_core.run.building import build_model, build_train_step
 from noether_core.run.counter import Counter, advance
 from noether_core.run.data import DataContainer, TrainBatches, micro_batch_size
-from noether_core.run.device import autocast, place_run, to_device
+from noether_core.run.device import NO_CONTEXT, autocast, place_run, to_device
 from noether_core.run.distributed import any_rank, any_rank_each, barrier, for_training
 from noether_core.run.metric_dependencies import metric_properties
 from noether_core.run.optim import apply_schedules, build_lr_scheduler, build_optimizer, optimizer_step
@@ -156,6 +156,7 @@ class Trainer:
         self._scheduled_optimizer = self.optimizer is not None and (
             (lr_schedule is not None and lr_schedule.builtin) or config.optimizer.wd_schedule is not None
         )
+        self._scaling = self.grad_scaler.is_enabled()
         self._is_ddp = isinstance(self.train_model, nn.parallel.DistributedDataParallel)
         self._flag_group: Any = None
         if self.dist.is_distributed and self.device.type != "cpu":
@@ -358,7 +359,7 @@ class Trainer:
             sync_context = (
                 self.train_model.no_sync()  # type: ignore[operator]
                 if self._is_ddp and step < steps - 1
-                else contextlib.nullcontext()
+                else NO_CONTEXT
             )
             with sync_context:
                 with autocast(self.device, self.precision):
@@ -371,7 +372,8 @@ class Trainer:
                 if not skip and self.optimizer is not None:
                     # dividing by 1 changes no bit but adds an autograd node to forward and backward
                     loss = out.total / steps if steps > 1 else out.total
-                    self.grad_scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                    # a disabled scaler returns the loss as it is: the call is skipped, not made
+                    (self.grad_scaler.scale(loss) if self._scaling else loss).backward()  # type: ignore[no-untyped-call]
                 times["backward"] += clock() - forward_done
             if to_accumulation or to_update:
                 losses = {"total": out.total.detach()}
