@@ -372,7 +372,7 @@ class Trainer:
                 if not skip and self.optimizer is not None:
                     # dividing by 1 changes no bit but adds an autograd node to forward and backward
                     loss = out.total / steps if steps > 1 else out.total
-                    # a disabled scaler returns the loss as it is: the call is skipped, not made
+                    # a disabled scaler's scale() returns the loss itself: no call per micro-batch for it
                     (self.grad_scaler.scale(loss) if self._scaling else loss).backward()  # type: ignore[no-untyped-call]
                 times["backward"] += clock() - forward_done
             if to_accumulation or to_update:
